@@ -1,0 +1,58 @@
+# AFRA: two commands on a fresh Debian 12 machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEBS := dcmtk orthanc
+RUN_DIR ?= data/emulation
+
+.PHONY: run test lint typecheck pytest system-deps venv bench-ingest bench-memory clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Debian 12: apt-get install python3 python3-venv)"; exit 1; }
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || apt-get install -y -q python3-venv
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the tests use as real peers, installed only when missing.
+system-deps:
+	@missing=""; \
+	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
+	command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install$$missing"; exit 1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+run: $(STAMP)
+	@mkdir -p $(RUN_DIR)
+	@echo "Starting AFRA in emulation (data in $(RUN_DIR)); Ctrl-C stops it."
+	$(BIN)/afra --config etc/emulation.toml --set box.data_dir=\"$(RUN_DIR)\" run
+
+lint: $(STAMP)
+	$(BIN)/ruff check firmware tests bench
+	$(BIN)/ruff format --check firmware tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP) system-deps
+	$(BIN)/pytest -q
+
+test: system-deps $(STAMP) lint typecheck pytest
+
+bench-ingest: system-deps $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+bench-memory: system-deps $(STAMP)
+	$(BIN)/python bench/memory.py
+
+clean:
+	rm -rf $(VENV) data build bench/out *.egg-info

@@ -1,0 +1,206 @@
+"""`afra ...` subcommands: parse, call, print. Nothing here decides anything."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from afra import __version__
+from afra.config import Config, PacsSettings, load_config
+from afra.errors import AfraError, ConfigError
+
+LOG = logging.getLogger("afra")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="afra", description="AFRA DICOM-to-Medix adaptor")
+    p.add_argument("--version", action="version", version=f"afra {__version__}")
+    p.add_argument("-c", "--config", type=Path, help="TOML configuration file (or $AFRA_CONFIG)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one configuration key (repeatable)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", help="run the appliance (DICOM service, study completion)")
+    sub.add_parser("check-config", help="validate the configuration and print it")
+
+    def pacs_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--host", help="PACS host (default: [pacs] host)")
+        sp.add_argument("--port", type=int, help="PACS port (default: [pacs] port)")
+        sp.add_argument("--aec", help="PACS AE title (default: [pacs] ae_title)")
+
+    sp = sub.add_parser("echo", help="C-ECHO the PACS")
+    pacs_args(sp)
+    sp = sub.add_parser("find", help="C-FIND on the PACS (Study Root)")
+    pacs_args(sp)
+    sp.add_argument("--level", choices=["study", "series"], default="study")
+    sp.add_argument(
+        "-k", "--key", action="append", default=[], metavar="KEYWORD=VALUE",
+        help="a matching or return key, e.g. -k PatientID=123 -k StudyDate=20240101-",
+    )
+    sp.add_argument("--json", action="store_true", help="print matches as DICOM JSON")
+    sp = sub.add_parser("move", help="retrieve a study from the PACS into the box")
+    pacs_args(sp)
+    sp.add_argument("study_uid")
+    sp.add_argument("--get", action="store_true", help="use C-GET instead of C-MOVE")
+    sp = sub.add_parser("studies", help="list the studies the box holds")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--limit", type=int, default=50)
+    sp = sub.add_parser("quarantine", help="list refused objects kept for review")
+    sp.add_argument("--json", action="store_true")
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _with_pacs(config: Config, args: argparse.Namespace) -> Config:
+    pacs = config.pacs
+    if args.host or args.port or args.aec:
+        base = pacs.model_dump() if pacs else {"ae_title": "ANY-SCP", "host": "127.0.0.1"}
+        for key, value in (("host", args.host), ("port", args.port), ("ae_title", args.aec)):
+            if value:
+                base[key] = value
+        pacs = PacsSettings.model_validate(base)
+    if pacs is None:
+        raise ConfigError("no PACS configured: add a [pacs] section or give --host/--port/--aec")
+    return config.model_copy(update={"pacs": pacs})
+
+
+def _key_pairs(items: Sequence[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"query key {item!r} must be KEYWORD=VALUE (VALUE may be empty)")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def cmd_run(config: Config) -> int:
+    from afra.app import build_appliance
+
+    appliance = build_appliance(config)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    appliance.start()
+    d = config.dicom
+    print(
+        f"AFRA {__version__} listening: DICOM {d.bind}:{appliance.dicom.port} AE {d.ae_title}; "
+        f"data in {config.box.data_dir}",
+        flush=True,
+    )
+    try:
+        stop.wait()
+    finally:
+        appliance.close()
+    print("AFRA stopped", flush=True)
+    return 0
+
+
+def _open_pacs(config: Config, with_receiver: bool) -> Any:
+    from afra.clock import SystemClock
+    from afra.dicom.receive import Receiver
+    from afra.dicom.scp import configure_library
+    from afra.dicom.scu import PacsClient
+    from afra.dicom.spool import Spool
+    from afra.store.index import Index
+
+    assert config.pacs is not None
+    receiver = None
+    if with_receiver:
+        spool = Spool(config.box.data_dir)
+        configure_library(spool.tmp_dir)
+        index = Index(config.box.data_dir / "index.sqlite")
+        receiver = Receiver(
+            spool, index, min_free_bytes=config.storage.min_free_mb * 2**20, clock=SystemClock()
+        )
+    return PacsClient(config.pacs, config.dicom, receiver=receiver)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config, cli_overrides=args.overrides)
+        _setup_logging(config.box.log_level)
+        if args.command == "run":
+            return cmd_run(config)
+        if args.command == "check-config":
+            print(json.dumps(config.model_dump(mode="json"), indent=2))
+            return 0
+        if args.command in ("echo", "find", "move"):
+            config = _with_pacs(config, args)
+        if args.command == "echo":
+            status = _open_pacs(config, False).echo()
+            print(f"C-ECHO {config.pacs.ae_title if config.pacs else ''}: status 0x{status:04X}")
+            return 0 if status == 0 else 1
+        if args.command == "find":
+            matches = _open_pacs(config, False).find(args.level.upper(), _key_pairs(args.key))
+            if args.json:
+                print(json.dumps([m.to_json_dict() for m in matches], indent=2))
+            else:
+                for m in matches:
+                    print("  ".join(f"{e.keyword}={e.value}" for e in m if e.keyword))
+                print(f"{len(matches)} match(es)")
+            return 0
+        if args.command == "move":
+            client = _open_pacs(config, True)
+            result = client.get(args.study_uid) if args.get else client.retrieve(args.study_uid)
+            print(
+                f"{result.method}: status 0x{result.status:04X}, completed {result.completed}, "
+                f"failed {result.failed}, warning {result.warning}"
+            )
+            for note in result.notes:
+                print(f"  {note}")
+            return 0 if result.ok else 1
+        if args.command in ("studies", "quarantine"):
+            from afra.store.index import Index
+
+            index = Index(config.box.data_dir / "index.sqlite")
+            rows: list[Any] = (
+                index.studies(args.limit) if args.command == "studies" else index.quarantine()
+            )
+            if args.json:
+                print(json.dumps([asdict(r) for r in rows], indent=2))
+            else:
+                for r in rows:
+                    print("  ".join(f"{k}={v}" for k, v in asdict(r).items()))
+            return 0
+    except ConfigError as exc:
+        print(f"afra: {exc}", file=sys.stderr)
+        return 2
+    except AfraError as exc:
+        print(f"afra: error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"afra: error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""Reading what the index needs from a received file: a few header tags, never pixel data.
+
+The file is walked element by element with large values skipped (pydicom's deferred read), so
+the cost does not grow with the object's size; the walk also proves the object is whole (no
+element runs past the end of what arrived).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
+from pydicom.uid import UID
+
+from afra.errors import InvalidInstanceError
+
+# Statuses of PS3.4 Annex B (storage) the box answers with.
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_SOP_CLASS_MISMATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC210  # undecodable or truncated data set
+STATUS_INVALID_UID = 0xC212  # a UID that breaks PS3.5 section 9 (syntax or length)
+
+MAX_UID_LENGTH = 64
+_DEFER_SIZE = 1024
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
+    patient_id: str = ""
+    patient_name: str = ""
+    patient_birth_date: str = ""
+    patient_phone: str = ""
+    accession_number: str = ""
+    study_date: str = ""
+    study_description: str = ""
+    referring_physician: str = ""
+    modality: str = ""
+
+
+def is_valid_uid(value: object) -> bool:
+    """A UID by PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_UID_LENGTH and UID(value).is_valid
+
+
+def check_uid(value: object, what: str) -> str:
+    if not is_valid_uid(value):
+        shown = repr(value)[:80]
+        raise InvalidInstanceError(
+            f"{what} {shown} is not a valid DICOM UID (digits and dots, at most 64 characters)",
+            status=STATUS_INVALID_UID,
+        )
+    return str(value)
+
+
+def _text(ds: Any, keyword: str) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a malformed optional tag does not make the instance unusable
+        return ""
+    if value is None:
+        return ""
+    return str(value).strip()[:256]
+
+
+def read_header(path: Path) -> InstanceHeader:
+    """Read the index's tags from a received Part 10 file and check the object is whole.
+
+    Raises InvalidInstanceError with the storage status to answer.
+    """
+    size = os.path.getsize(path)
+    try:
+        ds = dcmread(path, defer_size=_DEFER_SIZE)
+        last = ds.get_item(max(ds.keys())) if len(ds) else None
+    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, NotImplementedError) as exc:
+        raise InvalidInstanceError(
+            f"data set cannot be decoded: {exc}", status=STATUS_CANNOT_UNDERSTAND
+        ) from None
+    if last is None:
+        raise InvalidInstanceError("data set is empty", status=STATUS_CANNOT_UNDERSTAND)
+    value_tell = getattr(last, "value_tell", None)
+    length = getattr(last, "length", None)
+    if (
+        isinstance(value_tell, int)
+        and isinstance(length, int)
+        and length != _UNDEFINED_LENGTH
+        and value_tell + length > size
+    ):
+        raise InvalidInstanceError(
+            f"data set is truncated: element {Tag(last.tag)} needs {length} bytes, "
+            f"only {max(size - value_tell, 0)} arrived",
+            status=STATUS_CANNOT_UNDERSTAND,
+        )
+    meta = ds.file_meta
+    sop_class = ds.get("SOPClassUID")
+    if sop_class is None:
+        raise InvalidInstanceError(
+            "data set has no SOP Class UID (0008,0016)", status=STATUS_CANNOT_UNDERSTAND
+        )
+    return InstanceHeader(
+        sop_class_uid=check_uid(str(sop_class), "SOP Class UID"),
+        sop_instance_uid=check_uid(_text(ds, "SOPInstanceUID"), "SOP Instance UID"),
+        study_uid=check_uid(_text(ds, "StudyInstanceUID"), "Study Instance UID"),
+        series_uid=check_uid(_text(ds, "SeriesInstanceUID"), "Series Instance UID"),
+        transfer_syntax=str(meta.get("TransferSyntaxUID", "")),
+        patient_id=_text(ds, "PatientID"),
+        patient_name=_text(ds, "PatientName"),
+        patient_birth_date=_text(ds, "PatientBirthDate"),
+        patient_phone=_text(ds, "PatientTelephoneNumbers"),
+        accession_number=_text(ds, "AccessionNumber"),
+        study_date=_text(ds, "StudyDate"),
+        study_description=_text(ds, "StudyDescription"),
+        referring_physician=_text(ds, "ReferringPhysicianName"),
+        modality=_text(ds, "Modality"),
+    )

@@ -1,0 +1,173 @@
+"""What happens to one received object: check it, make it durable, index it, choose the status.
+
+`Receiver.store` never raises: every outcome is a storage status (PS3.4 Annex B) and, for a
+refusal, a quarantine entry and a log line that names the sender and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from afra.clock import Clock
+from afra.dicom.header import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_SOP_CLASS_MISMATCH,
+    STATUS_SUCCESS,
+    check_uid,
+    read_header,
+)
+from afra.dicom.spool import Spool
+from afra.errors import InvalidInstanceError, StorageError
+from afra.store.index import Index
+
+LOG = logging.getLogger("afra.receive")
+
+_LOCK_STRIPES = 64
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """What the C-STORE command and its association said about an object."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    context_abstract_syntax: str
+    calling_ae: str
+    peer_address: str
+
+
+class Receiver:
+    """Turns received temp files into durable, indexed instances."""
+
+    def __init__(self, spool: Spool, index: Index, *, min_free_bytes: int, clock: Clock) -> None:
+        self.spool = spool
+        self.index = index
+        self.min_free_bytes = min_free_bytes
+        self.clock = clock
+        # Two associations delivering the same SOP Instance UID at once must not race.
+        self._uid_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._warned_full = False
+
+    def store(self, tmp: Path, request: StoreRequest) -> int:
+        sender = f"{request.calling_ae!r} ({request.peer_address})"
+        try:
+            return self._store(tmp, request, sender)
+        except InvalidInstanceError as exc:
+            return self._refuse(tmp, request, sender, exc.status, str(exc))
+        except StorageError as exc:
+            LOG.error(
+                "could not store an instance from %s: %s; answered 0x%04X (out of resources); "
+                "check the storage device",
+                sender,
+                exc,
+                STATUS_OUT_OF_RESOURCES,
+            )
+            return STATUS_OUT_OF_RESOURCES
+        except Exception:
+            LOG.exception("unexpected error storing an instance from %s", sender)
+            return STATUS_OUT_OF_RESOURCES
+
+    def _store(self, tmp: Path, request: StoreRequest, sender: str) -> int:
+        free = self.spool.free_bytes()
+        if free < self.min_free_bytes:
+            if not self._warned_full:
+                LOG.error(
+                    "free disk %d MB is below the floor of %d MB: refusing new instances "
+                    "with 0x%04X until space is freed (studies not yet delivered are kept)",
+                    free // 2**20,
+                    self.min_free_bytes // 2**20,
+                    STATUS_OUT_OF_RESOURCES,
+                )
+                self._warned_full = True
+            return STATUS_OUT_OF_RESOURCES
+        self._warned_full = False
+        sop_uid = check_uid(request.sop_instance_uid, "Affected SOP Instance UID")
+        check_uid(request.sop_class_uid, "Affected SOP Class UID")
+        if request.sop_class_uid != request.context_abstract_syntax:
+            raise InvalidInstanceError(
+                f"C-STORE names SOP class {request.sop_class_uid} on a presentation context "
+                f"negotiated for {request.context_abstract_syntax}",
+                status=STATUS_SOP_CLASS_MISMATCH,
+            )
+        header = read_header(tmp)
+        if header.sop_class_uid != request.sop_class_uid:
+            raise InvalidInstanceError(
+                f"data set SOP class {header.sop_class_uid} differs from the C-STORE command's "
+                f"{request.sop_class_uid}",
+                status=STATUS_SOP_CLASS_MISMATCH,
+            )
+        if header.sop_instance_uid != sop_uid:
+            raise InvalidInstanceError(
+                f"data set SOP Instance UID {header.sop_instance_uid} differs from the C-STORE "
+                f"command's {sop_uid}",
+                status=STATUS_SOP_CLASS_MISMATCH,
+            )
+        now = self.clock.time()
+        with self._uid_locks[hash(sop_uid) % _LOCK_STRIPES]:
+            held = self.index.find_instance(sop_uid)
+            if held is not None:
+                return self._duplicate(tmp, request, sender, held.path, now)
+            rel = self.spool.instance_path(header.study_uid, sop_uid)
+            self.spool.commit(tmp, rel)
+            size = self.spool.absolute(rel).stat().st_size
+            added = self.index.add_instance(header, rel, size, now, request.calling_ae)
+        if added.new_study_row:
+            LOG.info(
+                "receiving study %s (revision %d) from %s",
+                header.study_uid,
+                added.revision,
+                sender,
+            )
+        return STATUS_SUCCESS
+
+    def _duplicate(
+        self, tmp: Path, request: StoreRequest, sender: str, held_path: str, now: float
+    ) -> int:
+        uid = request.sop_instance_uid
+        if self.spool.same_content(tmp, held_path):
+            LOG.info("duplicate instance %s from %s: already held, kept one copy", uid, sender)
+            return STATUS_SUCCESS
+        rel = self.spool.keep_conflict(tmp, uid)
+        size = self.spool.absolute(rel).stat().st_size
+        self.index.add_conflict(uid, rel, size, now, request.calling_ae)
+        LOG.warning(
+            "conflict: %s sent instance %s again with different content; the first copy stays "
+            "in the study, the new one is kept as %s for review",
+            sender,
+            uid,
+            rel,
+        )
+        return STATUS_SUCCESS
+
+    def _refuse(
+        self, tmp: Path, request: StoreRequest, sender: str, status: int, reason: str
+    ) -> int:
+        rel = ""
+        try:
+            if tmp.exists():
+                rel = self.spool.quarantine(tmp)
+            self.index.add_quarantine(
+                rel,
+                self.clock.time(),
+                calling_ae=request.calling_ae,
+                peer_address=request.peer_address,
+                sop_class_uid=request.sop_class_uid[:80],
+                sop_instance_uid=request.sop_instance_uid[:80],
+                status=status,
+                reason=reason,
+            )
+        except (StorageError, OSError) as exc:
+            LOG.error("could not quarantine a refused object from %s: %s", sender, exc)
+        LOG.warning(
+            "refused an object from %s: %s; answered 0x%04X%s; ask the sender to check "
+            "and resend it",
+            sender,
+            reason,
+            status,
+            f"; kept as {rel}" if rel else "",
+        )
+        return status if status else STATUS_CANNOT_UNDERSTAND

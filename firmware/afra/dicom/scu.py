@@ -1,0 +1,263 @@
+"""Asking the PACS: C-ECHO, C-FIND (study and series level), C-MOVE to the box, C-GET fallback.
+
+Replies are untrusted input: the number of C-FIND matches is capped, every UID in a match is
+checked against PS3.5 before anyone uses it, and counts are bounded integers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from afra.config import DicomSettings, PacsSettings
+from afra.dicom.header import is_valid_uid
+from afra.dicom.receive import Receiver, StoreRequest
+from afra.errors import AssociationFailedError, PeerReplyError
+
+LOG = logging.getLogger("afra.scu")
+
+LEVELS = ("STUDY", "SERIES")
+UID_KEYS = ("StudyInstanceUID", "SeriesInstanceUID")
+MAX_COUNT = 1_000_000  # no study holds more instances than this; a larger count is a lie
+# C-MOVE statuses meaning "the PACS cannot send to that destination": fall back to C-GET.
+MOVE_DESTINATION_UNKNOWN = 0xA801
+STATUS_PENDING = (0xFF00, 0xFF01)
+
+_MOVE_GET_FALLBACK = (MOVE_DESTINATION_UNKNOWN, 0x0122, 0xA701, 0xA702)
+
+
+@dataclass
+class RetrieveResult:
+    """The outcome of a C-MOVE or C-GET of one study."""
+
+    method: str
+    status: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (0x0000, 0xB000) and self.failed == 0
+
+
+def _bounded(value: Any, what: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise PeerReplyError(f"{what} {value!r} is not a number") from None
+    if not 0 <= number <= MAX_COUNT:
+        raise PeerReplyError(f"{what} {number} is out of range")
+    return number
+
+
+def parse_keys(pairs: Mapping[str, str], level: str) -> Dataset:
+    """Build a C-FIND identifier from keyword=value pairs (empty value = return this key)."""
+    if level not in LEVELS:
+        raise ValueError(f"query level must be one of {', '.join(LEVELS)}, not {level!r}")
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "ModalitiesInStudy",
+                    "AccessionNumber", "NumberOfStudyRelatedInstances"):
+        if level == "STUDY":
+            setattr(ds, keyword, "")
+    if level == "SERIES":
+        ds.StudyInstanceUID = ""
+        ds.SeriesInstanceUID = ""
+        ds.Modality = ""
+        ds.SeriesNumber = ""
+        ds.NumberOfSeriesRelatedInstances = ""
+    for keyword, value in pairs.items():
+        try:
+            setattr(ds, keyword, value)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"cannot use {keyword}={value!r} as a query key: {exc}") from None
+        if keyword not in ds:
+            raise ValueError(f"{keyword!r} is not a DICOM keyword")
+    if level == "SERIES" and not ds.StudyInstanceUID:
+        raise ValueError("a SERIES level query needs StudyInstanceUID=<uid>")
+    return ds
+
+
+class PacsClient:
+    """A client of one PACS, speaking as the box's own AE title."""
+
+    def __init__(
+        self,
+        pacs: PacsSettings,
+        local: DicomSettings,
+        *,
+        receiver: Receiver | None = None,
+    ) -> None:
+        self.pacs = pacs
+        self.local = local
+        self.receiver = receiver
+
+    @contextmanager
+    def _associate(self, contexts: list[Any], **kwargs: Any) -> Iterator[Any]:
+        ae = AE(ae_title=self.local.ae_title)
+        ae.acse_timeout = self.local.acse_timeout
+        ae.dimse_timeout = self.local.dimse_timeout
+        ae.network_timeout = self.local.network_timeout
+        ae.maximum_pdu_size = self.local.max_pdu
+        for cx in contexts:
+            ae.add_requested_context(cx)
+        assoc = ae.associate(
+            self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title, **kwargs
+        )
+        if not assoc.is_established:
+            raise AssociationFailedError(
+                f"PACS {self.pacs.ae_title} at {self.pacs.host}:{self.pacs.port} did not accept "
+                "an association (check its AE title, address, and that it knows this box)"
+            )
+        try:
+            yield assoc
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def echo(self) -> int:
+        with self._associate([Verification]) as assoc:
+            status = assoc.send_c_echo()
+        if "Status" not in status:
+            raise AssociationFailedError("PACS did not answer the C-ECHO")
+        return int(status.Status)
+
+    def find(self, level: str, keys: Mapping[str, str]) -> list[Dataset]:
+        """C-FIND in the Study Root model; matches with invalid UIDs are dropped."""
+        query = parse_keys(keys, level)
+        uid_key = UID_KEYS[LEVELS.index(level)]
+        matches: list[Dataset] = []
+        dropped = 0
+        with self._associate([StudyRootQueryRetrieveInformationModelFind]) as assoc:
+            for status, identifier in assoc.send_c_find(
+                query, StudyRootQueryRetrieveInformationModelFind
+            ):
+                if "Status" not in status:
+                    raise AssociationFailedError("PACS stopped answering the C-FIND")
+                if status.Status not in STATUS_PENDING or identifier is None:
+                    continue
+                if not is_valid_uid(identifier.get(uid_key)) or not is_valid_uid(
+                    identifier.get("StudyInstanceUID")
+                ):
+                    dropped += 1
+                    continue
+                matches.append(identifier)
+                if len(matches) >= self.pacs.max_results:
+                    LOG.warning(
+                        "C-FIND stopped at %d matches (pacs.max_results)", self.pacs.max_results
+                    )
+                    assoc.abort()
+                    break
+        if dropped:
+            LOG.warning("dropped %d C-FIND matches with invalid UIDs from the PACS", dropped)
+        return matches
+
+    def study_instance_count(self, study_uid: str) -> int | None:
+        """The PACS's NumberOfStudyRelatedInstances for a study, or None if it does not say."""
+        matches = self.find("STUDY", {"StudyInstanceUID": study_uid})
+        for match in matches:
+            if match.get("StudyInstanceUID") == study_uid:
+                value = match.get("NumberOfStudyRelatedInstances")
+                if value in (None, ""):
+                    return None
+                return _bounded(value, "NumberOfStudyRelatedInstances")
+        return None
+
+    def move(self, study_uid: str, destination: str | None = None) -> RetrieveResult:
+        """C-MOVE a study to the box's own AE (or `destination`)."""
+        if not is_valid_uid(study_uid):
+            raise ValueError(f"{study_uid!r} is not a valid Study Instance UID")
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        result = RetrieveResult(method="C-MOVE", status=0xC000)
+        with self._associate([StudyRootQueryRetrieveInformationModelMove]) as assoc:
+            responses = assoc.send_c_move(
+                query,
+                destination or self.local.ae_title,
+                StudyRootQueryRetrieveInformationModelMove,
+            )
+            _collect(responses, result)
+        return result
+
+    def get(self, study_uid: str) -> RetrieveResult:
+        """C-GET a study over one association, storing what arrives through the Receiver."""
+        if self.receiver is None:
+            raise RuntimeError("C-GET needs a receiver to store into")
+        if not is_valid_uid(study_uid):
+            raise ValueError(f"{study_uid!r} is not a valid Study Instance UID")
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        storage = [cx.abstract_syntax for cx in StoragePresentationContexts[:127]]
+        roles = [build_role(uid, scp_role=True) for uid in storage]
+        receiver = self.receiver
+        handler: Callable[[Any], int] = lambda event: _store_from_get(event, receiver)  # noqa: E731
+        result = RetrieveResult(method="C-GET", status=0xC000)
+        with self._associate(
+            [StudyRootQueryRetrieveInformationModelGet, *storage],
+            ext_neg=roles,
+            evt_handlers=[(evt.EVT_C_STORE, handler)],
+        ) as assoc:
+            responses = assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+            _collect(responses, result)
+        return result
+
+    def retrieve(self, study_uid: str) -> RetrieveResult:
+        """C-MOVE to the box; when the PACS cannot move to it, C-GET instead."""
+        try:
+            moved = self.move(study_uid)
+        except AssociationFailedError as exc:
+            moved = RetrieveResult(method="C-MOVE", status=0xC000, notes=[str(exc)])
+        if moved.ok or self.receiver is None:
+            return moved
+        if moved.status in _MOVE_GET_FALLBACK or moved.status >= 0xC000:
+            LOG.info("C-MOVE failed (0x%04X); trying C-GET", moved.status)
+            got = self.get(study_uid)
+            got.notes = [f"C-MOVE answered 0x{moved.status:04X}", *moved.notes, *got.notes]
+            return got
+        return moved
+
+
+def _collect(responses: Iterator[tuple[Dataset, Dataset | None]], result: RetrieveResult) -> None:
+    for status, _identifier in responses:
+        if "Status" not in status:
+            result.status = 0xC000
+            result.notes.append("PACS stopped answering")
+            return
+        result.status = int(status.Status)
+        for attr, name in (
+            ("completed", "NumberOfCompletedSuboperations"),
+            ("failed", "NumberOfFailedSuboperations"),
+            ("warning", "NumberOfWarningSuboperations"),
+        ):
+            if name in status and status.get(name) not in (None, ""):
+                setattr(result, attr, _bounded(status.get(name), name))
+
+
+def _store_from_get(event: Any, receiver: Receiver) -> int:
+    assoc = event.assoc
+    return receiver.store(
+        event.dataset_path,
+        StoreRequest(
+            sop_class_uid=str(event.request.AffectedSOPClassUID or ""),
+            sop_instance_uid=str(event.request.AffectedSOPInstanceUID or ""),
+            context_abstract_syntax=str(event.context.abstract_syntax),
+            calling_ae=str(assoc.acceptor.ae_title).strip(),
+            peer_address=str(assoc.acceptor.address),
+        ),
+    )

@@ -1,0 +1,144 @@
+"""The spool: where instances live on disk, and the only code that makes them durable.
+
+Layout under the storage root:
+    tmp/           objects being received (same filesystem, so a rename is atomic)
+    objects/       <2 hex>/<study hash>/<instance hash>.dcm, one file per acknowledged instance
+    conflicts/     a second, different payload under a SOP Instance UID already held
+    quarantine/    objects refused with a failure status, kept for a technician to look at
+
+File names are hashes of the UIDs, never UID text, so no peer can choose a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from afra.errors import StorageError
+
+OBJECTS = "objects"
+TMP = "tmp"
+CONFLICTS = "conflicts"
+QUARANTINE = "quarantine"
+SUFFIX = ".dcm"
+
+
+def uid_hash(uid: str) -> str:
+    return hashlib.blake2b(uid.encode("ascii", "replace"), digest_size=16).hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Durable files under one storage root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp_dir = root / TMP
+        self._known_dirs: set[Path] = set()
+        for name in (TMP, OBJECTS, CONFLICTS, QUARANTINE):
+            self.ensure_dir(root / name)
+
+    def ensure_dir(self, path: Path) -> None:
+        """Create a directory and make its entry durable in each new parent."""
+        if path in self._known_dirs:
+            return
+        missing: list[Path] = []
+        p = path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir(mode=0o750)
+            except FileExistsError:
+                continue
+            fsync_dir(d.parent)
+        self._known_dirs.add(path)
+
+    def instance_path(self, study_uid: str, sop_instance_uid: str) -> str:
+        """The relative path of an instance: hashes only, grouped by study."""
+        study = uid_hash(study_uid)
+        return f"{OBJECTS}/{study[:2]}/{study}/{uid_hash(sop_instance_uid)}{SUFFIX}"
+
+    def absolute(self, rel_path: str) -> Path:
+        return self.root / rel_path
+
+    def commit(self, src: Path, rel_path: str) -> None:
+        """fsync the received file, rename it into place, fsync the directory."""
+        dst = self.root / rel_path
+        try:
+            fsync_file(src)
+            self.ensure_dir(dst.parent)
+            os.rename(src, dst)
+            fsync_dir(dst.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot make {rel_path} durable: {exc}") from exc
+
+    def keep_conflict(self, src: Path, sop_instance_uid: str) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        rel = f"{CONFLICTS}/{uid_hash(sop_instance_uid)}-{stamp}-{secrets.token_hex(4)}{SUFFIX}"
+        self.commit(src, rel)
+        return rel
+
+    def quarantine(self, src: Path) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        rel = f"{QUARANTINE}/{stamp}-{secrets.token_hex(6)}{SUFFIX}"
+        self.commit(src, rel)
+        return rel
+
+    def same_content(self, src: Path, rel_path: str) -> bool:
+        """True when a newly received file holds exactly the bytes already stored."""
+        dst = self.root / rel_path
+        try:
+            if src.stat().st_size != dst.stat().st_size:
+                return False
+            with src.open("rb") as a, dst.open("rb") as b:
+                while True:
+                    chunk_a = a.read(1 << 20)
+                    if chunk_a != b.read(1 << 20):
+                        return False
+                    if not chunk_a:
+                        return True
+        except FileNotFoundError:
+            return False
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def clean_tmp(self) -> int:
+        """Remove partial receives left by a crash: they were never acknowledged."""
+        removed = 0
+        for entry in self.tmp_dir.iterdir():
+            if entry.is_file():
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def iter_objects(self) -> Iterator[str]:
+        """Relative paths of every stored instance file."""
+        base = self.root / OBJECTS
+        for dirpath, _dirs, files in os.walk(base):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            for name in files:
+                if name.endswith(SUFFIX):
+                    yield f"{rel_dir}/{name}"

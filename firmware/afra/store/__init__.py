@@ -1,0 +1,1 @@
+"""The study index and its work states."""

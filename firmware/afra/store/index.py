@@ -1,0 +1,386 @@
+"""The study index: an embedded SQLite database (WAL, synchronous FULL) of studies and instances.
+
+A study's state is a column: received -> complete (-> queued -> delivered in the uplink). An
+instance that arrives for a study already complete opens a new revision of that study, which
+holds only the new instances, so nothing is sent twice. Every statement is a named constant
+with `?` parameters.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from afra.dicom.header import InstanceHeader
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS studies (
+    id INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    state_reason TEXT NOT NULL DEFAULT '',
+    patient_id TEXT NOT NULL DEFAULT '',
+    patient_name TEXT NOT NULL DEFAULT '',
+    patient_birth_date TEXT NOT NULL DEFAULT '',
+    patient_phone TEXT NOT NULL DEFAULT '',
+    accession_number TEXT NOT NULL DEFAULT '',
+    study_date TEXT NOT NULL DEFAULT '',
+    study_description TEXT NOT NULL DEFAULT '',
+    referring_physician TEXT NOT NULL DEFAULT '',
+    instance_count INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    expected_count INTEGER,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    waiting_since REAL,
+    completed_at REAL,
+    UNIQUE (study_uid, revision)
+);
+CREATE INDEX IF NOT EXISTS studies_state ON studies (state, last_received_at);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    study_id INTEGER NOT NULL REFERENCES studies (id),
+    series_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    modality TEXT NOT NULL DEFAULT '',
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    calling_ae TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_id);
+CREATE TABLE IF NOT EXISTS conflicts (
+    id INTEGER PRIMARY KEY,
+    sop_instance_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    calling_ae TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    calling_ae TEXT NOT NULL DEFAULT '',
+    peer_address TEXT NOT NULL DEFAULT '',
+    sop_class_uid TEXT NOT NULL DEFAULT '',
+    sop_instance_uid TEXT NOT NULL DEFAULT '',
+    status INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+RECEIVED = "received"
+COMPLETE = "complete"
+
+SQL_SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+SQL_GET_META = "SELECT value FROM meta WHERE key = ?"
+SQL_FIND_INSTANCE = "SELECT path, size, study_id FROM instances WHERE sop_instance_uid = ?"
+SQL_OPEN_REVISION = (
+    "SELECT id, revision FROM studies WHERE study_uid = ? AND state = 'received' "
+    "ORDER BY revision DESC LIMIT 1"
+)
+SQL_NEXT_REVISION = "SELECT COALESCE(MAX(revision) + 1, 0) FROM studies WHERE study_uid = ?"
+SQL_NEW_STUDY = """
+INSERT INTO studies (study_uid, revision, state, patient_id, patient_name, patient_birth_date,
+    patient_phone, accession_number, study_date, study_description, referring_physician,
+    first_received_at, last_received_at)
+VALUES (?, ?, 'received', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+SQL_INSERT_INSTANCE = """
+INSERT INTO instances (sop_instance_uid, study_id, series_uid, sop_class_uid, transfer_syntax,
+    modality, path, size, received_at, calling_ae)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+SQL_COUNT_INSTANCE = """
+UPDATE studies SET instance_count = instance_count + 1, bytes = bytes + ?,
+    last_received_at = MAX(last_received_at, ?)
+WHERE id = ?
+"""
+SQL_INSERT_CONFLICT = """
+INSERT INTO conflicts (sop_instance_uid, path, size, received_at, calling_ae)
+VALUES (?, ?, ?, ?, ?)
+"""
+SQL_INSERT_QUARANTINE = """
+INSERT INTO quarantine (path, received_at, calling_ae, peer_address, sop_class_uid,
+    sop_instance_uid, status, reason)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+SQL_DUE_STUDIES = """
+SELECT id, study_uid, revision, instance_count, last_received_at, waiting_since, expected_count
+FROM studies WHERE state = 'received' AND last_received_at <= ? ORDER BY last_received_at
+"""
+SQL_STUDY_TOTAL = "SELECT COALESCE(SUM(instance_count), 0) FROM studies WHERE study_uid = ?"
+SQL_MARK_COMPLETE = """
+UPDATE studies SET state = 'complete', completed_at = ?, expected_count = ?, state_reason = ?
+WHERE id = ? AND state = 'received'
+"""
+SQL_MARK_WAITING = """
+UPDATE studies SET waiting_since = COALESCE(waiting_since, ?), expected_count = ?,
+    state_reason = ?
+WHERE id = ? AND state = 'received'
+"""
+SQL_LIST_STUDIES = """
+SELECT id, study_uid, revision, state, state_reason, patient_id, patient_name, study_date,
+    instance_count, bytes, expected_count, first_received_at, last_received_at, completed_at
+FROM studies ORDER BY last_received_at DESC LIMIT ?
+"""
+SQL_STUDY_INSTANCES = """
+SELECT sop_instance_uid, series_uid, sop_class_uid, transfer_syntax, path, size
+FROM instances WHERE study_id = ? ORDER BY series_uid, path
+"""
+SQL_ALL_PATHS = "SELECT path FROM instances"
+SQL_LIST_QUARANTINE = """
+SELECT id, path, received_at, calling_ae, peer_address, sop_class_uid, sop_instance_uid,
+    status, reason
+FROM quarantine ORDER BY id DESC LIMIT ?
+"""
+SQL_LIST_CONFLICTS = """
+SELECT id, sop_instance_uid, path, size, received_at, calling_ae FROM conflicts ORDER BY id
+"""
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    path: str
+    size: int
+    study_id: int
+
+
+@dataclass(frozen=True)
+class AddedInstance:
+    study_id: int
+    revision: int
+    new_study_row: bool
+
+
+@dataclass(frozen=True)
+class DueStudy:
+    id: int
+    study_uid: str
+    revision: int
+    instance_count: int
+    last_received_at: float
+    waiting_since: float | None
+    expected_count: int | None
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    id: int
+    study_uid: str
+    revision: int
+    state: str
+    state_reason: str
+    patient_id: str
+    patient_name: str
+    study_date: str
+    instance_count: int
+    bytes: int
+    expected_count: int | None
+    first_received_at: float
+    last_received_at: float
+    completed_at: float | None
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    sop_instance_uid: str
+    series_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    id: int
+    path: str
+    received_at: float
+    calling_ae: str
+    peer_address: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    status: int
+    reason: str
+
+
+class Index:
+    """The study index. Thread-safe: one connection, writes serialised by a lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._db.executescript(SCHEMA)
+        self._db.execute(SQL_SET_META, ("schema_version", str(SCHEMA_VERSION)))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- receive path ------------------------------------------------------------------
+
+    def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        with self._lock:
+            row = self._db.execute(SQL_FIND_INSTANCE, (sop_instance_uid,)).fetchone()
+        return None if row is None else StoredInstance(*row)
+
+    def add_instance(
+        self, header: InstanceHeader, rel_path: str, size: int, now: float, calling_ae: str
+    ) -> AddedInstance:
+        """Record a durable instance under the study's open revision (opening one if needed)."""
+        with self._transaction() as db:
+            row = db.execute(SQL_OPEN_REVISION, (header.study_uid,)).fetchone()
+            new_row = row is None
+            if new_row:
+                revision = db.execute(SQL_NEXT_REVISION, (header.study_uid,)).fetchone()[0]
+                cur = db.execute(
+                    SQL_NEW_STUDY,
+                    (
+                        header.study_uid,
+                        revision,
+                        header.patient_id,
+                        header.patient_name,
+                        header.patient_birth_date,
+                        header.patient_phone,
+                        header.accession_number,
+                        header.study_date,
+                        header.study_description,
+                        header.referring_physician,
+                        now,
+                        now,
+                    ),
+                )
+                study_id = int(cur.lastrowid or 0)
+            else:
+                study_id, revision = int(row[0]), int(row[1])
+            db.execute(
+                SQL_INSERT_INSTANCE,
+                (
+                    header.sop_instance_uid,
+                    study_id,
+                    header.series_uid,
+                    header.sop_class_uid,
+                    header.transfer_syntax,
+                    header.modality,
+                    rel_path,
+                    size,
+                    now,
+                    calling_ae,
+                ),
+            )
+            db.execute(SQL_COUNT_INSTANCE, (size, now, study_id))
+        return AddedInstance(study_id=study_id, revision=revision, new_study_row=new_row)
+
+    def add_conflict(
+        self, sop_instance_uid: str, rel_path: str, size: int, now: float, calling_ae: str
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(SQL_INSERT_CONFLICT, (sop_instance_uid, rel_path, size, now, calling_ae))
+
+    def add_quarantine(
+        self,
+        rel_path: str,
+        now: float,
+        *,
+        calling_ae: str,
+        peer_address: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        status: int,
+        reason: str,
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                SQL_INSERT_QUARANTINE,
+                (
+                    rel_path,
+                    now,
+                    calling_ae,
+                    peer_address,
+                    sop_class_uid,
+                    sop_instance_uid,
+                    status,
+                    reason,
+                ),
+            )
+
+    # -- study completion ----------------------------------------------------------------
+
+    def due_studies(self, received_before: float) -> list[DueStudy]:
+        with self._lock:
+            rows = self._db.execute(SQL_DUE_STUDIES, (received_before,)).fetchall()
+        return [DueStudy(*r) for r in rows]
+
+    def study_total(self, study_uid: str) -> int:
+        """Instances held for a study, over all its revisions."""
+        with self._lock:
+            return int(self._db.execute(SQL_STUDY_TOTAL, (study_uid,)).fetchone()[0])
+
+    def mark_complete(
+        self, study_id: int, now: float, expected_count: int | None, reason: str = ""
+    ) -> bool:
+        with self._transaction() as db:
+            cur = db.execute(SQL_MARK_COMPLETE, (now, expected_count, reason, study_id))
+            return cur.rowcount == 1
+
+    def mark_waiting(self, study_id: int, now: float, expected_count: int, reason: str) -> None:
+        with self._transaction() as db:
+            db.execute(SQL_MARK_WAITING, (now, expected_count, reason, study_id))
+
+    # -- reading -----------------------------------------------------------------------
+
+    def studies(self, limit: int = 100) -> list[StudyRow]:
+        with self._lock:
+            rows = self._db.execute(SQL_LIST_STUDIES, (limit,)).fetchall()
+        return [StudyRow(*r) for r in rows]
+
+    def study_instances(self, study_id: int) -> list[InstanceRow]:
+        with self._lock:
+            rows = self._db.execute(SQL_STUDY_INSTANCES, (study_id,)).fetchall()
+        return [InstanceRow(*r) for r in rows]
+
+    def all_paths(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute(SQL_ALL_PATHS)}
+
+    def quarantine(self, limit: int = 100) -> list[QuarantineRow]:
+        with self._lock:
+            rows = self._db.execute(SQL_LIST_QUARANTINE, (limit,)).fetchall()
+        return [QuarantineRow(*r) for r in rows]
+
+    def conflicts(self) -> list[tuple[int, str, str, int, float, str]]:
+        with self._lock:
+            return list(self._db.execute(SQL_LIST_CONFLICTS))
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(SQL_GET_META, (key,)).fetchone()
+        return None if row is None else str(row[0])

@@ -1,0 +1,532 @@
+"""Real DICOM peers for the tests and the benchmarks: Orthanc and the DCMTK tools.
+
+Plain functions and classes (no pytest). Everything listens on and talks to 127.0.0.1 only,
+every process is started in its own session so that it and its children can be stopped as a
+group, and every wait has a timeout.
+
+- :class:`Orthanc`: ``/usr/sbin/Orthanc`` with a generated config, its own temp folders and
+  free loopback ports; REST helpers (upload, instances, studies, store_to, ...).
+- :class:`StoreSCP`: DCMTK ``storescp`` writing what it receives into a temp folder.
+- :func:`storescu` / :func:`echoscu`: run the DCMTK SCUs once and return the completed process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import psutil
+import requests
+
+__all__ = [
+    "LOOPBACK",
+    "ORTHANC_BINARY",
+    "Orthanc",
+    "PeerError",
+    "StoreSCP",
+    "echoscu",
+    "free_port",
+    "listening_ports",
+    "scu_env",
+    "stop_process_group",
+    "storescu",
+    "wait_listening",
+]
+
+LOOPBACK = "127.0.0.1"
+ORTHANC_BINARY = "/usr/sbin/Orthanc"
+
+# DCMTK association options shared by the SCUs: fail fast on connect/ACSE, never hang forever.
+_SCU_TIMEOUTS = ("-to", "10", "-ta", "30", "-ts", "60")
+
+
+class PeerError(RuntimeError):
+    """A peer failed to start, answer or finish."""
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def scu_env() -> dict[str, str]:
+    """Environment for the DCMTK tools: Nagle off (TCP_NODELAY=1), no inherited proxies."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["TCP_NODELAY"] = "1"
+    return env
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports in LISTEN state owned by ``pid`` or any of its descendants."""
+    ports: set[int] = set()
+    for proc in _tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            for conn in proc.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr:
+                    ports.add(conn.laddr.port)
+    return ports
+
+
+def wait_listening(
+    proc: subprocess.Popen[Any],
+    port: int,
+    timeout: float = 30.0,
+    *,
+    log: Path | None = None,
+    what: str = "process",
+) -> None:
+    """Wait until ``proc`` (or a descendant) has a listening socket on ``port``.
+
+    A LISTEN socket means the kernel completes connections to it, so the port accepts
+    connections; checking this way opens no association that the peer would log. Raises
+    :class:`PeerError` (with the tail of ``log``) if the process exits or time runs out.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise PeerError(f"{what} exited with {proc.returncode} before listening on "
+                            f"{port}{_log_tail(log)}")
+        if port in listening_ports(proc.pid):
+            return
+        time.sleep(0.02)
+    raise PeerError(f"{what} did not listen on {LOOPBACK}:{port} within {timeout:.0f}s"
+                    f"{_log_tail(log)}")
+
+
+def _log_tail(log: Path | None, n: int = 40) -> str:
+    if log is None or not log.exists():
+        return ""
+    lines = log.read_text(errors="replace").splitlines()[-n:]
+    return f"\n--- last lines of {log} ---\n" + "\n".join(lines)
+
+
+def stop_process_group(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int | None:
+    """SIGTERM the process group led by ``proc`` (started with ``start_new_session=True``),
+    wait up to ``timeout``, then SIGKILL the group. Returns the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+    # Stragglers (e.g. forked storescp children) left in the group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode
+
+
+def _run(
+    cmd: Sequence[str], *, check: bool, timeout: float, what: str
+) -> subprocess.CompletedProcess[str]:
+    try:
+        result = subprocess.run(list(cmd), capture_output=True, text=True, env=scu_env(),
+                                timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise PeerError(f"{what} timed out after {timeout:.0f}s: {' '.join(cmd[:12])}") from exc
+    if check and result.returncode != 0:
+        raise PeerError(f"{what} failed with exit code {result.returncode}\n"
+                        f"command: {' '.join(cmd[:12])}{' ...' if len(cmd) > 12 else ''}\n"
+                        f"stderr:\n{result.stderr}\nstdout:\n{result.stdout}")
+    return result
+
+
+def storescu_command(
+    host: str,
+    port: int,
+    files: Sequence[Path] | Path,
+    *,
+    aet: str = "STORESCU",
+    aec: str = "AFRA",
+    extra: Sequence[str] = (),
+    dimse_timeout: int = 120,
+) -> list[str]:
+    """The DCMTK ``storescu`` command line used by :func:`storescu` (one association).
+
+    ``-R`` proposes presentation contexts only for the SOP classes found in the files and
+    ``-xe`` puts explicit VR little endian first in each, so an explicit VR LE file goes as it
+    is (for a compressed file storescu adds a context with the file's own transfer syntax). A
+    directory is scanned recursively (``+sd +r``). ``-td`` bounds each wait for a response.
+    """
+    cmd = ["storescu", "-aet", aet, "-aec", aec, "-R", "-xe", *_SCU_TIMEOUTS,
+           "-td", str(dimse_timeout), *extra, host, str(port)]
+    if isinstance(files, Path):
+        if files.is_dir():
+            cmd[1:1] = ["+sd", "+r"]
+        cmd.append(str(files))
+    else:
+        if not files:
+            raise ValueError("storescu needs at least one file")
+        cmd.extend(str(f) for f in files)
+    return cmd
+
+
+def storescu(
+    host: str,
+    port: int,
+    files: Sequence[Path] | Path,
+    *,
+    aet: str = "STORESCU",
+    aec: str = "AFRA",
+    extra: Sequence[str] = (),
+    check: bool = True,
+    timeout: float = 600.0,
+    dimse_timeout: int = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Send ``files`` (a list of files, or one file or directory) over one association.
+
+    Runs with TCP_NODELAY=1. Raises :class:`PeerError` showing stderr if storescu exits
+    non-zero (unless ``check=False``) or runs longer than ``timeout`` seconds.
+    """
+    cmd = storescu_command(host, port, files, aet=aet, aec=aec, extra=extra,
+                           dimse_timeout=dimse_timeout)
+    return _run(cmd, check=check, timeout=timeout, what="storescu")
+
+
+def echoscu(
+    host: str,
+    port: int,
+    aet: str = "ECHOSCU",
+    aec: str = "AFRA",
+    *,
+    extra: Sequence[str] = (),
+    check: bool = True,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """One C-ECHO from ``aet`` to ``aec`` at host:port (raises unless ``check=False``)."""
+    cmd = ["echoscu", "-aet", aet, "-aec", aec, *_SCU_TIMEOUTS, "-td", "30", *extra,
+           host, str(port)]
+    return _run(cmd, check=check, timeout=timeout, what="echoscu")
+
+
+class StoreSCP:
+    """DCMTK ``storescp`` on a free loopback port, writing into ``out_dir`` (a temp dir).
+
+    Options: ``+xa`` accepts every transfer syntax DCMTK knows (preferring explicit VR LE),
+    ``-pm`` (promiscuous) accepts unknown/private SOP classes too, ``-fe .dcm`` names files
+    ``<modality>.<SOPInstanceUID>.dcm``, ``+uf`` makes names unique if an instance comes twice.
+    ``bit_preserving=True`` (``+B``) writes each dataset exactly as received, so
+    :func:`dicomgen.dataset_bytes_hash` of a received file equals that of the file sent;
+    ``fork=True`` (``--fork``) serves concurrent associations, one child process each.
+    """
+
+    def __init__(
+        self,
+        aet: str = "STORESCP",
+        *,
+        port: int | None = None,
+        out_dir: Path | None = None,
+        bit_preserving: bool = True,
+        fork: bool = True,
+        extra: Sequence[str] = (),
+        startup_timeout: float = 15.0,
+    ) -> None:
+        self.aet = aet
+        self.host = LOOPBACK
+        self.port = port or free_port()
+        self._own_dir = out_dir is None
+        self._tmp = Path(tempfile.mkdtemp(prefix="afra-storescp-"))
+        self.out_dir = Path(out_dir) if out_dir is not None else self._tmp / "in"
+        self.log_path = self._tmp / "storescp.log"
+        self.bit_preserving = bit_preserving
+        self.fork = fork
+        self.extra = list(extra)
+        self.startup_timeout = startup_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def command(self) -> list[str]:
+        cmd = ["storescp", "-aet", self.aet, "+xa", "-pm", "-od", str(self.out_dir),
+               "-fe", ".dcm", "+uf", "-dhl", "-ta", "30", "-ts", "60"]
+        if self.bit_preserving:
+            cmd.append("+B")
+        if self.fork:
+            cmd.append("--fork")
+        return [*cmd, *self.extra, str(self.port)]
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise PeerError("storescp is not running")
+        return self._proc.pid
+
+    def start(self) -> Self:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("wb")
+        self._proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, env=scu_env(),
+                                      start_new_session=True)
+        try:
+            wait_listening(self._proc, self.port, self.startup_timeout, log=self.log_path,
+                           what="storescp")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def files(self) -> list[Path]:
+        """Received files (sorted), ignoring anything storescp is still writing."""
+        return sorted(p for p in self.out_dir.rglob("*.dcm") if p.is_file())
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            stop_process_group(self._proc)
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+class Orthanc:
+    """``/usr/sbin/Orthanc`` with its own temp storage/index folders and a generated config.
+
+    DICOM and HTTP ports are free loopback ports. ``modalities`` maps a name to (AET, host,
+    port) so Orthanc can C-STORE / C-MOVE to it. See :meth:`config` for the keys set;
+    ``extra_config`` overrides or adds keys. Orthanc 1.10 has no HTTP bind-address setting (it
+    listens on every interface), so ``RemoteAccessAllowed: false`` is what keeps the REST API
+    to loopback clients. Works as root. Use as a context manager, or start()/cleanup().
+    """
+
+    def __init__(
+        self,
+        aet: str = "ORTHANC",
+        modalities: Mapping[str, tuple[str, str, int]] | None = None,
+        *,
+        extra_config: Mapping[str, Any] | None = None,
+        binary: str = ORTHANC_BINARY,
+        startup_timeout: float = 60.0,
+        verbose: bool = False,
+    ) -> None:
+        self.aet = aet
+        self.host = LOOPBACK
+        self.modalities = dict(modalities or {})
+        self.extra_config = dict(extra_config or {})
+        self.binary = binary
+        self.startup_timeout = startup_timeout
+        self.verbose = verbose
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        while self.dicom_port == self.http_port:
+            self.dicom_port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="afra-orthanc-"))
+        self.storage_dir = self.workdir / "storage"
+        self.index_dir = self.workdir / "index"
+        self.config_path = self.workdir / "orthanc.json"
+        self.log_path = self.workdir / "orthanc.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._out: Any = None
+        self._http = requests.Session()
+        self._http.trust_env = False  # never send loopback requests through a proxy
+
+    # ------------------------------------------------------------------ lifecycle
+    def config(self) -> dict[str, Any]:
+        """The JSON configuration written for Orthanc."""
+        cfg: dict[str, Any] = {
+            "Name": f"afra-test-{self.aet}",
+            "StorageDirectory": str(self.storage_dir),
+            "IndexDirectory": str(self.index_dir),
+            "Plugins": [],
+            "LuaScripts": [],
+            "HttpServerEnabled": True,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "SslEnabled": False,
+            "OrthancExplorerEnabled": False,
+            "WebDavEnabled": False,
+            "DicomServerEnabled": True,
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "DicomCheckCalledAet": False,
+            "DicomCheckModalityHost": False,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowMove": True,
+            "DicomAlwaysAllowGet": True,
+            "DicomModalities": {
+                name: [aet, host, port] for name, (aet, host, port) in self.modalities.items()
+            },
+            "SaveJobs": False,
+        }
+        cfg.update(self.extra_config)
+        return cfg
+
+    def start(self) -> Self:
+        for d in (self.storage_dir, self.index_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config(), indent=2))
+        cmd = [self.binary, f"--logfile={self.log_path}", "--no-jobs"]
+        if self.verbose:
+            cmd.append("--verbose")
+        cmd.append(str(self.config_path))
+        self._out = (self.workdir / "orthanc.stdout").open("wb")
+        self._proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, cwd=self.workdir,
+                                      start_new_session=True)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise PeerError(f"Orthanc exited with {self._proc.returncode} during startup"
+                                f"{_log_tail(self.log_path)}")
+            with contextlib.suppress(requests.RequestException):
+                if self._http.get(f"{self.rest_url}/system", timeout=2).ok:
+                    wait_listening(self._proc, self.dicom_port,
+                                   max(1.0, deadline - time.monotonic()),
+                                   log=self.log_path, what="Orthanc")
+                    return
+            time.sleep(0.05)
+        raise PeerError(f"Orthanc did not answer /system within {self.startup_timeout:.0f}s"
+                        f"{_log_tail(self.log_path)}")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            stop_process_group(self._proc, timeout=30.0)
+            self._proc = None
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        self._http.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise PeerError("Orthanc is not running")
+        return self._proc.pid
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # ------------------------------------------------------------------ REST
+    def _check(self, resp: requests.Response) -> Any:
+        if not resp.ok:
+            raise PeerError(f"Orthanc {resp.request.method} {resp.url} -> {resp.status_code}: "
+                            f"{resp.text[:2000]}")
+        return resp.json() if resp.content else None
+
+    def get(self, path: str, timeout: float = 30.0) -> Any:
+        return self._check(self._http.get(f"{self.rest_url}{path}", timeout=timeout))
+
+    def post(self, path: str, body: Any = None, timeout: float = 120.0) -> Any:
+        return self._check(self._http.post(f"{self.rest_url}{path}", json=body,
+                                           timeout=timeout))
+
+    def delete(self, path: str, timeout: float = 30.0) -> Any:
+        return self._check(self._http.delete(f"{self.rest_url}{path}", timeout=timeout))
+
+    def upload(self, path: Path, timeout: float = 120.0) -> str:
+        """POST one DICOM file to /instances; returns the Orthanc instance ID."""
+        with Path(path).open("rb") as fh:
+            resp = self._http.post(f"{self.rest_url}/instances", data=fh, timeout=timeout,
+                                   headers={"Content-Type": "application/dicom"})
+        result = self._check(resp)
+        if not isinstance(result, dict) or result.get("Status") not in ("Success",
+                                                                         "AlreadyStored"):
+            raise PeerError(f"Orthanc upload of {path} failed: {result}")
+        return str(result["ID"])
+
+    def upload_many(self, paths: Iterable[Path]) -> list[str]:
+        return [self.upload(p) for p in paths]
+
+    def instances(self) -> list[str]:
+        return list(self.get("/instances"))
+
+    def studies(self) -> list[str]:
+        return list(self.get("/studies"))
+
+    def statistics(self) -> dict[str, Any]:
+        return dict(self.get("/statistics"))
+
+    def instance_tags(self, instance_id: str) -> dict[str, Any]:
+        """``/instances/{id}/simplified-tags``: keyword -> value."""
+        return dict(self.get(f"/instances/{instance_id}/simplified-tags"))
+
+    def instance_file(self, instance_id: str, timeout: float = 120.0) -> bytes:
+        """The stored DICOM file (as Orthanc keeps it)."""
+        resp = self._http.get(f"{self.rest_url}/instances/{instance_id}/file", timeout=timeout)
+        if not resp.ok:
+            raise PeerError(f"Orthanc GET file {instance_id} -> {resp.status_code}")
+        return resp.content
+
+    def store_to(
+        self, modality: str, resource_ids: Sequence[str] | str, timeout: float = 600.0
+    ) -> dict[str, Any]:
+        """C-STORE resources (instance/series/study/patient IDs) to ``modality``, synchronously.
+
+        Raises :class:`PeerError` if Orthanc reports an error (e.g. the peer refused)."""
+        ids = [resource_ids] if isinstance(resource_ids, str) else list(resource_ids)
+        body = {"Resources": ids, "Synchronous": True, "Timeout": 60}
+        return dict(self.post(f"/modalities/{modality}/store", body, timeout=timeout) or {})
+
+    def echo_to(self, modality: str, timeout: float = 60.0) -> None:
+        """C-ECHO from Orthanc to ``modality`` (raises on failure)."""
+        self.post(f"/modalities/{modality}/echo", {}, timeout=timeout)
