@@ -28,6 +28,7 @@ from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -35,7 +36,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
     generate_uid,
 )
@@ -89,9 +89,9 @@ def _uid(seed: int | None, *parts: object) -> UID:
 def _file_meta(sop_class: str, sop_instance_uid: str, transfer_syntax: str) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "AFRA_DICOMGEN"
     return meta
@@ -164,7 +164,8 @@ def _base_image(rows: int, cols: int, seed: int) -> np.ndarray[Any, np.dtype[np.
     r2 = ((yy - rows / 2) / max(rows, 1)) ** 2 + ((xx - cols / 2) / max(cols, 1)) ** 2
     blob = (1024 + 800 * np.exp(-8 * r2)).astype(np.uint16)
     noise = rng.integers(0, 256, size=(rows, cols), dtype=np.uint16)
-    return (blob + noise) & np.uint16(0x0FFF)
+    image: np.ndarray[Any, np.dtype[np.uint16]] = (blob + noise) & np.uint16(0x0FFF)
+    return image
 
 
 def _slice_pixels(

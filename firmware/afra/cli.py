@@ -48,7 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     pacs_args(sp)
     sp.add_argument("--level", choices=["study", "series"], default="study")
     sp.add_argument(
-        "-k", "--key", action="append", default=[], metavar="KEYWORD=VALUE",
+        "-k",
+        "--key",
+        action="append",
+        default=[],
+        metavar="KEYWORD=VALUE",
         help="a matching or return key, e.g. -k PatientID=123 -k StudyDate=20240101-",
     )
     sp.add_argument("--json", action="store_true", help="print matches as DICOM JSON")

@@ -56,6 +56,7 @@ def check_network(value: str) -> str:
 AETitle = Annotated[str, AfterValidator(check_ae_title)]
 Network = Annotated[str, AfterValidator(check_network)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+ListenPort = Annotated[int, Field(ge=0, le=65535)]  # 0: the system picks a free port
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 
 
@@ -79,7 +80,7 @@ class Peer(Section):
 class DicomSettings(Section):
     ae_title: AETitle = "AFRA"
     bind: str = "0.0.0.0"  # noqa: S104 - the box serves the center's LAN
-    port: Port = 11112
+    port: ListenPort = 11112
     max_associations: int = Field(8, ge=1, le=64)
     max_pdu: int = Field(1048576, ge=4096, le=16777216)
     acse_timeout: Seconds = 30.0

@@ -27,6 +27,7 @@ STATUS_CANNOT_UNDERSTAND = 0xC210  # undecodable or truncated data set
 STATUS_INVALID_UID = 0xC212  # a UID that breaks PS3.5 section 9 (syntax or length)
 
 MAX_UID_LENGTH = 64
+DEFLATED = "1.2.840.10008.1.2.1.99"
 _DEFER_SIZE = 1024
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
@@ -82,14 +83,17 @@ def read_header(path: Path) -> InstanceHeader:
     size = os.path.getsize(path)
     try:
         ds = dcmread(path, defer_size=_DEFER_SIZE)
-        last = ds.get_item(max(ds.keys())) if len(ds) else None
+        last = ds.get_item(max(ds.keys()), keep_deferred=True) if len(ds) else None
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, NotImplementedError) as exc:
         raise InvalidInstanceError(
             f"data set cannot be decoded: {exc}", status=STATUS_CANNOT_UNDERSTAND
         ) from None
     if last is None:
         raise InvalidInstanceError("data set is empty", status=STATUS_CANNOT_UNDERSTAND)
-    value_tell = getattr(last, "value_tell", None)
+    meta = ds.file_meta
+    # A deflated data set is inflated in memory: offsets are not file offsets there.
+    deflated = meta.get("TransferSyntaxUID") == DEFLATED
+    value_tell = None if deflated else getattr(last, "value_tell", None)
     length = getattr(last, "length", None)
     if (
         isinstance(value_tell, int)
@@ -102,7 +106,6 @@ def read_header(path: Path) -> InstanceHeader:
             f"only {max(size - value_tell, 0)} arrived",
             status=STATUS_CANNOT_UNDERSTAND,
         )
-    meta = ds.file_meta
     sop_class = ds.get("SOPClassUID")
     if sop_class is None:
         raise InvalidInstanceError(

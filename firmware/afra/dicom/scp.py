@@ -76,14 +76,14 @@ class PeerPolicy:
         return any(ae_title.strip() == title and ip in net for title, net in self.peers)
 
 
-class _PeerCheckingACSE(ACSE):  # type: ignore[misc]
+class _PeerCheckingACSE(ACSE):
     """pynetdicom's ACSE, refusing peers the policy does not know before any negotiation."""
 
     policy: PeerPolicy
 
     def _negotiate_as_acceptor(self) -> None:
-        calling = str(self.requestor.primitive.calling_ae_title).strip()
-        address = str(self.assoc.requestor.address_info.address)
+        calling = str(getattr(self.requestor.primitive, "calling_ae_title", "")).strip()
+        address = str(self.assoc.requestor.address)
         if not self.policy.allows(calling, address):
             LOG.warning(
                 "rejected an association from AE %r at %s: not a configured peer "
@@ -100,7 +100,7 @@ class _PeerCheckingACSE(ACSE):  # type: ignore[misc]
 
 
 def _make_request_handler(policy: PeerPolicy, socket_buffer: int) -> type[RequestHandler]:
-    class _Handler(RequestHandler):  # type: ignore[misc]
+    class _Handler(RequestHandler):
         def _create_association(self) -> Any:
             assoc = super()._create_association()
             acse = _PeerCheckingACSE(assoc)
@@ -184,7 +184,7 @@ def make_ae(settings: DicomSettings, contexts: Iterable[Any] = ()) -> AE:
 def storage_contexts() -> list[Any]:
     contexts = [build_context(Verification)]
     contexts += [
-        build_context(cx.abstract_syntax, list(TRANSFER_SYNTAXES))
+        build_context(str(cx.abstract_syntax), list(TRANSFER_SYNTAXES))
         for cx in AllStoragePresentationContexts
     ]
     return contexts
@@ -214,7 +214,7 @@ class DicomServer:
                 "(add [[dicom.peers]] or set dicom.allow_any_peer)"
             )
         ae = make_ae(self.settings, storage_contexts())
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_C_STORE, _handle_store, [self.receiver]),
             (evt.EVT_CONN_OPEN, _log_open),

@@ -70,8 +70,15 @@ def parse_keys(pairs: Mapping[str, str], level: str) -> Dataset:
         raise ValueError(f"query level must be one of {', '.join(LEVELS)}, not {level!r}")
     ds = Dataset()
     ds.QueryRetrieveLevel = level
-    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "ModalitiesInStudy",
-                    "AccessionNumber", "NumberOfStudyRelatedInstances"):
+    for keyword in (
+        "StudyInstanceUID",
+        "PatientID",
+        "PatientName",
+        "StudyDate",
+        "ModalitiesInStudy",
+        "AccessionNumber",
+        "NumberOfStudyRelatedInstances",
+    ):
         if level == "STUDY":
             setattr(ds, keyword, "")
     if level == "SERIES":
@@ -115,9 +122,7 @@ class PacsClient:
         ae.maximum_pdu_size = self.local.max_pdu
         for cx in contexts:
             ae.add_requested_context(cx)
-        assoc = ae.associate(
-            self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title, **kwargs
-        )
+        assoc = ae.associate(self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title, **kwargs)
         if not assoc.is_established:
             raise AssociationFailedError(
                 f"PACS {self.pacs.ae_title} at {self.pacs.host}:{self.pacs.port} did not accept "
@@ -203,7 +208,7 @@ class PacsClient:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_uid
-        storage = [cx.abstract_syntax for cx in StoragePresentationContexts[:127]]
+        storage = [str(cx.abstract_syntax) for cx in StoragePresentationContexts[:127]]
         roles = [build_role(uid, scp_role=True) for uid in storage]
         receiver = self.receiver
         handler: Callable[[Any], int] = lambda event: _store_from_get(event, receiver)  # noqa: E731

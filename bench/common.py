@@ -1,0 +1,513 @@
+"""Shared parts of the benchmarks (bench/ingest.py, bench/memory.py).
+
+- Receivers: one :class:`Receiver` interface over DCMTK storescp, Orthanc and the AFRA box,
+  each started fresh (own temp storage under ``bench/out/tmp``) and stopped after use.
+- Measurement: :func:`measure_send` runs one or more storescu processes at once against a
+  receiver and returns wall time, the receiver process tree's CPU time and peak RSS.
+- Data: :func:`ensure_ct_series` / :func:`ensure_large_object` generate the synthetic data once
+  into ``bench/out`` (atomically: a half-written set is never reused).
+
+Units: MB here means MiB (2**20 bytes), for throughput and for RSS alike.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO / "bench"
+OUT_DIR = BENCH_DIR / "out"
+TMP_ROOT = OUT_DIR / "tmp"
+VENV_BIN = REPO / ".venv" / "bin"
+BOX_COMMAND: list[str] = [str(VENV_BIN / "afra"), "run", "--config"]
+"""The box is started as ``BOX_COMMAND + [<config.toml>]``."""
+
+MIB = 1024 * 1024
+SAMPLE_INTERVAL_S = 0.05
+
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
+
+import dicomgen  # noqa: E402
+import peers  # noqa: E402
+from peers import LOOPBACK, PeerError  # noqa: E402
+
+
+class BenchError(RuntimeError):
+    """A benchmark run failed (receiver did not start, sender failed, wrong stored count)."""
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr so that stdout carries only the result lines."""
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- process tree
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds of ``pid`` and its descendants, including reaped children
+    (``children_user``/``children_system``), so before/after deltas count short-lived
+    children such as storescp's forked association handlers."""
+    total = 0.0
+    for proc in _tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Sum of RSS over ``pid`` and its descendants."""
+    total = 0
+    for proc in _tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += proc.memory_info().rss
+    return total
+
+
+class RssSampler:
+    """Samples the RSS of a process tree every ``interval`` seconds in a thread; keeps the max."""
+
+    def __init__(self, pid: int, interval: float = SAMPLE_INTERVAL_S) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_bytes = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.peak_bytes = max(self.peak_bytes, tree_rss_bytes(self.pid))
+            self.samples += 1
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.peak_bytes = max(self.peak_bytes, tree_rss_bytes(self.pid))
+
+
+# --------------------------------------------------------------------------- receivers
+class Receiver(abc.ABC):
+    """A DICOM storage SCP under test: start(), stop(), pid, host/port/aet, stored_count()."""
+
+    name: str
+    aet: str
+    host: str = LOOPBACK
+
+    @property
+    @abc.abstractmethod
+    def port(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def pid(self) -> int: ...
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop the process and remove its temp storage."""
+
+    @abc.abstractmethod
+    def stored_count(self) -> int:
+        """How many instances the receiver holds now."""
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class StoreSCPReceiver(Receiver):
+    """DCMTK storescp: ``+xa -pm --fork`` into a temp dir (default, not bit-preserving,
+    write mode; no fsync). Forking so that concurrent senders are served concurrently."""
+
+    name = "storescp"
+
+    def __init__(self) -> None:
+        self.aet = "STORESCP"
+        self._scp = peers.StoreSCP(self.aet, fork=True, bit_preserving=False, tmp_root=TMP_ROOT)
+
+    @property
+    def port(self) -> int:
+        return self._scp.port
+
+    @property
+    def pid(self) -> int:
+        return self._scp.pid
+
+    def start(self) -> None:
+        self._scp.start()
+
+    def stop(self) -> None:
+        self._scp.cleanup()
+
+    def stored_count(self) -> int:
+        return len(self._scp.files())
+
+
+class OrthancReceiver(Receiver):
+    """Orthanc 1.10 with fresh storage, durable default (SyncStorageArea true), no plugins."""
+
+    name = "orthanc"
+
+    def __init__(self) -> None:
+        self.aet = "ORTHANC"
+        self._orthanc = peers.Orthanc(self.aet, tmp_root=TMP_ROOT)
+
+    @property
+    def port(self) -> int:
+        return self._orthanc.dicom_port
+
+    @property
+    def pid(self) -> int:
+        return self._orthanc.pid
+
+    def start(self) -> None:
+        self._orthanc.start()
+
+    def stop(self) -> None:
+        self._orthanc.cleanup()
+
+    def stored_count(self) -> int:
+        return int(self._orthanc.statistics()["CountInstances"])
+
+
+class BoxReceiver(Receiver):
+    """The AFRA box: ``BOX_COMMAND + [config.toml]`` with a fresh data_dir.
+
+    Ready when its process tree listens on the configured port. Stopped with SIGTERM to the
+    main process (it exits cleanly on SIGTERM), then SIGKILL to its group after 30 s. Stored
+    instances are the ``*.dcm`` files under ``<data_dir>/objects`` (recursively).
+    """
+
+    name = "box"
+
+    def __init__(
+        self,
+        command: Sequence[str] | None = None,
+        startup_timeout: float = 90.0,
+    ) -> None:
+        self.aet = "AFRA"
+        self.command = list(command if command is not None else BOX_COMMAND)
+        self.startup_timeout = startup_timeout
+        TMP_ROOT.mkdir(parents=True, exist_ok=True)
+        self.workdir = Path(tempfile.mkdtemp(prefix="afra-box-", dir=TMP_ROOT))
+        self.data_dir = self.workdir / "data"
+        self.config_path = self.workdir / "afra.toml"
+        self.log_path = self.workdir / "box.log"
+        self._port = peers.free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.exit_code: int | None = None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise BenchError("box is not running")
+        return self._proc.pid
+
+    def config_text(self) -> str:
+        return (
+            "[box]\n"
+            f"data_dir = {json.dumps(str(self.data_dir))}\n"
+            "[dicom]\n"
+            f"ae_title = {json.dumps(self.aet)}\n"
+            f"bind = {json.dumps(LOOPBACK)}\n"
+            f"port = {self._port}\n"
+            "allow_any_peer = true\n"
+        )
+
+    def start(self) -> None:
+        exe = self.command[0]
+        if shutil.which(exe) is None:
+            raise BenchError(f"box command not found: {exe} (is the firmware installed in the "
+                             f"venv? `pip install -e .`)")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text())
+        self._log = self.log_path.open("wb")
+        env = peers.scu_env()  # same environment as the other receivers (TCP_NODELAY=1)
+        self._proc = subprocess.Popen([*self.command, str(self.config_path)], stdout=self._log,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      cwd=self.workdir, env=env, start_new_session=True)
+        try:
+            peers.wait_listening(self._proc, self._port, self.startup_timeout,
+                                 log=self.log_path, what="box")
+        except PeerError as exc:
+            raise BenchError(str(exc)) from exc
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            running = self._proc.poll() is None
+            code = peers.stop_process_group(self._proc, timeout=30.0, term_group=False)
+            self.exit_code = code
+            if running and code not in (0, None):
+                log(f"warning: box exited with {code} on SIGTERM; log tail:\n"
+                    + "\n".join(self.log_text().splitlines()[-20:]))
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stored_count(self) -> int:
+        objects = self.data_dir / "objects"
+        if not objects.is_dir():
+            return 0
+        return sum(1 for p in objects.rglob("*.dcm") if p.is_file())
+
+
+RECEIVERS: dict[str, Callable[[], Receiver]] = {
+    "storescp": StoreSCPReceiver,
+    "orthanc": OrthancReceiver,
+    "box": BoxReceiver,
+}
+
+
+# --------------------------------------------------------------------------- measurement
+@dataclass(frozen=True)
+class RunResult:
+    """One measured send: ``senders`` storescu processes at once to one receiver."""
+
+    receiver: str
+    senders: int
+    instances: int
+    payload_bytes: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_bytes: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median wall time / CPU over runs; peak RSS is the max over all runs."""
+
+    receiver: str
+    senders: int
+    runs: int
+    instances: int
+    instances_per_s: float
+    mb_per_s: float
+    cpu_ms_per_instance: float
+    peak_rss_mb: float
+
+    def line(self, label: str | None = None) -> str:
+        return (f"receiver={label or self.receiver} instances_per_s={self.instances_per_s:.1f} "
+                f"mb_per_s={self.mb_per_s:.1f} cpu_ms_per_instance={self.cpu_ms_per_instance:.2f} "
+                f"peak_rss_mb={self.peak_rss_mb:.1f}")
+
+
+def summarize(results: Sequence[RunResult]) -> Summary:
+    if not results:
+        raise ValueError("no results")
+    wall = statistics.median(r.wall_s for r in results)
+    cpu = statistics.median(r.cpu_s for r in results)
+    first = results[0]
+    return Summary(
+        receiver=first.receiver,
+        senders=first.senders,
+        runs=len(results),
+        instances=first.instances,
+        instances_per_s=first.instances / wall,
+        mb_per_s=first.payload_bytes / MIB / wall,
+        cpu_ms_per_instance=cpu * 1000.0 / first.instances,
+        peak_rss_mb=max(r.peak_rss_bytes for r in results) / MIB,
+    )
+
+
+def split(files: Sequence[Path], parts: int) -> list[list[Path]]:
+    """``parts`` contiguous, near-equal slices of ``files`` (300 / 4 -> 4 x 75)."""
+    n = len(files)
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [list(files[bounds[i]:bounds[i + 1]]) for i in range(parts)]
+
+
+def _wait_stored(receiver: Receiver, expected: int, settle_s: float = 5.0) -> None:
+    count = receiver.stored_count()
+    if count == expected:
+        return
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline and count != expected:
+        time.sleep(0.1)
+        count = receiver.stored_count()
+    if count != expected:
+        extra = ""
+        if isinstance(receiver, BoxReceiver):
+            extra = "\n--- box log tail ---\n" + "\n".join(receiver.log_text().splitlines()[-30:])
+        raise BenchError(f"{receiver.name}: stored {count} instances, expected {expected}{extra}")
+    log(f"warning: {receiver.name} reached {expected} stored instances only after the senders "
+        f"had finished (stored count lagged the C-STORE responses)")
+
+
+def _kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def measure_send(
+    receiver: Receiver,
+    batches: Sequence[Sequence[Path]],
+    *,
+    timeout: float = 900.0,
+    dimse_timeout: int = 120,
+    expected_stored: int | None = None,
+) -> RunResult:
+    """Send each batch with its own storescu (one association each), all at once.
+
+    Wall time runs from just before the first storescu starts to the exit of the last one.
+    CPU is the receiver tree's user+sys delta over that window; RSS is sampled every 50 ms.
+    Afterwards the receiver must hold ``expected_stored`` instances (default: all files sent).
+    """
+    files = [f for batch in batches for f in batch]
+    payload = sum(f.stat().st_size for f in files)
+    pid = receiver.pid
+    cmds = [peers.storescu_command(receiver.host, receiver.port, list(batch),
+                                   aec=receiver.aet, aet=f"BENCH{i}",
+                                   dimse_timeout=dimse_timeout)
+            for i, batch in enumerate(batches)]
+    env = peers.scu_env()
+    procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(tempfile.TemporaryFile()) for _ in cmds]
+        stack.callback(_kill_all, procs)
+        cpu0 = tree_cpu_seconds(pid)
+        with RssSampler(pid) as sampler:
+            t0 = time.perf_counter()
+            for cmd, out in zip(cmds, logs, strict=True):
+                procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL, env=env))
+            deadline = time.monotonic() + timeout
+            for proc in procs:
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired as exc:
+                    raise BenchError(f"storescu to {receiver.name} still running after "
+                                     f"{timeout:.0f}s") from exc
+            wall = time.perf_counter() - t0
+        cpu = tree_cpu_seconds(pid) - cpu0
+        for i, (proc, out) in enumerate(zip(procs, logs, strict=True)):
+            if proc.returncode != 0:
+                out.seek(0)
+                output = out.read().decode(errors="replace")[-4000:]
+                raise BenchError(f"storescu #{i} to {receiver.name} exited with "
+                                 f"{proc.returncode}:\n{output}")
+    _wait_stored(receiver, len(files) if expected_stored is None else expected_stored)
+    return RunResult(receiver=receiver.name, senders=len(batches), instances=len(files),
+                     payload_bytes=payload, wall_s=wall, cpu_s=cpu,
+                     peak_rss_bytes=sampler.peak_bytes)
+
+
+def run_fresh(
+    factory: Callable[[], Receiver],
+    batches: Sequence[Sequence[Path]],
+    **kwargs: Any,
+) -> RunResult:
+    """Start a fresh receiver, measure one send, stop it (storage removed)."""
+    with factory() as receiver:
+        return measure_send(receiver, batches, **kwargs)
+
+
+# --------------------------------------------------------------------------- data
+def _ready_dir(path: Path, expected: int) -> list[Path] | None:
+    if not path.is_dir():
+        return None
+    files = sorted(path.glob("*.dcm"))
+    return files if len(files) == expected else None
+
+
+def ensure_ct_series(
+    path: Path, n: int, rows: int, cols: int, *, patient_id: str, seed: int
+) -> list[Path]:
+    """The synthetic CT series in ``path`` (generated once; reused when complete)."""
+    files = _ready_dir(path, n)
+    if files is not None:
+        return files
+    if path.exists():
+        shutil.rmtree(path)
+    part = path.with_name(path.name + ".part")
+    shutil.rmtree(part, ignore_errors=True)
+    log(f"generating {n} x {rows}x{cols} CT instances into {path}")
+    t0 = time.perf_counter()
+    dicomgen.make_ct_series(part, n=n, rows=rows, cols=cols, patient_id=patient_id, seed=seed)
+    part.rename(path)
+    log(f"generated in {time.perf_counter() - t0:.1f}s")
+    files = _ready_dir(path, n)
+    if files is None:
+        raise BenchError(f"generation of {path} did not produce {n} files")
+    return files
+
+
+def ensure_large_object(path: Path, size_bytes: int) -> Path:
+    """One ~``size_bytes`` instance at ``path`` (generated once, streamed to disk)."""
+    if path.is_file() and path.stat().st_size >= size_bytes:
+        return path
+    log(f"generating a {size_bytes / MIB:.0f} MiB instance at {path}")
+    t0 = time.perf_counter()
+    dicomgen.make_large_object(path, size_bytes)
+    log(f"generated in {time.perf_counter() - t0:.1f}s")
+    return path
+
+
+def warm_page_cache(files: Sequence[Path]) -> None:
+    """Read the files once so that every receiver's first run sees them cached."""
+    for f in files:
+        with f.open("rb") as fh:
+            while fh.read(MIB):
+                pass
+
+
+def prepare_tmp_root() -> None:
+    """A clean ``bench/out/tmp`` (leftovers of an interrupted run are removed)."""
+    shutil.rmtree(TMP_ROOT, ignore_errors=True)
+    TMP_ROOT.mkdir(parents=True, exist_ok=True)

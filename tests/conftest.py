@@ -1,0 +1,82 @@
+"""Fixtures, one per seam: configuration, clock, storage root, a running box, real peers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from afra.app import Appliance, build_appliance
+from afra.config import Config
+from tests.fakes import FakeClock
+from tests.peers import Orthanc, free_port
+
+LOOPBACK = "127.0.0.1"
+
+
+def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
+    """A valid Config on loopback; sections override key by key."""
+    base: dict[str, Any] = {
+        "box": {"data_dir": str(data_dir), "log_level": "DEBUG"},
+        "dicom": {"bind": LOOPBACK, "port": 0, "allow_any_peer": True, "network_timeout": 30},
+        "storage": {"min_free_mb": 0},
+        "study": {"stable_age": 60, "pacs_count_wait": 300},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return Config.model_validate(base)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+BoxFactory = Callable[..., Appliance]
+
+
+@pytest.fixture
+def make_box(tmp_path: Path, clock: FakeClock) -> Iterator[BoxFactory]:
+    """Build and start real appliances on loopback (free port unless given); stop them after."""
+    started: list[Appliance] = []
+
+    def factory(data_dir: Path | None = None, **sections: dict[str, Any]) -> Appliance:
+        config = make_config(data_dir or tmp_path / "box", **sections)
+        box = build_appliance(config, clock=clock)
+        box.start()
+        started.append(box)
+        return box
+
+    yield factory
+    for box in started:
+        box.close()
+
+
+@pytest.fixture
+def box(make_box: BoxFactory) -> Appliance:
+    return make_box()
+
+
+@pytest.fixture(scope="module")
+def box_port() -> int:
+    """A fixed port for a module whose Orthanc must know where the box listens."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def orthanc(box_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    """Orthanc as the center's PACS, knowing the box as modality AFRA."""
+    with Orthanc(
+        aet="ORTHANC",
+        modalities={"AFRA": ("AFRA", LOOPBACK, box_port)},
+        tmp_root=tmp_path_factory.mktemp("orthanc"),
+    ) as pacs:
+        yield pacs
+
+
+@pytest.fixture(autouse=True)
+def _quiet_pynetdicom() -> None:
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)

@@ -1,0 +1,270 @@
+"""The Storage and Verification SCP, driven by DCMTK's storescu/echoscu and hostile senders."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread, dcmwrite
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    MRImageStorage,
+    RLELossless,
+)
+from pynetdicom import AE
+
+from afra.app import Appliance, build_appliance
+from tests.conftest import BoxFactory, make_config
+from tests.dicom.conftest import LOOPBACK, send_raw
+from tests.dicomgen import dataset_bytes_hash, make_ct_series, make_instance
+from tests.peers import echoscu, storescu
+
+
+def stored_path(box: Appliance, sent: Path) -> Path:
+    ds = dcmread(sent, stop_before_pixels=True)
+    return box.spool.absolute(box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID))
+
+
+def object_files(box: Appliance) -> list[Path]:
+    return sorted((box.spool.root / "objects").rglob("*.dcm"))
+
+
+def test_echo_from_echoscu(box: Appliance) -> None:
+    result = echoscu(LOOPBACK, box.dicom.port)
+    assert result.returncode == 0
+
+
+def test_series_from_storescu_stored_byte_for_byte(box: Appliance, tmp_path: Path) -> None:
+    files = make_ct_series(tmp_path / "series", n=12, rows=64, cols=64)
+    storescu(LOOPBACK, box.dicom.port, files)
+    studies = box.index.studies()
+    assert [(s.instance_count, s.state, s.revision) for s in studies] == [(12, "received", 0)]
+    assert len(object_files(box)) == 12
+    for sent in files:
+        kept = stored_path(box, sent)
+        assert dataset_bytes_hash(kept) == dataset_bytes_hash(sent)
+        raw = kept.read_bytes()
+        assert raw[:128] == b"\0" * 128 and raw[128:132] == b"DICM"
+        assert dcmread(kept).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    ds = dcmread(files[0], stop_before_pixels=True)
+    assert ds.SOPInstanceUID not in "".join(str(p) for p in object_files(box))
+    assert studies[0].patient_id == ds.PatientID
+
+
+def _encapsulated(path: Path, ts: str) -> Path:
+    """An instance in a compressed transfer syntax; the box must not decode the pixels."""
+    make_instance(path, transfer_syntax=ExplicitVRLittleEndian, pixel_bytes=64 * 64 * 2)
+    ds = dcmread(path)
+    ds.PixelData = encapsulate([b"\xff\xd8 not really a codestream \xff\xd9" + bytes(64)])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = ts
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+PROPOSE = {
+    DeflatedExplicitVRLittleEndian: ["-xd"],
+    JPEGBaseline8Bit: ["-xy"],
+    JPEGLosslessSV1: ["-xs"],
+    JPEGLSLossless: ["-xt"],
+    JPEG2000Lossless: ["-xv"],
+    RLELossless: ["-xr"],
+}
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        ImplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
+        JPEGBaseline8Bit,
+        JPEGLosslessSV1,
+        JPEGLSLossless,
+        JPEG2000Lossless,
+        RLELossless,
+    ],
+)
+def test_transfer_syntaxes_kept_as_sent(box: Appliance, tmp_path: Path, ts: str) -> None:
+    path = tmp_path / "one.dcm"
+    if ts in (ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
+        make_instance(path, transfer_syntax=ts, pixel_bytes=32 * 32 * 2)
+    else:
+        _encapsulated(path, ts)
+    # Make storescu propose the file's own syntax first, so it sends the bytes unchanged.
+    result = storescu(LOOPBACK, box.dicom.port, [path], extra=PROPOSE.get(ts, []))
+    assert result.returncode == 0
+    kept = stored_path(box, path)
+    assert dcmread(kept, stop_before_pixels=True).file_meta.TransferSyntaxUID == ts
+    assert dataset_bytes_hash(kept) == dataset_bytes_hash(path)
+
+
+def test_duplicate_kept_once(
+    box: Appliance, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = make_instance(tmp_path / "a.dcm")
+    storescu(LOOPBACK, box.dicom.port, [path])
+    with caplog.at_level(logging.INFO, logger="afra.receive"):
+        storescu(LOOPBACK, box.dicom.port, [path])
+    assert len(object_files(box)) == 1
+    assert box.index.studies()[0].instance_count == 1
+    assert "duplicate instance" in caplog.text
+    assert box.index.conflicts() == []
+
+
+def test_different_payload_same_uid_kept_as_conflict(box: Appliance, tmp_path: Path) -> None:
+    first = make_instance(tmp_path / "a.dcm", sop_instance_uid="1.2.3.4.5.6.7", seed=1)
+    second = make_instance(tmp_path / "b.dcm", sop_instance_uid="1.2.3.4.5.6.7", seed=2)
+    assert dataset_bytes_hash(first) != dataset_bytes_hash(second)
+    storescu(LOOPBACK, box.dicom.port, [first])
+    storescu(LOOPBACK, box.dicom.port, [second])
+    assert dataset_bytes_hash(stored_path(box, first)) == dataset_bytes_hash(first)
+    conflicts = box.index.conflicts()
+    assert len(conflicts) == 1
+    assert dataset_bytes_hash(box.spool.absolute(conflicts[0][2])) == dataset_bytes_hash(second)
+
+
+def test_unknown_calling_ae_rejected(make_box: BoxFactory) -> None:
+    box = make_box(dicom={"allow_any_peer": False, "peers": [
+        {"ae_title": "MODALITY", "host": "127.0.0.1"}]})
+    refused = echoscu(LOOPBACK, box.dicom.port, aet="STRANGER", check=False)
+    assert refused.returncode != 0
+    assert "Calling AE Title Not Recognized" in refused.stderr + refused.stdout
+    assert echoscu(LOOPBACK, box.dicom.port, aet="MODALITY").returncode == 0
+
+
+def test_known_ae_from_unknown_address_rejected(make_box: BoxFactory) -> None:
+    box = make_box(dicom={"allow_any_peer": False, "peers": [
+        {"ae_title": "MODALITY", "host": "127.0.0.1/32"}]})
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA", bind_address=("127.0.0.2", 0))
+    assert assoc.is_rejected
+    assert assoc.acceptor.primitive.diagnostic == 3  # calling-AE-title-not-recognized
+    assoc = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA")
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_association_limit(make_box: BoxFactory) -> None:
+    box = make_box(dicom={"max_associations": 1})
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    first = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA")
+    assert first.is_established
+    try:
+        second = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA")
+        assert second.is_rejected
+        assert second.acceptor.primitive.diagnostic == 2  # local-limit-exceeded
+    finally:
+        first.release()
+
+
+def test_disk_below_floor_answers_out_of_resources(make_box: BoxFactory, tmp_path: Path) -> None:
+    box = make_box(storage={"min_free_mb": 10**9})
+    path = make_instance(tmp_path / "a.dcm")
+    result = storescu(LOOPBACK, box.dicom.port, [path], check=False, extra=["-v"])
+    assert "Received Store Response (Refused: OutOfResources)" in result.stderr + result.stdout
+    assert object_files(box) == [] and box.index.studies() == []
+    assert list(box.spool.tmp_dir.iterdir()) == []
+    assert echoscu(LOOPBACK, box.dicom.port).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("uid", "why"),
+    [("../../../../etc/passwd", "traversal"), ("1." + "2" * 120, "oversized"),
+     ("1.2.03.4", "leading zero")],
+)
+def test_invalid_instance_uid_refused_and_quarantined(
+    box: Appliance, tmp_path: Path, uid: str, why: str
+) -> None:
+    path = make_instance(tmp_path / "bad.dcm", sop_instance_uid=uid)
+    if len(uid) > 64:
+        # pynetdicom will not put an oversized UID in a command: it travels in the data set.
+        ds = dcmread(path)
+        ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+        dcmwrite(path, ds, enforce_file_format=False)
+    status = send_raw(box.dicom.port, path)
+    assert status == 0xC212, why
+    assert object_files(box) == [] and box.index.studies() == []
+    [entry] = box.index.quarantine()
+    assert entry.status == 0xC212 and "not a valid DICOM UID" in entry.reason
+    assert entry.path.startswith("quarantine/") and ".." not in entry.path
+    assert box.spool.absolute(entry.path).is_file()
+    assert not (tmp_path.parent / "etc").exists()
+
+
+def test_truncated_dataset_refused(box: Appliance, tmp_path: Path) -> None:
+    path = make_instance(tmp_path / "t.dcm", pixel_bytes=64 * 64 * 2)
+    data = path.read_bytes()
+    path.write_bytes(data[:-1000])
+    assert send_raw(box.dicom.port, path) == 0xC210
+    [entry] = box.index.quarantine()
+    assert "truncated" in entry.reason
+    assert object_files(box) == []
+
+
+def test_dataset_of_another_sop_class_refused(box: Appliance, tmp_path: Path) -> None:
+    path = make_instance(tmp_path / "mr.dcm", sop_class=MRImageStorage)
+    ds = dcmread(path)
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage  # the command will say CT
+    dcmwrite(path, ds, enforce_file_format=False)
+    assert send_raw(box.dicom.port, path) == 0xA900
+    [entry] = box.index.quarantine()
+    assert "differs from the C-STORE command" in entry.reason
+
+
+def test_plain_http_on_dicom_port(box: Appliance, tmp_path: Path) -> None:
+    with socket.create_connection((LOOPBACK, box.dicom.port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: afra\r\n\r\n")
+        reply = b""
+        try:
+            while chunk := s.recv(4096):
+                reply += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    assert b"HTTP" not in reply
+    assert reply == b"" or reply[0] == 0x07  # closed, or A-ABORT
+    path = make_instance(tmp_path / "after.dcm")
+    storescu(LOOPBACK, box.dicom.port, [path])
+    assert len(object_files(box)) == 1
+
+
+def test_restart_resumes_from_disk(tmp_path: Path, clock: object) -> None:
+    data = tmp_path / "box"
+    config = make_config(data)
+    box = build_appliance(config, clock=clock)  # type: ignore[arg-type]
+    box.start()
+    files = make_ct_series(tmp_path / "s", n=5, rows=32, cols=32)
+    storescu(LOOPBACK, box.dicom.port, files)
+    box.close()
+    # A power cut: the index is lost, a receive was half written.
+    for p in data.glob("index.sqlite*"):
+        p.unlink()
+    (data / "tmp" / "partial.dcm").write_bytes(b"\0" * 100)
+    stray = data / "objects" / "zz" / "junk.dcm"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"not dicom")
+    box = build_appliance(config, clock=clock)  # type: ignore[arg-type]
+    box.start()
+    try:
+        report = box.startup
+        assert (report.removed_partial, report.indexed_orphans) == (1, 5)
+        assert report.unreadable_orphans == 1 and stray.exists()
+        assert box.index.studies()[0].instance_count == 5
+        storescu(LOOPBACK, box.dicom.port, files)  # all duplicates now
+        assert box.index.studies()[0].instance_count == 5
+    finally:
+        box.close()
+    shutil.rmtree(data)
