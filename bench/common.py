@@ -267,18 +267,27 @@ class BoxReceiver(Receiver):
     def start(self) -> None:
         exe = self.command[0]
         if shutil.which(exe) is None:
-            raise BenchError(f"box command not found: {exe} (is the firmware installed in the "
-                             f"venv? `pip install -e .`)")
+            raise BenchError(
+                f"box command not found: {exe} (is the firmware installed in the "
+                f"venv? `pip install -e .`)"
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text())
         self._log = self.log_path.open("wb")
         env = peers.scu_env()  # same environment as the other receivers (TCP_NODELAY=1)
-        self._proc = subprocess.Popen([*self.command, str(self.config_path)], stdout=self._log,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      cwd=self.workdir, env=env, start_new_session=True)
+        self._proc = subprocess.Popen(
+            [*self.command, str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            env=env,
+            start_new_session=True,
+        )
         try:
-            peers.wait_listening(self._proc, self._port, self.startup_timeout,
-                                 log=self.log_path, what="box")
+            peers.wait_listening(
+                self._proc, self._port, self.startup_timeout, log=self.log_path, what="box"
+            )
         except PeerError as exc:
             raise BenchError(str(exc)) from exc
 
@@ -288,8 +297,10 @@ class BoxReceiver(Receiver):
             code = peers.stop_process_group(self._proc, timeout=30.0, term_group=False)
             self.exit_code = code
             if running and code not in (0, None):
-                log(f"warning: box exited with {code} on SIGTERM; log tail:\n"
-                    + "\n".join(self.log_text().splitlines()[-20:]))
+                log(
+                    f"warning: box exited with {code} on SIGTERM; log tail:\n"
+                    + "\n".join(self.log_text().splitlines()[-20:])
+                )
             self._proc = None
         if self._log is not None:
             self._log.close()
@@ -341,9 +352,11 @@ class Summary:
     peak_rss_mb: float
 
     def line(self, label: str | None = None) -> str:
-        return (f"receiver={label or self.receiver} instances_per_s={self.instances_per_s:.1f} "
-                f"mb_per_s={self.mb_per_s:.1f} cpu_ms_per_instance={self.cpu_ms_per_instance:.2f} "
-                f"peak_rss_mb={self.peak_rss_mb:.1f}")
+        return (
+            f"receiver={label or self.receiver} instances_per_s={self.instances_per_s:.1f} "
+            f"mb_per_s={self.mb_per_s:.1f} cpu_ms_per_instance={self.cpu_ms_per_instance:.2f} "
+            f"peak_rss_mb={self.peak_rss_mb:.1f}"
+        )
 
 
 def summarize(results: Sequence[RunResult]) -> Summary:
@@ -368,7 +381,7 @@ def split(files: Sequence[Path], parts: int) -> list[list[Path]]:
     """``parts`` contiguous, near-equal slices of ``files`` (300 / 4 -> 4 x 75)."""
     n = len(files)
     bounds = [round(i * n / parts) for i in range(parts + 1)]
-    return [list(files[bounds[i]:bounds[i + 1]]) for i in range(parts)]
+    return [list(files[bounds[i] : bounds[i + 1]]) for i in range(parts)]
 
 
 def _wait_stored(receiver: Receiver, expected: int, settle_s: float = 5.0) -> None:
@@ -384,8 +397,10 @@ def _wait_stored(receiver: Receiver, expected: int, settle_s: float = 5.0) -> No
         if isinstance(receiver, BoxReceiver):
             extra = "\n--- box log tail ---\n" + "\n".join(receiver.log_text().splitlines()[-30:])
         raise BenchError(f"{receiver.name}: stored {count} instances, expected {expected}{extra}")
-    log(f"warning: {receiver.name} reached {expected} stored instances only after the senders "
-        f"had finished (stored count lagged the C-STORE responses)")
+    log(
+        f"warning: {receiver.name} reached {expected} stored instances only after the senders "
+        f"had finished (stored count lagged the C-STORE responses)"
+    )
 
 
 def _kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
@@ -412,10 +427,17 @@ def measure_send(
     files = [f for batch in batches for f in batch]
     payload = sum(f.stat().st_size for f in files)
     pid = receiver.pid
-    cmds = [peers.storescu_command(receiver.host, receiver.port, list(batch),
-                                   aec=receiver.aet, aet=f"BENCH{i}",
-                                   dimse_timeout=dimse_timeout)
-            for i, batch in enumerate(batches)]
+    cmds = [
+        peers.storescu_command(
+            receiver.host,
+            receiver.port,
+            list(batch),
+            aec=receiver.aet,
+            aet=f"BENCH{i}",
+            dimse_timeout=dimse_timeout,
+        )
+        for i, batch in enumerate(batches)
+    ]
     env = peers.scu_env()
     procs: list[subprocess.Popen[bytes]] = []
     with contextlib.ExitStack() as stack:
@@ -425,27 +447,38 @@ def measure_send(
         with RssSampler(pid) as sampler:
             t0 = time.perf_counter()
             for cmd, out in zip(cmds, logs, strict=True):
-                procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL, env=env))
+                procs.append(
+                    subprocess.Popen(
+                        cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+                    )
+                )
             deadline = time.monotonic() + timeout
             for proc in procs:
                 try:
                     proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired as exc:
-                    raise BenchError(f"storescu to {receiver.name} still running after "
-                                     f"{timeout:.0f}s") from exc
+                    raise BenchError(
+                        f"storescu to {receiver.name} still running after {timeout:.0f}s"
+                    ) from exc
             wall = time.perf_counter() - t0
         cpu = tree_cpu_seconds(pid) - cpu0
         for i, (proc, out) in enumerate(zip(procs, logs, strict=True)):
             if proc.returncode != 0:
                 out.seek(0)
                 output = out.read().decode(errors="replace")[-4000:]
-                raise BenchError(f"storescu #{i} to {receiver.name} exited with "
-                                 f"{proc.returncode}:\n{output}")
+                raise BenchError(
+                    f"storescu #{i} to {receiver.name} exited with {proc.returncode}:\n{output}"
+                )
     _wait_stored(receiver, len(files) if expected_stored is None else expected_stored)
-    return RunResult(receiver=receiver.name, senders=len(batches), instances=len(files),
-                     payload_bytes=payload, wall_s=wall, cpu_s=cpu,
-                     peak_rss_bytes=sampler.peak_bytes)
+    return RunResult(
+        receiver=receiver.name,
+        senders=len(batches),
+        instances=len(files),
+        payload_bytes=payload,
+        wall_s=wall,
+        cpu_s=cpu,
+        peak_rss_bytes=sampler.peak_bytes,
+    )
 
 
 def run_fresh(

@@ -67,11 +67,12 @@ def bench(
                 log(f"{name} x{senders} run {rep} FAILED: {exc}")
                 continue
             results[name].append(r)
-            log(f"{name} x{senders} run {rep}: {r.wall_s:.3f}s "
+            log(
+                f"{name} x{senders} run {rep}: {r.wall_s:.3f}s "
                 f"({r.instances / r.wall_s:.1f} inst/s, cpu {r.cpu_s:.2f}s, "
-                f"rss {r.peak_rss_bytes / 2**20:.0f} MiB)")
-    summaries = {name: summarize(rs) for name, rs in results.items()
-                 if rs and name not in errors}
+                f"rss {r.peak_rss_bytes / 2**20:.0f} MiB)"
+            )
+    summaries = {name: summarize(rs) for name, rs in results.items() if rs and name not in errors}
     return summaries, errors
 
 
@@ -83,8 +84,11 @@ def ratio(a: Summary | None, b: Summary | None) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--receivers", default="storescp,orthanc,box",
-                    help="comma-separated subset of storescp,orthanc,box (default: all)")
+    ap.add_argument(
+        "--receivers",
+        default="storescp,orthanc,box",
+        help="comma-separated subset of storescp,orthanc,box (default: all)",
+    )
     ap.add_argument("--runs", type=int, default=RUNS, help="runs per receiver (median)")
     args = ap.parse_args(argv)
     receivers = [r.strip() for r in args.receivers.split(",") if r.strip()]
@@ -107,8 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(multi[name].line(f"{name}_{SENDERS}senders"), flush=True)
 
     prepare_tmp_root()
-    errors = {**{f"{k} x1": v for k, v in err1.items()},
-              **{f"{k} x{SENDERS}": v for k, v in err4.items()}}
+    errors = {
+        **{f"{k} x1": v for k, v in err1.items()},
+        **{f"{k} x{SENDERS}": v for k, v in err4.items()},
+    }
     lines = [
         ("ingest_vs_orthanc", ratio(single.get("box"), single.get("orthanc"))),
         ("ingest_vs_storescp", ratio(single.get("box"), single.get("storescp"))),

@@ -59,8 +59,9 @@ _STUDY_TIME = "101500"
 _CHUNK = 4 * 1024 * 1024
 
 # Explicit VR: these VRs have 2 reserved bytes and a 4-byte length (PS3.5 7.1.2).
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                       b"UR", b"UT", b"UV"})
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 
 
 @contextlib.contextmanager
@@ -219,8 +220,15 @@ def make_ct_series(
 
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage
-    _patient_study(ds, patient_id=patient_id, patient_name=patient_name, study_uid=study,
-                   series_uid=series, accession_number=accession_number, modality="CT")
+    _patient_study(
+        ds,
+        patient_id=patient_id,
+        patient_name=patient_name,
+        study_uid=study,
+        series_uid=series,
+        accession_number=accession_number,
+        modality="CT",
+    )
     ds.FrameOfReferenceUID = frame_of_ref
     ds.PositionReferenceIndicator = ""
     _mono16(ds, rows, cols)
@@ -285,8 +293,15 @@ def make_instance(
         ds = Dataset()
         ds.SOPClassUID = sop_class
         ds.SOPInstanceUID = sop_uid
-        _patient_study(ds, patient_id=patient_id, patient_name=patient_name, study_uid=study,
-                       series_uid=series, accession_number=accession_number, modality=modality)
+        _patient_study(
+            ds,
+            patient_id=patient_id,
+            patient_name=patient_name,
+            study_uid=study,
+            series_uid=series,
+            accession_number=accession_number,
+            modality=modality,
+        )
         ds.InstanceNumber = instance_number
         ds.FrameOfReferenceUID = _uid(seed, "for", series)
         ds.PositionReferenceIndicator = ""
@@ -294,8 +309,9 @@ def make_instance(
             rows, cols = _grid_for(pixel_bytes)
             _mono16(ds, rows, cols)
             _ct_geometry(ds, instance_number, rows, cols)
-            pixels = _slice_pixels(_base_image(rows, cols, 0 if seed is None else seed),
-                                   instance_number)
+            pixels = _slice_pixels(
+                _base_image(rows, cols, 0 if seed is None else seed), instance_number
+            )
             if ts == RLELossless:
                 ds.PixelData = pixels.tobytes()
                 ds.compress(RLELossless, pixels, encoding_plugin="pydicom")
@@ -315,8 +331,16 @@ def make_instance(
 
 
 def _write(path: Path, ds: Dataset, ts: UID) -> None:
-    if ts in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
-              DeflatedExplicitVRLittleEndian) or ts.is_compressed:
+    if (
+        ts
+        in (
+            ImplicitVRLittleEndian,
+            ExplicitVRLittleEndian,
+            ExplicitVRBigEndian,
+            DeflatedExplicitVRLittleEndian,
+        )
+        or ts.is_compressed
+    ):
         dcmwrite(path, ds, enforce_file_format=True)
     else:  # unknown/private syntax: encode as explicit VR little endian
         dcmwrite(path, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
@@ -348,9 +372,15 @@ def make_large_object(path: Path, size_bytes: int, *, seed: int | None = 0) -> P
     ds = Dataset()
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
-    _patient_study(ds, patient_id="SYNLARGE", patient_name="Synthetic^Large",
-                   study_uid=study, series_uid=series, accession_number="ACCLARGE",
-                   modality="OT")
+    _patient_study(
+        ds,
+        patient_id="SYNLARGE",
+        patient_name="Synthetic^Large",
+        study_uid=study,
+        series_uid=series,
+        accession_number="ACCLARGE",
+        modality="OT",
+    )
     ds.ConversionType = "SYN"
     ds.InstanceNumber = 1
     ds.ImageType = ["DERIVED", "SECONDARY"]
@@ -363,8 +393,11 @@ def make_large_object(path: Path, size_bytes: int, *, seed: int | None = 0) -> P
     # A few frames' worth of deterministic 12-bit data, repeated.
     rng = np.random.default_rng(0 if seed is None else seed)
     chunk_frames = max(1, _CHUNK // frame_bytes)
-    chunk = (rng.integers(0, 4096, size=chunk_frames * rows * cols, dtype=np.uint16)
-             .astype("<u2").tobytes())
+    chunk = (
+        rng.integers(0, 4096, size=chunk_frames * rows * cols, dtype=np.uint16)
+        .astype("<u2")
+        .tobytes()
+    )
 
     part = path.with_name(path.name + ".part")
     with part.open("wb") as fh:

@@ -106,13 +106,15 @@ def wait_listening(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise PeerError(f"{what} exited with {proc.returncode} before listening on "
-                            f"{port}{_log_tail(log)}")
+            raise PeerError(
+                f"{what} exited with {proc.returncode} before listening on {port}{_log_tail(log)}"
+            )
         if port in listening_ports(proc.pid):
             return
         time.sleep(0.02)
-    raise PeerError(f"{what} did not listen on {LOOPBACK}:{port} within {timeout:.0f}s"
-                    f"{_log_tail(log)}")
+    raise PeerError(
+        f"{what} did not listen on {LOOPBACK}:{port} within {timeout:.0f}s{_log_tail(log)}"
+    )
 
 
 def _log_tail(log: Path | None, n: int = 40) -> str:
@@ -153,14 +155,23 @@ def _run(
     cmd: Sequence[str], *, check: bool, timeout: float, what: str
 ) -> subprocess.CompletedProcess[str]:
     try:
-        result = subprocess.run(list(cmd), capture_output=True, text=True, env=scu_env(),
-                                timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            list(cmd),
+            capture_output=True,
+            text=True,
+            env=scu_env(),
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired as exc:
         raise PeerError(f"{what} timed out after {timeout:.0f}s: {' '.join(cmd[:12])}") from exc
     if check and result.returncode != 0:
-        raise PeerError(f"{what} failed with exit code {result.returncode}\n"
-                        f"command: {' '.join(cmd[:12])}{' ...' if len(cmd) > 12 else ''}\n"
-                        f"stderr:\n{result.stderr}\nstdout:\n{result.stdout}")
+        raise PeerError(
+            f"{what} failed with exit code {result.returncode}\n"
+            f"command: {' '.join(cmd[:12])}{' ...' if len(cmd) > 12 else ''}\n"
+            f"stderr:\n{result.stderr}\nstdout:\n{result.stdout}"
+        )
     return result
 
 
@@ -181,8 +192,21 @@ def storescu_command(
     is (for a compressed file storescu adds a context with the file's own transfer syntax). A
     directory is scanned recursively (``+sd +r``). ``-td`` bounds each wait for a response.
     """
-    cmd = ["storescu", "-aet", aet, "-aec", aec, "-R", "-xe", *_SCU_TIMEOUTS,
-           "-td", str(dimse_timeout), *extra, host, str(port)]
+    cmd = [
+        "storescu",
+        "-aet",
+        aet,
+        "-aec",
+        aec,
+        "-R",
+        "-xe",
+        *_SCU_TIMEOUTS,
+        "-td",
+        str(dimse_timeout),
+        *extra,
+        host,
+        str(port),
+    ]
     if isinstance(files, Path):
         if files.is_dir():
             cmd[1:1] = ["+sd", "+r"]
@@ -211,8 +235,9 @@ def storescu(
     Runs with TCP_NODELAY=1. Raises :class:`PeerError` showing stderr if storescu exits
     non-zero (unless ``check=False``) or runs longer than ``timeout`` seconds.
     """
-    cmd = storescu_command(host, port, files, aet=aet, aec=aec, extra=extra,
-                           dimse_timeout=dimse_timeout)
+    cmd = storescu_command(
+        host, port, files, aet=aet, aec=aec, extra=extra, dimse_timeout=dimse_timeout
+    )
     return _run(cmd, check=check, timeout=timeout, what="storescu")
 
 
@@ -227,8 +252,19 @@ def echoscu(
     timeout: float = 60.0,
 ) -> subprocess.CompletedProcess[str]:
     """One C-ECHO from ``aet`` to ``aec`` at host:port (raises unless ``check=False``)."""
-    cmd = ["echoscu", "-aet", aet, "-aec", aec, *_SCU_TIMEOUTS, "-td", "30", *extra,
-           host, str(port)]
+    cmd = [
+        "echoscu",
+        "-aet",
+        aet,
+        "-aec",
+        aec,
+        *_SCU_TIMEOUTS,
+        "-td",
+        "30",
+        *extra,
+        host,
+        str(port),
+    ]
     return _run(cmd, check=check, timeout=timeout, what="echoscu")
 
 
@@ -272,8 +308,23 @@ class StoreSCP:
 
     @property
     def command(self) -> list[str]:
-        cmd = ["storescp", "-aet", self.aet, "+xa", "-pm", "-od", str(self.out_dir),
-               "-fe", ".dcm", "+uf", "-dhl", "-ta", "30", "-ts", "60"]
+        cmd = [
+            "storescp",
+            "-aet",
+            self.aet,
+            "+xa",
+            "-pm",
+            "-od",
+            str(self.out_dir),
+            "-fe",
+            ".dcm",
+            "+uf",
+            "-dhl",
+            "-ta",
+            "30",
+            "-ts",
+            "60",
+        ]
         if self.bit_preserving:
             cmd.append("+B")
         if self.fork:
@@ -289,12 +340,18 @@ class StoreSCP:
     def start(self) -> Self:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("wb")
-        self._proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, env=scu_env(),
-                                      start_new_session=True)
+        self._proc = subprocess.Popen(
+            self.command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=scu_env(),
+            start_new_session=True,
+        )
         try:
-            wait_listening(self._proc, self.port, self.startup_timeout, log=self.log_path,
-                           what="storescp")
+            wait_listening(
+                self._proc, self.port, self.startup_timeout, log=self.log_path, what="storescp"
+            )
         except BaseException:
             self.stop()
             raise
@@ -420,9 +477,15 @@ class Orthanc:
             cmd.append("--verbose")
         cmd.append(str(self.config_path))
         self._out = (self.workdir / "orthanc.stdout").open("wb")
-        self._proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, cwd=self.workdir,
-                                      env=self.env, start_new_session=True)
+        self._proc = subprocess.Popen(
+            cmd,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            env=self.env,
+            start_new_session=True,
+        )
         try:
             self._wait_ready()
         except BaseException:
@@ -435,17 +498,25 @@ class Orthanc:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise PeerError(f"Orthanc exited with {self._proc.returncode} during startup"
-                                f"{_log_tail(self.log_path)}")
+                raise PeerError(
+                    f"Orthanc exited with {self._proc.returncode} during startup"
+                    f"{_log_tail(self.log_path)}"
+                )
             with contextlib.suppress(requests.RequestException):
                 if self._http.get(f"{self.rest_url}/system", timeout=2).ok:
-                    wait_listening(self._proc, self.dicom_port,
-                                   max(1.0, deadline - time.monotonic()),
-                                   log=self.log_path, what="Orthanc")
+                    wait_listening(
+                        self._proc,
+                        self.dicom_port,
+                        max(1.0, deadline - time.monotonic()),
+                        log=self.log_path,
+                        what="Orthanc",
+                    )
                     return
             time.sleep(0.05)
-        raise PeerError(f"Orthanc did not answer /system within {self.startup_timeout:.0f}s"
-                        f"{_log_tail(self.log_path)}")
+        raise PeerError(
+            f"Orthanc did not answer /system within {self.startup_timeout:.0f}s"
+            f"{_log_tail(self.log_path)}"
+        )
 
     def stop(self) -> None:
         if self._proc is not None:
@@ -488,16 +559,17 @@ class Orthanc:
     # ------------------------------------------------------------------ REST
     def _check(self, resp: requests.Response) -> Any:
         if not resp.ok:
-            raise PeerError(f"Orthanc {resp.request.method} {resp.url} -> {resp.status_code}: "
-                            f"{resp.text[:2000]}")
+            raise PeerError(
+                f"Orthanc {resp.request.method} {resp.url} -> {resp.status_code}: "
+                f"{resp.text[:2000]}"
+            )
         return resp.json() if resp.content else None
 
     def get(self, path: str, timeout: float = 30.0) -> Any:
         return self._check(self._http.get(f"{self.rest_url}{path}", timeout=timeout))
 
     def post(self, path: str, body: Any = None, timeout: float = 120.0) -> Any:
-        return self._check(self._http.post(f"{self.rest_url}{path}", json=body,
-                                           timeout=timeout))
+        return self._check(self._http.post(f"{self.rest_url}{path}", json=body, timeout=timeout))
 
     def delete(self, path: str, timeout: float = 30.0) -> Any:
         return self._check(self._http.delete(f"{self.rest_url}{path}", timeout=timeout))
@@ -505,11 +577,14 @@ class Orthanc:
     def upload(self, path: Path, timeout: float = 120.0) -> str:
         """POST one DICOM file to /instances; returns the Orthanc instance ID."""
         with Path(path).open("rb") as fh:
-            resp = self._http.post(f"{self.rest_url}/instances", data=fh, timeout=timeout,
-                                   headers={"Content-Type": "application/dicom"})
+            resp = self._http.post(
+                f"{self.rest_url}/instances",
+                data=fh,
+                timeout=timeout,
+                headers={"Content-Type": "application/dicom"},
+            )
         result = self._check(resp)
-        if not isinstance(result, dict) or result.get("Status") not in ("Success",
-                                                                         "AlreadyStored"):
+        if not isinstance(result, dict) or result.get("Status") not in ("Success", "AlreadyStored"):
             raise PeerError(f"Orthanc upload of {path} failed: {result}")
         return str(result["ID"])
 
