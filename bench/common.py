@@ -35,18 +35,26 @@ BENCH_DIR = REPO / "bench"
 OUT_DIR = BENCH_DIR / "out"
 TMP_ROOT = OUT_DIR / "tmp"
 VENV_BIN = REPO / ".venv" / "bin"
-BOX_COMMAND: list[str] = [str(VENV_BIN / "afra"), "run", "--config"]
-"""The box is started as ``BOX_COMMAND + [<config.toml>]``."""
+AFRA_EXE = VENV_BIN / "afra"
+
+
+def box_command(config_path: Path) -> list[str]:
+    """How the box is started: ``.venv/bin/afra --config <toml> run``.
+
+    ``--config`` is an option of ``afra`` itself (as in ``make run``), so it comes before the
+    ``run`` subcommand; ``afra run --config X`` is refused by the CLI's argument parser.
+    """
+    return [str(AFRA_EXE), "--config", str(config_path), "run"]
+
 
 MIB = 1024 * 1024
 SAMPLE_INTERVAL_S = 0.05
 
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-import dicomgen  # noqa: E402
-import peers  # noqa: E402
-from peers import LOOPBACK, PeerError  # noqa: E402
+from tests import dicomgen, peers  # noqa: E402
+from tests.peers import LOOPBACK, PeerError  # noqa: E402
 
 
 class BenchError(RuntimeError):
@@ -216,7 +224,7 @@ class OrthancReceiver(Receiver):
 
 
 class BoxReceiver(Receiver):
-    """The AFRA box: ``BOX_COMMAND + [config.toml]`` with a fresh data_dir.
+    """The AFRA box: :func:`box_command` (or ``command(config)``) with a fresh data_dir.
 
     Ready when its process tree listens on the configured port. Stopped with SIGTERM to the
     main process (it exits cleanly on SIGTERM), then SIGKILL to its group after 30 s. Stored
@@ -227,11 +235,11 @@ class BoxReceiver(Receiver):
 
     def __init__(
         self,
-        command: Sequence[str] | None = None,
+        command: Callable[[Path], list[str]] | None = None,
         startup_timeout: float = 90.0,
     ) -> None:
         self.aet = "AFRA"
-        self.command = list(command if command is not None else BOX_COMMAND)
+        self.command = command or box_command
         self.startup_timeout = startup_timeout
         TMP_ROOT.mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="afra-box-", dir=TMP_ROOT))
@@ -265,7 +273,8 @@ class BoxReceiver(Receiver):
         )
 
     def start(self) -> None:
-        exe = self.command[0]
+        cmd = self.command(self.config_path)
+        exe = cmd[0]
         if shutil.which(exe) is None:
             raise BenchError(
                 f"box command not found: {exe} (is the firmware installed in the "
@@ -276,7 +285,7 @@ class BoxReceiver(Receiver):
         self._log = self.log_path.open("wb")
         env = peers.scu_env()  # same environment as the other receivers (TCP_NODELAY=1)
         self._proc = subprocess.Popen(
-            [*self.command, str(self.config_path)],
+            cmd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
