@@ -65,8 +65,11 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ("[dicom]\nprot = 104\n", "dicom.prot", "Extra inputs are not permitted"),
         ('[dicom]\nae_title = "A\\\\B"\n', "dicom.ae_title", "backslash"),
         ('[dicom]\nae_title = "ABCDEFGHIJKLMNOPQ"\n', "dicom.ae_title", "at most 16"),
-        ('[[dicom.peers]]\nae_title = "X"\nhost = "pacs.local"\n', "dicom.peers.0.host",
-         "hostnames are not accepted"),
+        (
+            '[[dicom.peers]]\nae_title = "X"\nhost = "pacs.local"\n',
+            "dicom.peers.0.host",
+            "hostnames are not accepted",
+        ),
         ("[study]\nstable_age = -1\n", "study.stable_age", "greater than 0"),
         ('[pacs]\nhost = "10.0.0.1"\n', "pacs.ae_title", "Field required"),
     ],
@@ -103,7 +106,10 @@ def test_cli_refuses_to_start_on_invalid_config(tmp_path: Path) -> None:
     path = write(tmp_path, "[dicom]\nport = 70000\n")
     result = subprocess.run(
         [sys.executable, "-m", "afra.cli", "--config", str(path), "run"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert "dicom.port" in result.stderr
@@ -112,8 +118,19 @@ def test_cli_refuses_to_start_on_invalid_config(tmp_path: Path) -> None:
 
 def test_check_config_prints_effective_values(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "afra.cli", "--config", str(write(tmp_path, GOOD)),
-         "--set", "dicom.port=4242", "check-config"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            "-m",
+            "afra.cli",
+            "--config",
+            str(write(tmp_path, GOOD)),
+            "--set",
+            "dicom.port=4242",
+            "check-config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert '"port": 4242' in result.stdout

@@ -24,7 +24,9 @@ def chunked_send() -> Iterator[None]:
         _config.STORE_SEND_CHUNKED_DATASET = before
 
 
-def send_raw(port: int, path: Path, *, aet: str = "RAWSCU", context_class: str | None = None) -> int:
+def send_raw(
+    port: int, path: Path, *, aet: str = "RAWSCU", context_class: str | None = None
+) -> int:
     """C-STORE one file's bytes as they are (even a broken file); return the status."""
     meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
     abstract = context_class or str(meta.MediaStorageSOPClassUID)

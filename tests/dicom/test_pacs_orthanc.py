@@ -64,7 +64,7 @@ def test_orthanc_sends_study_through_rest(
 def test_echo_and_find(pacs_box: Appliance, orthanc: Orthanc, tmp_path: Path) -> None:
     assert pacs_box.pacs is not None
     assert pacs_box.pacs.echo() == 0
-    study_uid, files = upload_study(orthanc, tmp_path / "FIND", n=5)
+    study_uid, _files = upload_study(orthanc, tmp_path / "FIND", n=5)
     [match] = pacs_box.pacs.find("STUDY", {"PatientID": "FIND"})
     assert match.StudyInstanceUID == study_uid
     assert int(match.NumberOfStudyRelatedInstances) == 5
@@ -104,7 +104,7 @@ def test_get_when_the_pacs_cannot_move_to_the_box(
 def test_study_waits_for_what_the_pacs_holds(
     pacs_box: Appliance, orthanc: Orthanc, tmp_path: Path
 ) -> None:
-    study_uid, files = upload_study(orthanc, tmp_path / "PART", n=4)
+    study_uid, _files = upload_study(orthanc, tmp_path / "PART", n=4)
     for instance_id in orthanc.instances():
         tags = orthanc.instance_tags(instance_id)
         if tags.get("StudyInstanceUID") == study_uid and tags.get("InstanceNumber") in ("1", "2"):
@@ -132,7 +132,10 @@ def test_cli_echo_find_move(pacs_box: Appliance, orthanc: Orthanc, tmp_path: Pat
     def afra(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "afra.cli", "--config", str(cfg), *args],
-            capture_output=True, text=True, timeout=120, check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
 
     echo = afra("echo")
@@ -152,8 +155,6 @@ def test_cli_echo_find_move(pacs_box: Appliance, orthanc: Orthanc, tmp_path: Pat
 def test_echo_to_absent_pacs_is_a_clear_error(pacs_box: Appliance, tmp_path: Path) -> None:
     from afra.config import PacsSettings
 
-    client = PacsClient(
-        PacsSettings(ae_title="NOPE", host=LOOPBACK, port=1), pacs_box.config.dicom
-    )
+    client = PacsClient(PacsSettings(ae_title="NOPE", host=LOOPBACK, port=1), pacs_box.config.dicom)
     with pytest.raises(ConnectionError, match="did not accept an association"):
         client.echo()

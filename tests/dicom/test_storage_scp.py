@@ -137,8 +137,9 @@ def test_different_payload_same_uid_kept_as_conflict(box: Appliance, tmp_path: P
 
 
 def test_unknown_calling_ae_rejected(make_box: BoxFactory) -> None:
-    box = make_box(dicom={"allow_any_peer": False, "peers": [
-        {"ae_title": "MODALITY", "host": "127.0.0.1"}]})
+    box = make_box(
+        dicom={"allow_any_peer": False, "peers": [{"ae_title": "MODALITY", "host": "127.0.0.1"}]}
+    )
     refused = echoscu(LOOPBACK, box.dicom.port, aet="STRANGER", check=False)
     assert refused.returncode != 0
     assert "Calling AE Title Not Recognized" in refused.stderr + refused.stdout
@@ -146,8 +147,9 @@ def test_unknown_calling_ae_rejected(make_box: BoxFactory) -> None:
 
 
 def test_known_ae_from_unknown_address_rejected(make_box: BoxFactory) -> None:
-    box = make_box(dicom={"allow_any_peer": False, "peers": [
-        {"ae_title": "MODALITY", "host": "127.0.0.1/32"}]})
+    box = make_box(
+        dicom={"allow_any_peer": False, "peers": [{"ae_title": "MODALITY", "host": "127.0.0.1/32"}]}
+    )
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context("1.2.840.10008.1.1")
     assoc = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA", bind_address=("127.0.0.2", 0))
@@ -184,8 +186,11 @@ def test_disk_below_floor_answers_out_of_resources(make_box: BoxFactory, tmp_pat
 
 @pytest.mark.parametrize(
     ("uid", "why"),
-    [("../../../../etc/passwd", "traversal"), ("1." + "2" * 120, "oversized"),
-     ("1.2.03.4", "leading zero")],
+    [
+        ("../../../../etc/passwd", "traversal"),
+        ("1." + "2" * 120, "oversized"),
+        ("1.2.03.4", "leading zero"),
+    ],
 )
 def test_invalid_instance_uid_refused_and_quarantined(
     box: Appliance, tmp_path: Path, uid: str, why: str

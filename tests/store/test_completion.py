@@ -62,7 +62,9 @@ def series(tmp_path: Path) -> list[Path]:
     return make_ct_series(tmp_path / "series", n=4, rows=16, cols=16)
 
 
-def test_complete_after_stable_age(unstarted: Appliance, clock: FakeClock, series: list[Path]) -> None:
+def test_complete_after_stable_age(
+    unstarted: Appliance, clock: FakeClock, series: list[Path]
+) -> None:
     for path in series[:3]:
         assert receive(unstarted, path) == 0
     clock.advance(59)

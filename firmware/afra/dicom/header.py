@@ -15,7 +15,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
-from pydicom.uid import UID
+from pydicom.uid import RE_VALID_UID
 
 from afra.errors import InvalidInstanceError
 
@@ -52,7 +52,11 @@ class InstanceHeader:
 
 def is_valid_uid(value: object) -> bool:
     """A UID by PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_UID_LENGTH and UID(value).is_valid
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_UID_LENGTH
+        and RE_VALID_UID.match(value) is not None
+    )
 
 
 def check_uid(value: object, what: str) -> str:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -88,12 +89,12 @@ def parse_keys(pairs: Mapping[str, str], level: str) -> Dataset:
         ds.SeriesNumber = ""
         ds.NumberOfSeriesRelatedInstances = ""
     for keyword, value in pairs.items():
+        if tag_for_keyword(keyword) is None:
+            raise ValueError(f"{keyword!r} is not a DICOM keyword")
         try:
             setattr(ds, keyword, value)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"cannot use {keyword}={value!r} as a query key: {exc}") from None
-        if keyword not in ds:
-            raise ValueError(f"{keyword!r} is not a DICOM keyword")
     if level == "SERIES" and not ds.StudyInstanceUID:
         raise ValueError("a SERIES level query needs StudyInstanceUID=<uid>")
     return ds
