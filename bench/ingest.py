@@ -3,7 +3,7 @@
 Run as ``.venv/bin/python bench/ingest.py`` (``make bench-ingest``).
 
 Receivers: DCMTK storescp (reference), Orthanc 1.10 (durable default) and the AFRA box
-(``.venv/bin/afra run --config <toml>``). Each run starts a fresh receiver with empty storage,
+(``.venv/bin/afra --config <toml> run``). Each run starts a fresh receiver with empty storage,
 sends the series with DCMTK storescu (TCP_NODELAY=1, one association per storescu) and stops
 the receiver. Runs are interleaved across receivers (rep 1 of each, then rep 2, ...) so slow
 drift of the machine hits all receivers alike; the reported figures are medians of 3 runs

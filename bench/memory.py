@@ -2,7 +2,7 @@
 (ii) a 3,000-instance study of small (64x64) instances.
 
 Run as ``.venv/bin/python bench/memory.py`` (``make bench-memory``). The box is started fresh
-for each case (``.venv/bin/afra run --config <toml>``, empty data_dir); the data is sent with
+for each case (``.venv/bin/afra --config <toml> run``, empty data_dir); the data is sent with
 one DCMTK storescu (one association) and the RSS of the box's whole process tree is sampled
 every 50 ms from just before the send until storescu exits. The box must then hold 1 and
 3,000 instances respectively. Data is generated once into ``bench/out/`` (about 1 GiB + 30

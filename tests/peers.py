@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -32,15 +33,19 @@ import requests
 __all__ = [
     "LOOPBACK",
     "ORTHANC_BINARY",
+    "PROPOSE_OPTIONS",
     "Orthanc",
     "PeerError",
     "StoreSCP",
     "echoscu",
+    "file_transfer_syntax",
     "free_port",
     "listening_ports",
+    "propose_option",
     "scu_env",
     "stop_process_group",
     "storescu",
+    "storescu_command",
     "wait_listening",
 ]
 
@@ -175,6 +180,84 @@ def _run(
     return result
 
 
+# storescu's proposal option per transfer syntax of the files to send (DCMTK 3.6.7).
+PROPOSE_OPTIONS: dict[str, str] = {
+    "1.2.840.10008.1.2": "-xi",  # implicit VR little endian
+    "1.2.840.10008.1.2.1": "-xe",  # explicit VR little endian
+    "1.2.840.10008.1.2.2": "-xb",  # explicit VR big endian
+    "1.2.840.10008.1.2.1.99": "-xd",  # deflated explicit VR little endian
+    "1.2.840.10008.1.2.5": "-xr",  # RLE lossless
+    "1.2.840.10008.1.2.4.50": "-xy",  # JPEG baseline (8 bit)
+    "1.2.840.10008.1.2.4.51": "-xx",  # JPEG extended (12 bit)
+    "1.2.840.10008.1.2.4.70": "-xs",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.80": "-xt",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "-xu",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": "-xv",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": "-xw",  # JPEG 2000
+    "1.2.840.10008.1.2.4.100": "-xm",  # MPEG2 MP@ML
+    "1.2.840.10008.1.2.4.101": "-xh",  # MPEG2 MP@HL
+    "1.2.840.10008.1.2.4.102": "-xn",  # MPEG-4 AVC/H.264 HP@4.1
+    "1.2.840.10008.1.2.4.103": "-xl",  # MPEG-4 AVC/H.264 BD-compatible
+    "1.2.840.10008.1.2.4.104": "-x2",  # MPEG-4 AVC/H.264 HP@4.2 2D
+    "1.2.840.10008.1.2.4.105": "-x3",  # MPEG-4 AVC/H.264 HP@4.2 3D
+    "1.2.840.10008.1.2.4.106": "-xo",  # MPEG-4 AVC/H.264 stereo HP@4.2
+    "1.2.840.10008.1.2.4.107": "-x4",  # HEVC/H.265 Main
+    "1.2.840.10008.1.2.4.108": "-x5",  # HEVC/H.265 Main 10
+}
+_UNCOMPRESSED = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+
+
+def file_transfer_syntax(path: Path) -> str | None:
+    """(0002,0010) TransferSyntaxUID of a DICOM file, read from its file meta without pydicom;
+    None if the file has no preamble/``DICM`` or no such element."""
+    with Path(path).open("rb") as fh:
+        if fh.read(132)[128:132] != b"DICM":
+            return None
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                return None
+            group, elem = struct.unpack("<HH", head[:4])
+            if group != 0x0002:
+                return None
+            if head[4:6] in _LONG_VRS:
+                (length,) = struct.unpack("<I", fh.read(4))
+            else:
+                (length,) = struct.unpack("<H", head[6:8])
+            value = fh.read(length)
+            if elem == 0x0010:
+                return value.rstrip(b"\0 ").decode("ascii", errors="replace")
+
+
+def propose_option(files: Iterable[Path]) -> str:
+    """The storescu ``-x..`` option that lets every file go in its own transfer syntax.
+
+    All files in one uncompressed syntax: that syntax only (``-xe``/``-xi``/``-xb``). Mixed
+    uncompressed: ``-xe`` (storescu converts losslessly to explicit VR LE where needed). One
+    compressed syntax (with or without uncompressed files): its option, which proposes it plus
+    the uncompressed ones. Two different compressed syntaxes cannot share one association:
+    :class:`ValueError` (send them in separate calls).
+    """
+    syntaxes = {file_transfer_syntax(f) or "1.2.840.10008.1.2.1" for f in files}
+    compressed = syntaxes.difference(_UNCOMPRESSED)
+    if len(compressed) > 1:
+        raise ValueError(
+            f"storescu cannot propose several compressed syntaxes at once: "
+            f"{sorted(compressed)}; send them separately"
+        )
+    if compressed:
+        (ts,) = compressed
+        if ts not in PROPOSE_OPTIONS:
+            raise ValueError(f"no storescu proposal option for transfer syntax {ts}")
+        return PROPOSE_OPTIONS[ts]
+    if len(syntaxes) == 1:
+        return PROPOSE_OPTIONS[next(iter(syntaxes))]
+    return "-xe"
+
+
 def storescu_command(
     host: str,
     port: int,
@@ -184,37 +267,32 @@ def storescu_command(
     aec: str = "AFRA",
     extra: Sequence[str] = (),
     dimse_timeout: int = 120,
+    propose: str | None = None,
 ) -> list[str]:
     """The DCMTK ``storescu`` command line used by :func:`storescu` (one association).
 
-    ``-R`` proposes presentation contexts only for the SOP classes found in the files and
-    ``-xe`` puts explicit VR little endian first in each, so an explicit VR LE file goes as it
-    is (for a compressed file storescu adds a context with the file's own transfer syntax). A
-    directory is scanned recursively (``+sd +r``). ``-td`` bounds each wait for a response.
+    ``-R`` proposes presentation contexts only for the SOP classes found in the files (not
+    storescu's 100+ default ones); ``propose`` is the transfer syntax option: by default
+    :func:`propose_option` of the files (``-xe`` for a directory), so each file goes in its own
+    transfer syntax: an explicit VR LE series is proposed explicit VR LE first, and sent as
+    it is. A directory is scanned recursively (``+sd +r``). ``-to``/``-ta``/``-ts`` bound the
+    connection, association and socket waits, ``-td`` each wait for a C-STORE response.
     """
-    cmd = [
-        "storescu",
-        "-aet",
-        aet,
-        "-aec",
-        aec,
-        "-R",
-        "-xe",
-        *_SCU_TIMEOUTS,
-        "-td",
-        str(dimse_timeout),
-        *extra,
-        host,
-        str(port),
-    ]
     if isinstance(files, Path):
-        if files.is_dir():
-            cmd[1:1] = ["+sd", "+r"]
-        cmd.append(str(files))
+        paths = [files]
+        scan = files.is_dir()
     else:
-        if not files:
+        paths = list(files)
+        scan = False
+        if not paths:
             raise ValueError("storescu needs at least one file")
-        cmd.extend(str(f) for f in files)
+    if propose is None:
+        propose = "-xe" if scan else propose_option(paths)
+    cmd = ["storescu", "-aet", aet, "-aec", aec, "-R", propose, *_SCU_TIMEOUTS]
+    cmd += ["-td", str(dimse_timeout), *extra, host, str(port)]
+    if scan:
+        cmd[1:1] = ["+sd", "+r"]
+    cmd.extend(str(p) for p in paths)
     return cmd
 
 
@@ -229,14 +307,23 @@ def storescu(
     check: bool = True,
     timeout: float = 600.0,
     dimse_timeout: int = 120,
+    propose: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Send ``files`` (a list of files, or one file or directory) over one association.
 
-    Runs with TCP_NODELAY=1. Raises :class:`PeerError` showing stderr if storescu exits
-    non-zero (unless ``check=False``) or runs longer than ``timeout`` seconds.
+    Runs with TCP_NODELAY=1; options as in :func:`storescu_command`. Raises
+    :class:`PeerError` showing stderr if storescu exits non-zero (unless ``check=False``) or
+    runs longer than ``timeout`` seconds.
     """
     cmd = storescu_command(
-        host, port, files, aet=aet, aec=aec, extra=extra, dimse_timeout=dimse_timeout
+        host,
+        port,
+        files,
+        aet=aet,
+        aec=aec,
+        extra=extra,
+        dimse_timeout=dimse_timeout,
+        propose=propose,
     )
     return _run(cmd, check=check, timeout=timeout, what="storescu")
 
@@ -353,12 +440,13 @@ class StoreSCP:
                 self._proc, self.port, self.startup_timeout, log=self.log_path, what="storescp"
             )
         except BaseException:
-            self.stop()
+            self.cleanup()  # the error message carries the log tail
             raise
         return self
 
     def files(self) -> list[Path]:
-        """Received files (sorted), ignoring anything storescp is still writing."""
+        """Received files, sorted by name (``<modality>.<unique id>.dcm``: read the UIDs from
+        the files). A file whose association is still in progress may be incomplete."""
         return sorted(p for p in self.out_dir.rglob("*.dcm") if p.is_file())
 
     def stop(self) -> None:
@@ -489,7 +577,7 @@ class Orthanc:
         try:
             self._wait_ready()
         except BaseException:
-            self.stop()
+            self.cleanup()  # the error message carries the log tail
             raise
         return self
 

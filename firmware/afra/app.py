@@ -16,10 +16,10 @@ from typing import Any
 
 from afra.clock import Clock, SystemClock
 from afra.config import Config
+from afra.dicom.acceptor import Acceptor
 from afra.dicom.header import read_header
 from afra.dicom.receive import Receiver
-from afra.dicom.scp import DicomServer, configure_library
-from afra.dicom.scu import PacsClient
+from afra.dicom.scu import PacsClient, configure_pynetdicom
 from afra.dicom.spool import Spool
 from afra.errors import InvalidInstanceError, StorageError
 from afra.store.completion import StudyCompletion
@@ -43,7 +43,7 @@ class Appliance:
     spool: Spool
     index: Index
     receiver: Receiver
-    dicom: DicomServer
+    dicom: Acceptor
     completion: StudyCompletion
     pacs: PacsClient | None
     pin_factory: Any = None
@@ -120,7 +120,7 @@ def build_appliance(
         spool = Spool(root)
     except OSError as exc:
         raise StorageError(f"storage root {root} is not usable: {exc}") from exc
-    configure_library(spool.tmp_dir)
+    configure_pynetdicom(spool.tmp_dir)
     index = Index(root / "index.sqlite")
     receiver = Receiver(
         spool, index, min_free_bytes=config.storage.min_free_mb * 2**20, clock=clock
@@ -132,7 +132,7 @@ def build_appliance(
         spool=spool,
         index=index,
         receiver=receiver,
-        dicom=DicomServer(config.dicom, receiver),
+        dicom=Acceptor(config.dicom, receiver),
         completion=StudyCompletion(index, config.study, clock=clock, pacs=pacs),
         pacs=pacs,
         pin_factory=pin_factory,

@@ -129,8 +129,7 @@ def cmd_run(config: Config) -> int:
 def _open_pacs(config: Config, with_receiver: bool) -> Any:
     from afra.clock import SystemClock
     from afra.dicom.receive import Receiver
-    from afra.dicom.scp import configure_library
-    from afra.dicom.scu import PacsClient
+    from afra.dicom.scu import PacsClient, configure_pynetdicom
     from afra.dicom.spool import Spool
     from afra.store.index import Index
 
@@ -138,7 +137,7 @@ def _open_pacs(config: Config, with_receiver: bool) -> Any:
     receiver = None
     if with_receiver:
         spool = Spool(config.box.data_dir)
-        configure_library(spool.tmp_dir)
+        configure_pynetdicom(spool.tmp_dir)
         index = Index(config.box.data_dir / "index.sqlite")
         receiver = Receiver(
             spool, index, min_free_bytes=config.storage.min_free_mb * 2**20, clock=SystemClock()

@@ -8,7 +8,7 @@ element runs past the end of what arrived).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +29,15 @@ STATUS_INVALID_UID = 0xC212  # a UID that breaks PS3.5 section 9 (syntax or leng
 MAX_UID_LENGTH = 64
 DEFLATED = "1.2.840.10008.1.2.1.99"
 _DEFER_SIZE = 1024
+SOP_CLASS_UID, SOP_INSTANCE_UID, MODALITY = 0x00080016, 0x00080018, 0x00080060
+STUDY_UID, SERIES_UID = 0x0020000D, 0x0020000E
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
-class InstanceHeader:
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_uid: str
-    series_uid: str
-    transfer_syntax: str
+class Demographics:
+    """What the index keeps about a study's patient and order, read once per study."""
+
     patient_id: str = ""
     patient_name: str = ""
     patient_birth_date: str = ""
@@ -47,7 +46,34 @@ class InstanceHeader:
     study_date: str = ""
     study_description: str = ""
     referring_physician: str = ""
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The identifying tags of one instance; demographics are converted only when asked for."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
     modality: str = ""
+    _dataset: Any = field(default=None, repr=False, compare=False)
+
+    def demographics(self) -> Demographics:
+        ds = self._dataset
+        if ds is None:
+            return Demographics()
+        return Demographics(
+            patient_id=_text(ds, "PatientID"),
+            patient_name=_text(ds, "PatientName"),
+            patient_birth_date=_text(ds, "PatientBirthDate"),
+            patient_phone=_text(ds, "PatientTelephoneNumbers"),
+            accession_number=_text(ds, "AccessionNumber"),
+            study_date=_text(ds, "StudyDate"),
+            study_description=_text(ds, "StudyDescription"),
+            referring_physician=_text(ds, "ReferringPhysicianName"),
+        )
 
 
 def is_valid_uid(value: object) -> bool:
@@ -77,6 +103,17 @@ def _text(ds: Any, keyword: str) -> str:
     if value is None:
         return ""
     return str(value).strip()[:256]
+
+
+def _raw_text(ds: Any, tag: int) -> str:
+    """A short string element's text, without pydicom's value conversion (hot path)."""
+    element = ds.get_item(tag, keep_deferred=True)
+    if element is None:
+        return ""
+    value = element.value
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip("\0 ")
+    return "" if value is None else str(value).strip("\0 ")
 
 
 def read_header(path: Path) -> InstanceHeader:
@@ -110,24 +147,17 @@ def read_header(path: Path) -> InstanceHeader:
             f"only {max(size - value_tell, 0)} arrived",
             status=STATUS_CANNOT_UNDERSTAND,
         )
-    sop_class = ds.get("SOPClassUID")
-    if sop_class is None:
+    sop_class = _raw_text(ds, SOP_CLASS_UID)
+    if not sop_class:
         raise InvalidInstanceError(
             "data set has no SOP Class UID (0008,0016)", status=STATUS_CANNOT_UNDERSTAND
         )
     return InstanceHeader(
-        sop_class_uid=check_uid(str(sop_class), "SOP Class UID"),
-        sop_instance_uid=check_uid(_text(ds, "SOPInstanceUID"), "SOP Instance UID"),
-        study_uid=check_uid(_text(ds, "StudyInstanceUID"), "Study Instance UID"),
-        series_uid=check_uid(_text(ds, "SeriesInstanceUID"), "Series Instance UID"),
+        sop_class_uid=check_uid(sop_class, "SOP Class UID"),
+        sop_instance_uid=check_uid(_raw_text(ds, SOP_INSTANCE_UID), "SOP Instance UID"),
+        study_uid=check_uid(_raw_text(ds, STUDY_UID), "Study Instance UID"),
+        series_uid=check_uid(_raw_text(ds, SERIES_UID), "Series Instance UID"),
         transfer_syntax=str(meta.get("TransferSyntaxUID", "")),
-        patient_id=_text(ds, "PatientID"),
-        patient_name=_text(ds, "PatientName"),
-        patient_birth_date=_text(ds, "PatientBirthDate"),
-        patient_phone=_text(ds, "PatientTelephoneNumbers"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_date=_text(ds, "StudyDate"),
-        study_description=_text(ds, "StudyDescription"),
-        referring_physician=_text(ds, "ReferringPhysicianName"),
-        modality=_text(ds, "Modality"),
+        modality=_raw_text(ds, MODALITY)[:16],
+        _dataset=ds,
     )

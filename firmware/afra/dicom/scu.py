@@ -7,14 +7,17 @@ checked against PS3.5 before anyone uses it, and counts are bounded integers.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom import AE, StoragePresentationContexts, _config, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -28,6 +31,23 @@ from afra.dicom.receive import Receiver, StoreRequest
 from afra.errors import AssociationFailedError, PeerReplyError
 
 LOG = logging.getLogger("afra.scu")
+
+
+def configure_pynetdicom(tmp_dir: Path) -> None:
+    """Process-wide pynetdicom settings for the box's SCU side.
+
+    Objects arriving on a C-GET are received in chunks into a temp file (memory does not
+    grow with object size); pynetdicom creates that file in tempfile's default folder, which
+    must be on the spool's filesystem so the durable rename is atomic.
+    """
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    # The box checks what it relies on itself (header.py) and answers with a status; pydicom's
+    # own value checks would only add warnings about the very data it refuses.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    tempfile.tempdir = str(tmp_dir)
+
 
 LEVELS = ("STUDY", "SERIES")
 UID_KEYS = ("StudyInstanceUID", "SeriesInstanceUID")
@@ -258,7 +278,7 @@ def _collect(responses: Iterator[tuple[Dataset, Dataset | None]], result: Retrie
 def _store_from_get(event: Any, receiver: Receiver) -> int:
     assoc = event.assoc
     return receiver.store(
-        event.dataset_path,
+        Path(event.dataset_path),
         StoreRequest(
             sop_class_uid=str(event.request.AffectedSOPClassUID or ""),
             sop_instance_uid=str(event.request.AffectedSOPInstanceUID or ""),

@@ -11,12 +11,14 @@ File names are hashes of the UIDs, never UID text, so no peer can choose a path.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import itertools
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from afra.errors import StorageError
@@ -26,6 +28,27 @@ TMP = "tmp"
 CONFLICTS = "conflicts"
 QUARANTINE = "quarantine"
 SUFFIX = ".dcm"
+
+
+def _load_sync_file_range() -> Callable[[int, int, int], None]:
+    """sync_file_range(2) with SYNC_FILE_RANGE_WRITE: start writeback, do not wait for it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.sync_file_range
+    except (OSError, AttributeError):
+        return lambda fd, offset, length: None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    call.restype = ctypes.c_int
+
+    def writeback(fd: int, offset: int, length: int) -> None:
+        call(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE
+
+    return writeback
+
+
+# While an object is still arriving, its pages already travel to the disk, so the fsync that
+# makes it durable only waits for the tail (measured in docs/ARCHITECTURE.md).
+start_writeback = _load_sync_file_range()
 
 
 def uid_hash(uid: str) -> str:
@@ -55,6 +78,8 @@ class Spool:
         self.root = root
         self.tmp_dir = root / TMP
         self._known_dirs: set[Path] = set()
+        self._tmp_names = itertools.count()
+        self._tmp_prefix = f"{os.getpid()}-{secrets.token_hex(4)}"
         for name in (TMP, OBJECTS, CONFLICTS, QUARANTINE):
             self.ensure_dir(root / name)
 
@@ -75,6 +100,10 @@ class Spool:
             fsync_dir(d.parent)
         self._known_dirs.add(path)
 
+    def new_tmp_path(self) -> Path:
+        """A fresh name in tmp/ for an object about to be received."""
+        return self.tmp_dir / f"{self._tmp_prefix}-{next(self._tmp_names)}.part"
+
     def instance_path(self, study_uid: str, sop_instance_uid: str) -> str:
         """The relative path of an instance: hashes only, grouped by study."""
         study = uid_hash(study_uid)
@@ -83,11 +112,12 @@ class Spool:
     def absolute(self, rel_path: str) -> Path:
         return self.root / rel_path
 
-    def commit(self, src: Path, rel_path: str) -> None:
-        """fsync the received file, rename it into place, fsync the directory."""
+    def commit(self, src: Path, rel_path: str, *, synced: bool = False) -> None:
+        """fsync the received file (unless the caller did), rename it, fsync the directory."""
         dst = self.root / rel_path
         try:
-            fsync_file(src)
+            if not synced:
+                fsync_file(src)
             self.ensure_dir(dst.parent)
             os.rename(src, dst)
             fsync_dir(dst.parent)

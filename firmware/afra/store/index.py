@@ -261,19 +261,20 @@ class Index:
             new_row = row is None
             if new_row:
                 revision = db.execute(SQL_NEXT_REVISION, (header.study_uid,)).fetchone()[0]
+                who = header.demographics()
                 cur = db.execute(
                     SQL_NEW_STUDY,
                     (
                         header.study_uid,
                         revision,
-                        header.patient_id,
-                        header.patient_name,
-                        header.patient_birth_date,
-                        header.patient_phone,
-                        header.accession_number,
-                        header.study_date,
-                        header.study_description,
-                        header.referring_physician,
+                        who.patient_id,
+                        who.patient_name,
+                        who.patient_birth_date,
+                        who.patient_phone,
+                        who.accession_number,
+                        who.study_date,
+                        who.study_description,
+                        who.referring_physician,
                         now,
                         now,
                     ),

@@ -1,0 +1,603 @@
+"""The box's DICOM acceptor: Verification and Storage SCP, one thread per association.
+
+pynetdicom decodes and encodes the association PDUs (A-ASSOCIATE-RQ/AC/RJ, A-ABORT) and
+negotiates presentation contexts. After acceptance, this module reads P-DATA itself: each
+PDU is received into one reusable buffer, command fragments are decoded by afra.dicom.dimse,
+and data set fragments go straight from the buffer to the spool's temp file, whose writeback
+starts while the rest is still arriving. The finished file goes to the Receiver, whose status
+becomes the C-STORE response. Why not pynetdicom's own DUL/DIMSE here: docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.uid import UID
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    A_P_ABORT,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import (
+    AllStoragePresentationContexts,
+    PresentationContext,
+    build_context,
+    negotiate_as_acceptor,
+)
+
+from afra.config import DicomSettings
+from afra.dicom import dimse
+from afra.dicom.header import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES
+from afra.dicom.receive import Receiver, StoreRequest
+from afra.dicom.spool import start_writeback
+
+LOG = logging.getLogger("afra.dicom")
+
+VERIFICATION = "1.2.840.10008.1.1"
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+STORAGE_SOP_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+
+# Transfer syntaxes accepted as SCP, in the box's preference order (docs/conformance.md).
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (Process 14 SV1)
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless Only
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+)
+
+# PDU types (PS3.8 9.3)
+ASSOCIATE_RQ, P_DATA, RELEASE_RQ, ABORT = 0x01, 0x04, 0x05, 0x07
+RELEASE_RP_PDU = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
+MAX_ASSOCIATE_RQ = 1 << 20  # no honest A-ASSOCIATE-RQ is anywhere near this
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
+REJECT_UNKNOWN_PEER = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE not recognized
+REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, service-provider (presentation), local limit
+REJECT_BAD_CONTEXT_NAME = (0x01, 0x01, 0x02)  # application context name not supported
+
+# A-ABORT provider reasons
+ABORT_UNEXPECTED_PDU = 0x02
+ABORT_UNRECOGNIZED_PDU = 0x01
+ABORT_INVALID_PARAMETER = 0x06
+
+
+class PeerGone(ConnectionError):
+    """The peer closed the connection or stopped sending."""
+
+
+class ProtocolViolation(ValueError):
+    """The peer broke the upper layer protocol; the association is aborted."""
+
+    def __init__(self, message: str, reason: int = ABORT_UNEXPECTED_PDU) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PeerPolicy:
+    """Which (calling AE title, source address) pairs may open an association."""
+
+    allow_any: bool
+    peers: tuple[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network], ...]
+
+    @classmethod
+    def from_settings(cls, settings: DicomSettings) -> PeerPolicy:
+        return cls(
+            allow_any=settings.allow_any_peer,
+            peers=tuple(
+                (p.ae_title, ipaddress.ip_network(p.host, strict=False)) for p in settings.peers
+            ),
+        )
+
+    def allows(self, ae_title: str, address: str) -> bool:
+        if self.allow_any:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ae_title == title and ip in net for title, net in self.peers)
+
+
+def _supported_contexts(requested: Iterable[PresentationContext]) -> list[PresentationContext]:
+    """Contexts the box supports, built only for the abstract syntaxes the peer proposes."""
+    wanted = {str(cx.abstract_syntax) for cx in requested}
+    return [
+        build_context(uid, list(TRANSFER_SYNTAXES))
+        for uid in sorted(wanted)
+        if uid == VERIFICATION or uid in STORAGE_SOP_CLASSES
+    ]
+
+
+@dataclass
+class _Message:
+    """A DIMSE message being received on one presentation context."""
+
+    context_id: int
+    command: bytearray = field(default_factory=bytearray)
+    decoded: dimse.Command | None = None
+    fd: int = -1
+    path: Path | None = None
+    written: int = 0
+
+
+class _Association:
+    """One accepted connection, served on its own thread."""
+
+    def __init__(self, server: Acceptor, sock: socket.socket, address: str) -> None:
+        self.server = server
+        self.sock = sock
+        self.address = address
+        self.settings = server.settings
+        self.calling_ae = ""
+        self.contexts: dict[int, tuple[str, str]] = {}
+        self.peer_max_pdu = 0
+        self.buffer = bytearray(self.settings.max_pdu + 6)
+        self.view = memoryview(self.buffer)
+        self.message: _Message | None = None
+        self.stored = 0
+
+    # -- socket primitives ---------------------------------------------------------------
+
+    def _recv_exact(self, view: memoryview) -> None:
+        got, want = 0, len(view)
+        while got < want:
+            n = self.sock.recv_into(view[got:], want - got)
+            if n == 0:
+                raise PeerGone("peer closed the connection")
+            got += n
+
+    def _read_pdu(self, limit: int) -> tuple[int, memoryview]:
+        header = self.view[:6]
+        self._recv_exact(header)
+        pdu_type, _reserved, length = struct.unpack_from(">BBI", header)
+        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            raise ProtocolViolation(
+                f"unrecognised PDU type 0x{pdu_type:02X} (is this a DICOM peer?)",
+                ABORT_UNRECOGNIZED_PDU,
+            )
+        if length > limit:
+            raise ProtocolViolation(
+                f"PDU of {length} bytes exceeds the {limit}-byte limit", ABORT_INVALID_PARAMETER
+            )
+        if length + 6 > len(self.buffer):
+            self.buffer = bytearray(length + 6)
+            self.view = memoryview(self.buffer)
+        body = self.view[6 : 6 + length]
+        self._recv_exact(body)
+        return pdu_type, body
+
+    def _send_abort(self, reason: int) -> None:
+        primitive = A_P_ABORT()
+        primitive.provider_reason = reason
+        pdu = A_ABORT_RQ()
+        pdu.from_primitive(primitive)
+        with contextlib.suppress(OSError):
+            self.sock.sendall(pdu.encode())
+
+    # -- association establishment -----------------------------------------------------
+
+    def _reject(self, rsd: tuple[int, int, int], rq: A_ASSOCIATE) -> None:
+        primitive = A_ASSOCIATE()
+        primitive.result, primitive.result_source, primitive.diagnostic = rsd
+        pdu = A_ASSOCIATE_RJ()
+        pdu.from_primitive(primitive)
+        self.sock.sendall(pdu.encode())
+
+    def _establish(self) -> bool:
+        self.sock.settimeout(self.settings.acse_timeout)
+        pdu_type, body = self._read_pdu(MAX_ASSOCIATE_RQ)
+        if pdu_type != ASSOCIATE_RQ:
+            raise ProtocolViolation(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
+        rq_pdu = A_ASSOCIATE_RQ()
+        rq_pdu.decode(bytes(self.buffer[: 6 + len(body)]))
+        rq = rq_pdu.to_primitive()
+        self.calling_ae = str(rq.calling_ae_title).strip()
+        if not self.server.policy.allows(self.calling_ae, self.address):
+            LOG.warning(
+                "rejected an association from AE %r at %s: not a configured peer "
+                "(add it under [[dicom.peers]] to allow it)",
+                self.calling_ae,
+                self.address,
+            )
+            self._reject(REJECT_UNKNOWN_PEER, rq)
+            return False
+        if str(rq.application_context_name) != APPLICATION_CONTEXT:
+            self._reject(REJECT_BAD_CONTEXT_NAME, rq)
+            return False
+        if not self.server.admit():
+            LOG.warning(
+                "rejected an association from AE %r at %s: %d associations already open "
+                "(dicom.max_associations)",
+                self.calling_ae,
+                self.address,
+                self.settings.max_associations,
+            )
+            self._reject(REJECT_BUSY, rq)
+            return False
+        self.admitted = True
+        roles: dict[UID, tuple[bool | None, bool | None]] = {}
+        for item in rq.user_information:
+            if isinstance(item, MaximumLengthNotification):
+                self.peer_max_pdu = int(item.maximum_length_received or 0)
+            elif isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid:
+                roles[UID(str(item.sop_class_uid))] = (item.scu_role, item.scp_role)
+        requested = list(rq.presentation_context_definition_list)
+        results, ac_roles = negotiate_as_acceptor(
+            requested, _supported_contexts(requested), roles or None
+        )
+        for cx in results:
+            if cx.result == 0x00 and cx.context_id is not None:
+                self.contexts[int(cx.context_id)] = (
+                    str(cx.abstract_syntax),
+                    str(cx.transfer_syntax[0]),
+                )
+        self._accept(rq, results, ac_roles)
+        LOG.info(
+            "association accepted from AE %r at %s (%d presentation context(s))",
+            self.calling_ae,
+            self.address,
+            len(self.contexts),
+        )
+        return True
+
+    def _accept(self, rq: A_ASSOCIATE, results: list[PresentationContext], roles: Any) -> None:
+        primitive = A_ASSOCIATE()
+        primitive.application_context_name = APPLICATION_CONTEXT
+        primitive.calling_ae_title = rq.calling_ae_title
+        primitive.called_ae_title = rq.called_ae_title
+        primitive.result = 0x00
+        primitive.result_source = 0x01
+        primitive.presentation_context_definition_results_list = results
+        max_length = MaximumLengthNotification()
+        max_length.maximum_length_received = self.settings.max_pdu
+        uid = ImplementationClassUIDNotification()
+        uid.implementation_class_uid = dimse.IMPLEMENTATION_CLASS_UID
+        name = ImplementationVersionNameNotification()
+        name.implementation_version_name = dimse.IMPLEMENTATION_VERSION_NAME
+        primitive.user_information = [max_length, uid, name, *roles]
+        pdu = A_ASSOCIATE_AC()
+        pdu.from_primitive(primitive)
+        self.sock.sendall(pdu.encode())
+
+    # -- data transfer -------------------------------------------------------------------
+
+    def _send_command(self, context_id: int, command: bytes) -> None:
+        """Send a command set in P-DATA-TF PDUs no larger than the peer accepts."""
+        room = (self.peer_max_pdu or 1 << 30) - 6
+        chunks = [command[i : i + room] for i in range(0, len(command), room)] or [b""]
+        out = bytearray()
+        for n, chunk in enumerate(chunks):
+            control = 0x03 if n == len(chunks) - 1 else 0x01
+            item = struct.pack(">IBB", len(chunk) + 2, context_id, control) + chunk
+            out += struct.pack(">BBI", P_DATA, 0, len(item)) + item
+        self.sock.sendall(out)
+
+    def _serve(self) -> None:
+        self.sock.settimeout(self.settings.network_timeout)
+        while True:
+            pdu_type, body = self._read_pdu(self.settings.max_pdu)
+            if pdu_type == P_DATA:
+                self._p_data(body)
+            elif pdu_type == RELEASE_RQ:
+                if self.message is not None:
+                    raise ProtocolViolation("A-RELEASE-RQ in the middle of a message")
+                self.sock.sendall(RELEASE_RP_PDU)
+                LOG.info(
+                    "association with AE %r at %s released (%d instance(s) stored)",
+                    self.calling_ae,
+                    self.address,
+                    self.stored,
+                )
+                return
+            elif pdu_type == ABORT:
+                LOG.warning(
+                    "association with AE %r at %s aborted by the peer",
+                    self.calling_ae,
+                    self.address,
+                )
+                return
+            else:
+                raise ProtocolViolation(f"unexpected PDU type 0x{pdu_type:02X}")
+
+    def _p_data(self, body: memoryview) -> None:
+        offset, end = 0, len(body)
+        while offset < end:
+            if end - offset < 6:
+                raise ProtocolViolation(
+                    "PDV item header runs past its PDU", ABORT_INVALID_PARAMETER
+                )
+            item_length, context_id, control = struct.unpack_from(">IBB", body, offset)
+            if item_length < 2 or offset + 4 + item_length > end:
+                raise ProtocolViolation("PDV item length is wrong", ABORT_INVALID_PARAMETER)
+            fragment = body[offset + 6 : offset + 4 + item_length]
+            offset += 4 + item_length
+            if context_id not in self.contexts:
+                raise ProtocolViolation(f"PDV on presentation context {context_id}, not accepted")
+            message = self.message
+            if message is None:
+                message = self.message = _Message(context_id)
+            elif message.context_id != context_id:
+                raise ProtocolViolation("PDV of another context in the middle of a message")
+            if control & 0x01:
+                self._command_fragment(message, fragment, last=bool(control & 0x02))
+            else:
+                self._data_fragment(message, fragment, last=bool(control & 0x02))
+
+    def _command_fragment(self, message: _Message, fragment: memoryview, last: bool) -> None:
+        if message.decoded is not None:
+            raise ProtocolViolation("command fragment after the command set ended")
+        message.command += fragment
+        if len(message.command) > dimse.MAX_COMMAND_BYTES:
+            raise ProtocolViolation("command set too large", ABORT_INVALID_PARAMETER)
+        if not last:
+            return
+        try:
+            command = dimse.decode_command(message.command)
+        except dimse.CommandError as exc:
+            raise ProtocolViolation(f"unreadable command set: {exc}") from None
+        message.decoded = command
+        if command.command_field == dimse.C_STORE_RQ and command.has_data_set:
+            self._open_instance(message, command)
+        elif not command.has_data_set:
+            self._finish(message)
+
+    def _open_instance(self, message: _Message, command: dimse.Command) -> None:
+        _abstract, transfer_syntax = self.contexts[message.context_id]
+        path = self.server.receiver.spool.new_tmp_path()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        message.fd, message.path = fd, path
+        header = dimse.part10_header(
+            command.affected_sop_class_uid,
+            command.affected_sop_instance_uid,
+            transfer_syntax,
+            self.calling_ae,
+        )
+        self._write(message, header)
+
+    def _write(self, message: _Message, data: bytes | memoryview) -> None:
+        if message.fd < 0:
+            return  # a data set nobody will store (e.g. after a write failure): drain it
+        try:
+            os.write(message.fd, data)
+        except OSError as exc:
+            LOG.error("cannot write a received object to %s: %s", message.path, exc)
+            self._discard(message)
+            message.fd = -2  # remember the failure: answer out-of-resources
+            return
+        start_writeback(message.fd, message.written, len(data))
+        message.written += len(data)
+
+    def _data_fragment(self, message: _Message, fragment: memoryview, last: bool) -> None:
+        if message.decoded is None or not message.decoded.has_data_set:
+            raise ProtocolViolation("data set fragment before its command set ended")
+        self._write(message, fragment)
+        if last:
+            self._finish(message)
+
+    def _finish(self, message: _Message) -> None:
+        self.message = None
+        command = message.decoded
+        assert command is not None
+        if command.command_field == dimse.C_ECHO_RQ:
+            self._send_command(
+                message.context_id, dimse.encode_response(command, dimse.C_ECHO_RSP, 0x0000)
+            )
+            return
+        if command.command_field != dimse.C_STORE_RQ:
+            self._discard(message)
+            self._send_command(
+                message.context_id,
+                dimse.encode_response(
+                    command, command.command_field | 0x8000, dimse.STATUS_UNRECOGNIZED_OPERATION
+                ),
+            )
+            return
+        status = self._store(message, command)
+        self._send_command(
+            message.context_id, dimse.encode_response(command, dimse.C_STORE_RSP, status)
+        )
+
+    def _store(self, message: _Message, command: dimse.Command) -> int:
+        if message.fd == -2 or message.path is None:
+            return STATUS_OUT_OF_RESOURCES if message.fd == -2 else STATUS_CANNOT_UNDERSTAND
+        os.close(message.fd)
+        message.fd = -1
+        abstract, _ts = self.contexts[message.context_id]
+        try:
+            status = self.server.receiver.store(
+                message.path,
+                StoreRequest(
+                    sop_class_uid=command.affected_sop_class_uid,
+                    sop_instance_uid=command.affected_sop_instance_uid,
+                    context_abstract_syntax=abstract,
+                    calling_ae=self.calling_ae,
+                    peer_address=self.address,
+                ),
+            )
+        finally:
+            message.path.unlink(missing_ok=True)  # still here only if it was not kept
+        if status == 0:
+            self.stored += 1
+            self.server.notify_stored()
+        return status
+
+    def _discard(self, message: _Message) -> None:
+        if message.fd >= 0:
+            os.close(message.fd)
+            message.fd = -1
+        if message.path is not None:
+            message.path.unlink(missing_ok=True)
+
+    # -- the thread ----------------------------------------------------------------------
+
+    admitted = False
+
+    def run(self) -> None:
+        try:
+            if self._establish():
+                self._serve()
+        except ProtocolViolation as exc:
+            LOG.warning(
+                "aborted the association with %s (AE %r): %s",
+                self.address,
+                self.calling_ae or "?",
+                exc,
+            )
+            self._send_abort(exc.reason)
+        except (PeerGone, ConnectionError) as exc:
+            if self.message is not None or not self.calling_ae:
+                LOG.warning("connection from %s lost: %s", self.address, exc)
+        except TimeoutError:
+            LOG.warning(
+                "association with %s (AE %r) timed out waiting for the peer",
+                self.address,
+                self.calling_ae or "?",
+            )
+            self._send_abort(0x00)
+        except OSError as exc:
+            if exc.errno not in (errno.EBADF, errno.ENOTCONN):
+                LOG.warning("association with %s ended: %s", self.address, exc)
+        except Exception:
+            LOG.exception("association with %s failed", self.address)
+            self._send_abort(0x00)
+        finally:
+            if self.message is not None:
+                self._discard(self.message)
+            if self.admitted:
+                self.server.release()
+            with contextlib.suppress(OSError):
+                self.sock.close()
+
+
+class Acceptor:
+    """The listening Verification + Storage SCP."""
+
+    def __init__(self, settings: DicomSettings, receiver: Receiver) -> None:
+        self.settings = settings
+        self.receiver = receiver
+        self.policy = PeerPolicy.from_settings(settings)
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._active = 0
+        self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._on_stored: list[Any] = []
+
+    @property
+    def port(self) -> int:
+        if self._listener is None:
+            raise RuntimeError("DICOM service is not running")
+        return int(self._listener.getsockname()[1])
+
+    def on_stored(self, callback: Any) -> None:
+        """Call `callback()` after each instance is stored (front panel activity)."""
+        self._on_stored.append(callback)
+
+    def notify_stored(self) -> None:
+        for callback in self._on_stored:
+            callback()
+
+    def admit(self) -> bool:
+        with self._lock:
+            if self._active >= self.settings.max_associations:
+                return False
+            self._active += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    def start(self) -> None:
+        if not self.policy.allow_any and not self.policy.peers:
+            LOG.warning(
+                "no DICOM peer is configured: every association will be rejected "
+                "(add [[dicom.peers]] or set dicom.allow_any_peer)"
+            )
+        family = socket.AF_INET6 if ":" in self.settings.bind else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.settings.bind, self.settings.port))
+        listener.listen(64)
+        listener.settimeout(0.5)
+        self._listener = listener
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._accept_loop, name="dicom-accept", daemon=True)
+        self._thread.start()
+        LOG.info(
+            "DICOM listening on %s:%d as AE %r",
+            self.settings.bind,
+            self.port,
+            self.settings.ae_title,
+        )
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                sock, address = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                raise
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._connections.add(sock)
+            association = _Association(self, sock, str(address[0]))
+            threading.Thread(
+                target=self._run, args=(association,), name=f"dicom-{address[0]}", daemon=True
+            ).start()
+
+    def _run(self, association: _Association) -> None:
+        try:
+            association.run()
+        finally:
+            with self._lock:
+                self._connections.discard(association.sock)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting; let open associations finish for `grace` seconds, then cut them."""
+        if self._listener is None:
+            return
+        self._stopping.set()
+        self._listener.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        deadline = threading.Event()
+        for _ in range(int(grace * 20)):
+            with self._lock:
+                if not self._connections:
+                    break
+            deadline.wait(0.05)
+        with self._lock:
+            for sock in list(self._connections):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self._listener = None
