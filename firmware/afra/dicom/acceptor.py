@@ -71,7 +71,9 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
 # PDU types (PS3.8 9.3)
 ASSOCIATE_RQ, P_DATA, RELEASE_RQ, ABORT = 0x01, 0x04, 0x05, 0x07
 RELEASE_RP_PDU = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
-MAX_ASSOCIATE_RQ = 1 << 20  # no honest A-ASSOCIATE-RQ is anywhere near this
+MAX_ASSOCIATE_RQ = 1 << 20
+# The header is read from the first bytes of a data set kept in memory (docs/ARCHITECTURE.md).
+HEAD_BYTES = 64 * 1024  # no honest A-ASSOCIATE-RQ is anywhere near this
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 REJECT_UNKNOWN_PEER = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE not recognized
@@ -142,6 +144,8 @@ class _Message:
     fd: int = -1
     path: Path | None = None
     written: int = 0
+    head: bytearray = field(default_factory=bytearray)
+    data_size: int = 0
 
 
 class _Association:
@@ -395,6 +399,9 @@ class _Association:
         if message.decoded is None or not message.decoded.has_data_set:
             raise ProtocolViolation("data set fragment before its command set ended")
         self._write(message, fragment)
+        if len(message.head) < HEAD_BYTES:
+            message.head += fragment[: HEAD_BYTES - len(message.head)]
+        message.data_size += len(fragment)
         if last:
             self._finish(message)
 
@@ -426,7 +433,7 @@ class _Association:
             return STATUS_OUT_OF_RESOURCES if message.fd == -2 else STATUS_CANNOT_UNDERSTAND
         os.close(message.fd)
         message.fd = -1
-        abstract, _ts = self.contexts[message.context_id]
+        abstract, transfer_syntax = self.contexts[message.context_id]
         try:
             status = self.server.receiver.store(
                 message.path,
@@ -436,6 +443,9 @@ class _Association:
                     context_abstract_syntax=abstract,
                     calling_ae=self.calling_ae,
                     peer_address=self.address,
+                    head=bytes(message.head),
+                    data_size=message.data_size,
+                    transfer_syntax=transfer_syntax,
                 ),
             )
         finally:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
 from pydicom.tag import Tag
-from pydicom.uid import RE_VALID_UID
+from pydicom.uid import RE_VALID_UID, UID
 
 from afra.errors import InvalidInstanceError
 
@@ -116,37 +118,97 @@ def _raw_text(ds: Any, tag: int) -> str:
     return "" if value is None else str(value).strip("\0 ")
 
 
-def read_header(path: Path) -> InstanceHeader:
-    """Read the index's tags from a received Part 10 file and check the object is whole.
-
-    Raises InvalidInstanceError with the storage status to answer.
-    """
+def _from_file(path: Path) -> Any:
     size = os.path.getsize(path)
     try:
         ds = dcmread(path, defer_size=_DEFER_SIZE)
         last = ds.get_item(max(ds.keys()), keep_deferred=True) if len(ds) else None
-    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, NotImplementedError) as exc:
+    except _DECODE_ERRORS as exc:
         raise InvalidInstanceError(
             f"data set cannot be decoded: {exc}", status=STATUS_CANNOT_UNDERSTAND
         ) from None
     if last is None:
         raise InvalidInstanceError("data set is empty", status=STATUS_CANNOT_UNDERSTAND)
-    meta = ds.file_meta
     # A deflated data set is inflated in memory: offsets are not file offsets there.
-    deflated = meta.get("TransferSyntaxUID") == DEFLATED
-    value_tell = None if deflated else getattr(last, "value_tell", None)
-    length = getattr(last, "length", None)
-    if (
-        isinstance(value_tell, int)
-        and isinstance(length, int)
-        and length != _UNDEFINED_LENGTH
-        and value_tell + length > size
-    ):
-        raise InvalidInstanceError(
-            f"data set is truncated: element {Tag(last.tag)} needs {length} bytes, "
-            f"only {max(size - value_tell, 0)} arrived",
-            status=STATUS_CANNOT_UNDERSTAND,
-        )
+    if ds.file_meta.get("TransferSyntaxUID") != DEFLATED:
+        end = _end_of(last)
+        if end is not None and end > size:
+            raise _truncated(last, end, size)
+    return ds
+
+
+_DECODE_ERRORS = (InvalidDicomError, EOFError, ValueError, KeyError, OSError, NotImplementedError)
+
+
+def _end_of(element: Any) -> int | None:
+    """Where a walked element's value ends, or None if that cannot be told (undefined length)."""
+    value_tell = getattr(element, "value_tell", None)
+    length = getattr(element, "length", None)
+    if not isinstance(value_tell, int) or not isinstance(length, int):
+        return None
+    if length == _UNDEFINED_LENGTH:
+        return None
+    return value_tell + length
+
+
+def _truncated(element: Any, end: int, size: int) -> InvalidInstanceError:
+    length = getattr(element, "length", 0)
+    return InvalidInstanceError(
+        f"data set is truncated: element {Tag(element.tag)} needs {length} bytes, "
+        f"only {max(size - (end - length), 0)} arrived",
+        status=STATUS_CANNOT_UNDERSTAND,
+    )
+
+
+@dataclass(frozen=True)
+class HeadParse:
+    """A data set's first bytes, walked in memory while the rest is still arriving."""
+
+    dataset: Any
+    head_size: int
+    transfer_syntax: str
+
+
+def parse_head(head: bytes, transfer_syntax: str) -> HeadParse | None:
+    """Walk the first bytes of a data set; None when only the file can tell (deflated, odd)."""
+    ts = UID(transfer_syntax)
+    if ts == DEFLATED or not ts.is_little_endian:
+        return None
+    try:
+        ds = read_dataset(BytesIO(head), ts.is_implicit_VR, True, defer_size=_DEFER_SIZE)
+    except _DECODE_ERRORS:
+        return None  # the file walk gives the precise reason
+    if not len(ds):
+        return None
+    return HeadParse(ds, len(head), transfer_syntax)
+
+
+def header_from_head(parsed: HeadParse, data_size: int) -> InstanceHeader | None:
+    """The header, if the walked head settles that the data set is whole; else None.
+
+    It settles it when the walk reached an element (usually Pixel Data) whose value ends
+    exactly where the received data ends, or when the whole data set was in the head.
+    """
+    ds = parsed.dataset
+    last = ds.get_item(max(ds.keys()), keep_deferred=True)
+    end = _end_of(last)
+    if end is not None and end > data_size:
+        raise _truncated(last, end, data_size)
+    if end == data_size or (parsed.head_size >= data_size and end is not None):
+        return _header_of(ds, parsed.transfer_syntax)
+    return None
+
+
+def read_header(path: Path) -> InstanceHeader:
+    """Read the index's tags from a stored Part 10 file and check the object is whole.
+
+    Raises InvalidInstanceError with the storage status to answer.
+    """
+    ds = _from_file(path)
+    return _header_of(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
+
+
+def _header_of(ds: Any, ts: str) -> InstanceHeader:
     sop_class = _raw_text(ds, SOP_CLASS_UID)
     if not sop_class:
         raise InvalidInstanceError(
@@ -157,7 +219,7 @@ def read_header(path: Path) -> InstanceHeader:
         sop_instance_uid=check_uid(_raw_text(ds, SOP_INSTANCE_UID), "SOP Instance UID"),
         study_uid=check_uid(_raw_text(ds, STUDY_UID), "Study Instance UID"),
         series_uid=check_uid(_raw_text(ds, SERIES_UID), "Series Instance UID"),
-        transfer_syntax=str(meta.get("TransferSyntaxUID", "")),
+        transfer_syntax=ts,
         modality=_raw_text(ds, MODALITY)[:16],
         _dataset=ds,
     )

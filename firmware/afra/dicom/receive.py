@@ -18,7 +18,10 @@ from afra.dicom.header import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_SOP_CLASS_MISMATCH,
     STATUS_SUCCESS,
+    InstanceHeader,
     check_uid,
+    header_from_head,
+    parse_head,
     read_header,
 )
 from afra.dicom.spool import Spool, fsync_file
@@ -39,6 +42,21 @@ class StoreRequest:
     context_abstract_syntax: str
     calling_ae: str
     peer_address: str
+    # What the acceptor already holds: the data set's first bytes (read instead of the
+    # file when they settle the header), the data set's size and transfer syntax.
+    head: bytes = b""
+    data_size: int = -1
+    transfer_syntax: str = ""
+
+
+def _header(tmp: Path, request: StoreRequest) -> InstanceHeader:
+    """The header from the bytes already in memory when they settle it, else from the file."""
+    if request.head and request.data_size >= 0:
+        walked = parse_head(request.head, request.transfer_syntax)
+        header = header_from_head(walked, request.data_size) if walked is not None else None
+        if header is not None:
+            return header
+    return read_header(tmp)
 
 
 class Receiver:
@@ -52,7 +70,7 @@ class Receiver:
         # Two associations delivering the same SOP Instance UID at once must not race.
         self._uid_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._warned_full = False
-        self._sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+        self._parse_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="header")
 
     def store(self, tmp: Path, request: StoreRequest) -> int:
         sender = f"{request.calling_ae!r} ({request.peer_address})"
@@ -95,13 +113,15 @@ class Receiver:
                 f"negotiated for {request.context_abstract_syntax}",
                 status=STATUS_SOP_CLASS_MISMATCH,
             )
-        # The file's data reaches the disk while its header is parsed (fsync releases the GIL);
-        # the order that makes it durable is unchanged: fsync, rename, fsync dir, index.
-        synced = self._sync_pool.submit(fsync_file, tmp)
+        # The header is read on a worker while this thread waits in fsync, which releases the
+        # GIL (the other way round, a worker could not even enter fsync until the parse gave
+        # the GIL up). The order that makes the file durable stays fsync, rename, fsync dir,
+        # index commit.
+        parsed = self._parse_pool.submit(_header, tmp, request)
         try:
-            header = read_header(tmp)
+            fsync_file(tmp)
         finally:
-            synced.result()
+            header = parsed.result()
         if header.sop_class_uid != request.sop_class_uid:
             raise InvalidInstanceError(
                 f"data set SOP class {header.sop_class_uid} differs from the C-STORE command's "
