@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=50)
     sp = sub.add_parser("quarantine", help="list refused objects kept for review")
     sp.add_argument("--json", action="store_true")
+    sp = sub.add_parser(
+        "conflicts", help="list second copies of an instance that differed from the first"
+    )
+    sp.add_argument("--json", action="store_true")
     return p
 
 
@@ -180,13 +184,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             for note in result.notes:
                 print(f"  {note}")
             return 0 if result.ok else 1
-        if args.command in ("studies", "quarantine"):
+        if args.command in ("studies", "quarantine", "conflicts"):
             from afra.store.index import Index
 
             index = Index(config.box.data_dir / "index.sqlite")
-            rows: list[Any] = (
-                index.studies(args.limit) if args.command == "studies" else index.quarantine()
-            )
+            if args.command == "studies":
+                rows: list[Any] = index.studies(args.limit)
+            elif args.command == "quarantine":
+                rows = index.quarantine()
+            else:
+                rows = index.conflicts()
             if args.json:
                 print(json.dumps([asdict(r) for r in rows], indent=2))
             else:

@@ -88,7 +88,6 @@ class DicomSettings(Section):
     network_timeout: Seconds = 60.0
     allow_any_peer: bool = False
     peers: tuple[Peer, ...] = ()
-    receivers: int = Field(1, ge=1, le=8)
 
 
 class PacsSettings(Section):

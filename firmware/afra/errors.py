@@ -33,3 +33,7 @@ class PeerReplyError(AfraError, ValueError):
 
 class AssociationFailedError(AfraError, ConnectionError):
     """A DICOM association to a peer could not be established."""
+
+
+class ServiceError(AfraError, OSError):
+    """A network service of the box cannot start (address in use, not available)."""

@@ -133,7 +133,7 @@ def test_different_payload_same_uid_kept_as_conflict(box: Appliance, tmp_path: P
     assert dataset_bytes_hash(stored_path(box, first)) == dataset_bytes_hash(first)
     conflicts = box.index.conflicts()
     assert len(conflicts) == 1
-    assert dataset_bytes_hash(box.spool.absolute(conflicts[0][2])) == dataset_bytes_hash(second)
+    assert dataset_bytes_hash(box.spool.absolute(conflicts[0].path)) == dataset_bytes_hash(second)
 
 
 def test_unknown_calling_ae_rejected(make_box: BoxFactory) -> None:
@@ -276,3 +276,32 @@ def test_restart_resumes_from_disk(tmp_path: Path, clock: object) -> None:
     finally:
         box.close()
     shutil.rmtree(data)
+
+
+def test_ipv4_peer_on_dual_stack_listener(make_box: BoxFactory) -> None:
+    box = make_box(
+        dicom={
+            "bind": "::",
+            "allow_any_peer": False,
+            "peers": [{"ae_title": "MODALITY", "host": "127.0.0.1"}],
+        }
+    )
+    assert echoscu(LOOPBACK, box.dicom.port, aet="MODALITY").returncode == 0
+
+
+def test_same_data_set_from_another_sender_is_a_duplicate(box: Appliance, tmp_path: Path) -> None:
+    path = make_instance(tmp_path / "a.dcm")
+    storescu(LOOPBACK, box.dicom.port, [path], aet="FIRST")
+    storescu(LOOPBACK, box.dicom.port, [path], aet="SECOND")  # different file meta, same data
+    assert box.index.conflicts() == [] and len(object_files(box)) == 1
+
+
+def test_address_in_use_is_a_clear_error(box: Appliance, tmp_path: Path) -> None:
+    from afra.errors import ServiceError
+
+    other = build_appliance(make_config(tmp_path / "other", dicom={"port": box.dicom.port}))
+    try:
+        with pytest.raises(ServiceError, match=r"check dicom\.bind and dicom\.port"):
+            other.start()
+    finally:
+        other.close()

@@ -45,6 +45,7 @@ from afra.dicom import dimse
 from afra.dicom.header import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES
 from afra.dicom.receive import Receiver, StoreRequest
 from afra.dicom.spool import start_writeback
+from afra.errors import ServiceError
 
 LOG = logging.getLogger("afra.dicom")
 
@@ -71,7 +72,7 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
 # PDU types (PS3.8 9.3)
 ASSOCIATE_RQ, P_DATA, RELEASE_RQ, ABORT = 0x01, 0x04, 0x05, 0x07
 RELEASE_RP_PDU = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
-MAX_ASSOCIATE_RQ = 1 << 20
+MAX_ASSOCIATE_RQ = 1 << 20  # no honest A-ASSOCIATE-RQ is anywhere near this
 # The header is read from the first bytes of a data set kept in memory (docs/ARCHITECTURE.md).
 HEAD_BYTES = 64 * 1024  # no honest A-ASSOCIATE-RQ is anywhere near this
 
@@ -121,6 +122,8 @@ class PeerPolicy:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # an IPv4 sender on a dual-stack ("::") listener
         return any(ae_title == title and ip in net for title, net in self.peers)
 
 
@@ -301,8 +304,14 @@ class _Association:
         self.sock.sendall(out)
 
     def _serve(self) -> None:
-        self.sock.settimeout(self.settings.network_timeout)
         while True:
+            # Mid-message the peer owes us the rest (DIMSE timeout); between messages the
+            # association may idle (network timeout).
+            self.sock.settimeout(
+                self.settings.dimse_timeout
+                if self.message is not None
+                else self.settings.network_timeout
+            )
             pdu_type, body = self._read_pdu(self.settings.max_pdu)
             if pdu_type == P_DATA:
                 self._p_data(body)
@@ -413,6 +422,9 @@ class _Association:
             self._send_command(
                 message.context_id, dimse.encode_response(command, dimse.C_ECHO_RSP, 0x0000)
             )
+            return
+        if command.command_field == dimse.C_CANCEL_RQ or command.command_field & 0x8000:
+            self._discard(message)  # nothing of ours to cancel; responses are not expected
             return
         if command.command_field != dimse.C_STORE_RQ:
             self._discard(message)
@@ -552,7 +564,14 @@ class Acceptor:
         family = socket.AF_INET6 if ":" in self.settings.bind else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.settings.bind, self.settings.port))
+        try:
+            listener.bind((self.settings.bind, self.settings.port))
+        except OSError as exc:
+            listener.close()
+            raise ServiceError(
+                f"cannot listen for DICOM on {self.settings.bind}:{self.settings.port}: "
+                f"{exc.strerror or exc} (check dicom.bind and dicom.port)"
+            ) from None
         listener.listen(64)
         listener.settimeout(0.5)
         self._listener = listener

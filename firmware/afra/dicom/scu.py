@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +26,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from afra.config import DicomSettings, PacsSettings
+from afra.dicom.acceptor import TRANSFER_SYNTAXES
+from afra.dicom.dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from afra.dicom.header import is_valid_uid
 from afra.dicom.receive import Receiver, StoreRequest
-from afra.errors import AssociationFailedError, PeerReplyError
+from afra.errors import AfraError, AssociationFailedError, PeerReplyError
 
 LOG = logging.getLogger("afra.scu")
 
@@ -134,15 +136,42 @@ class PacsClient:
         self.local = local
         self.receiver = receiver
 
+    def _study_sop_classes(self, study_uid: str) -> list[str]:
+        """The storage classes to offer for a C-GET: what the PACS says the study holds."""
+        listed: Any = None
+        try:
+            for match in self.find(
+                "STUDY", {"StudyInstanceUID": study_uid, "SOPClassesInStudy": ""}
+            ):
+                if match.StudyInstanceUID == study_uid:
+                    listed = match.get("SOPClassesInStudy")
+        except (AfraError, OSError) as exc:
+            LOG.info("PACS did not list the study's SOP classes (%s); offering the usual", exc)
+        values = [listed] if isinstance(listed, str) else list(listed or ())
+        classes = [str(v) for v in values if is_valid_uid(str(v))]
+        if not classes:
+            classes = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+        return classes[:127]  # one context is the C-GET's own; 128 is the limit
+
     @contextmanager
-    def _associate(self, contexts: list[Any], **kwargs: Any) -> Iterator[Any]:
+    def _associate(
+        self,
+        contexts: list[Any],
+        *,
+        storage: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> Iterator[Any]:
         ae = AE(ae_title=self.local.ae_title)
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.acse_timeout = self.local.acse_timeout
         ae.dimse_timeout = self.local.dimse_timeout
         ae.network_timeout = self.local.network_timeout
         ae.maximum_pdu_size = self.local.max_pdu
         for cx in contexts:
             ae.add_requested_context(cx)
+        for uid in storage:  # C-GET: objects come back in the syntaxes the box accepts
+            ae.add_requested_context(uid, list(TRANSFER_SYNTAXES))
         assoc = ae.associate(self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title, **kwargs)
         if not assoc.is_established:
             raise AssociationFailedError(
@@ -174,7 +203,13 @@ class PacsClient:
             ):
                 if "Status" not in status:
                     raise AssociationFailedError("PACS stopped answering the C-FIND")
-                if status.Status not in STATUS_PENDING or identifier is None:
+                if status.Status not in STATUS_PENDING:
+                    if status.Status not in (0x0000, 0xFE00):
+                        raise PeerReplyError(
+                            f"PACS answered the C-FIND with status 0x{int(status.Status):04X}"
+                        )
+                    continue
+                if identifier is None:
                     continue
                 if not is_valid_uid(identifier.get(uid_key)) or not is_valid_uid(
                     identifier.get("StudyInstanceUID")
@@ -229,13 +264,14 @@ class PacsClient:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_uid
-        storage = [str(cx.abstract_syntax) for cx in StoragePresentationContexts[:127]]
+        storage = self._study_sop_classes(study_uid)
         roles = [build_role(uid, scp_role=True) for uid in storage]
         receiver = self.receiver
         handler: Callable[[Any], int] = lambda event: _store_from_get(event, receiver)  # noqa: E731
         result = RetrieveResult(method="C-GET", status=0xC000)
         with self._associate(
-            [StudyRootQueryRetrieveInformationModelGet, *storage],
+            [StudyRootQueryRetrieveInformationModelGet],
+            storage=storage,
             ext_neg=roles,
             evt_handlers=[(evt.EVT_C_STORE, handler)],
         ) as assoc:

@@ -17,9 +17,11 @@ import itertools
 import os
 import secrets
 import shutil
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from afra.errors import StorageError
 
@@ -69,6 +71,16 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _data_set_offset(fp: BinaryIO) -> int | None:
+    """Where a Part 10 file's data set starts: after the preamble, 'DICM' and the file meta."""
+    fp.seek(0)
+    head = fp.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+        return None
+    (group_length,) = struct.unpack_from("<I", head, 140)
+    return 144 + int(group_length)
 
 
 class Spool:
@@ -137,12 +149,19 @@ class Spool:
         return rel
 
     def same_content(self, src: Path, rel_path: str) -> bool:
-        """True when a newly received file holds exactly the bytes already stored."""
+        """True when a newly received file's data set is byte-for-byte the one stored.
+
+        The file meta is left out: it records who sent the copy and how, not the instance.
+        """
         dst = self.root / rel_path
         try:
-            if src.stat().st_size != dst.stat().st_size:
-                return False
             with src.open("rb") as a, dst.open("rb") as b:
+                start_a, start_b = _data_set_offset(a), _data_set_offset(b)
+                size_a, size_b = src.stat().st_size, dst.stat().st_size
+                if start_a is None or start_b is None or size_a - start_a != size_b - start_b:
+                    return False
+                a.seek(start_a)
+                b.seek(start_b)
                 while True:
                     chunk_a = a.read(1 << 20)
                     if chunk_a != b.read(1 << 20):

@@ -203,6 +203,16 @@ class InstanceRow:
 
 
 @dataclass(frozen=True)
+class ConflictRow:
+    id: int
+    sop_instance_uid: str
+    path: str
+    size: int
+    received_at: float
+    calling_ae: str
+
+
+@dataclass(frozen=True)
 class QuarantineRow:
     id: int
     path: str
@@ -377,9 +387,9 @@ class Index:
             rows = self._db.execute(SQL_LIST_QUARANTINE, (limit,)).fetchall()
         return [QuarantineRow(*r) for r in rows]
 
-    def conflicts(self) -> list[tuple[int, str, str, int, float, str]]:
+    def conflicts(self) -> list[ConflictRow]:
         with self._lock:
-            return list(self._db.execute(SQL_LIST_CONFLICTS))
+            return [ConflictRow(*r) for r in self._db.execute(SQL_LIST_CONFLICTS)]
 
     def get_meta(self, key: str) -> str | None:
         with self._lock:
