@@ -1,0 +1,260 @@
+"""Medix message models: the one definition both the AFRA node and the reference hub use.
+
+Field names of the seed's node-side API (download, webhook progress) are exact, including
+their capitalisation; everything else is this project's own (docs/medix.md). The OpenAPI
+document in docs/medix-openapi.json is generated from these models (medix.openapi).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import IntEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PROTOCOL_VERSION = "1"
+API_PREFIX = "/medix/v1"
+
+UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
+Uid = Annotated[str, Field(min_length=1, max_length=64, pattern=UID_PATTERN)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+HHMM = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+MedisCode = Annotated[str, Field(pattern=r"^[2-9A-HJKMNP-Z]{12}$")]
+
+
+class DownloadStatus(IntEnum):
+    """Progress of a study download, as reported to the hub's webhook (exact values)."""
+
+    RequestFailed = -4
+    ExportFailed = -3
+    DownloadFailed = -2
+    MergeFailed = -1
+    ProcessStarted = 0
+    RequestSent = 1
+    ExportStarted = 2
+    CompressStarted = 3
+    CompressFinished = 4
+    ExportCompleted = 5
+    DownloadStarted = 6
+    DownloadSaved = 7
+    MergeStarted = 8
+    MergeCompleted = 10
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- policy ------------------------------------------------------------------------------
+
+
+class Window(Message):
+    """A daily time window in the node's local time; `end` before `start` spans midnight."""
+
+    start: HHMM
+    end: HHMM
+
+
+class Policy(Message):
+    """Federation policy, set once at the hub and applied whole by every node."""
+
+    version: int = Field(ge=0)
+    bandwidth_cap_kbps: int | None = Field(None, ge=64, description="upload cap; None = no cap")
+    offpeak_windows: tuple[Window, ...] = Field(
+        (), description="when set, bulk uploads run only inside these windows"
+    )
+    retention_days: int = Field(7, ge=0, le=3650, description="keep local copies after receipt")
+    stale_queue_hours: int = Field(24, ge=1, description="oldest undelivered study -> degraded")
+    code_expiry_days: int = Field(90, ge=1, description="hub side: Medis code lifetime")
+    code_max_attempts: int = Field(5, ge=1, description="hub side: wrong tries before lockout")
+    webhook_hosts: tuple[str, ...] = Field((), description="hosts a download webhook may name")
+
+
+# -- enrolment and heartbeat --------------------------------------------------------------
+
+
+class EnrolRequest(Message):
+    pairing_code: str = Field(min_length=6, max_length=32)
+    node_name: str = Field(min_length=1, max_length=63)
+    csr_pem: str = Field(min_length=64, max_length=16384)
+    software_version: str = Field(max_length=32)
+
+
+class EnrolResponse(Message):
+    node_id: str
+    certificate_pem: str
+    ca_pem: str
+    policy: Policy
+
+
+class QueueStats(Message):
+    studies_waiting: int = Field(ge=0)
+    oldest_waiting_s: float = Field(ge=0)
+    bytes_waiting: int = Field(ge=0)
+
+
+class Heartbeat(Message):
+    software_version: str = Field(max_length=32)
+    policy_version: int = Field(ge=0)
+    health: str = Field(max_length=32)
+    queue: QueueStats
+
+
+class HeartbeatResponse(Message):
+    hub_time: float
+    policy: Policy | None = Field(None, description="present when newer than the node's")
+    commands_waiting: int = Field(0, ge=0)
+
+
+# -- studies ---------------------------------------------------------------------------
+
+
+class Patient(Message):
+    name: str = Field("", max_length=256)
+    patient_id: str = Field("", max_length=64)
+    birth_date: str = Field("", pattern=r"^([0-9]{8})?$")
+    phone: str = Field("", max_length=64)
+
+
+class StudyRegistration(Message):
+    """A study (one revision of it) about to be uploaded, with its Medis code."""
+
+    study_uid: Uid
+    revision: int = Field(ge=0)
+    medis_code: MedisCode
+    patient: Patient
+    referring_physician: str = Field("", max_length=256)
+    study_date: str = Field("", pattern=r"^([0-9]{8})?$")
+    study_description: str = Field("", max_length=256)
+    accession_number: str = Field("", max_length=64)
+    modalities: tuple[str, ...] = ()
+    instance_count: int = Field(ge=1)
+    stream_size: int = Field(ge=1, description="bytes of all instance files, concatenated")
+    part_size: int = Field(ge=65536, le=8 * 1048576)
+    parts: int = Field(ge=1)
+
+
+class Receipt(Message):
+    """The hub's word that a study revision is whole on its side; stored by the node."""
+
+    receipt_id: str
+    upload_id: str
+    study_uid: Uid
+    revision: int
+    medis_code: MedisCode
+    instance_count: int
+    stream_sha256: Sha256
+    received_at: float
+    signature: str = Field(description="hub CA key's ECDSA signature over the fields above")
+
+
+class Registration(Message):
+    upload_id: str
+    state: Literal["open", "committed"]
+    received_parts: tuple[int, ...] = Field((), description="part numbers the hub holds")
+    receipt: Receipt | None = None
+
+
+class PartAck(Message):
+    part: int
+    received_parts: int
+
+
+class ManifestEntry(Message):
+    sop_instance_uid: Uid
+    series_uid: Uid
+    sop_class_uid: Uid
+    offset: int = Field(ge=0)
+    size: int = Field(ge=1)
+    sha256: Sha256
+
+
+class CommitRequest(Message):
+    instances: tuple[ManifestEntry, ...] = Field(min_length=1)
+    stream_sha256: Sha256
+
+
+# -- commands (hub -> node, over the node's long poll) ---------------------------------
+
+
+CommandType = Literal["download", "report_status", "locate", "diagnostics", "apply_policy"]
+
+
+class Command(Message):
+    id: str
+    type: CommandType
+    args: dict[str, object] = {}
+    issued_at: float
+
+
+class CommandBatch(Message):
+    commands: tuple[Command, ...] = ()
+
+
+class CommandResult(Message):
+    ok: bool
+    result: dict[str, object] = {}
+    error: str = ""
+
+
+# -- node-side API of the seed ----------------------------------------------------------
+
+
+class WebhookHeaders(Message):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    authorization: str = Field(max_length=4096)
+    userid: str = Field(max_length=256)
+    kcode: str = Field(max_length=64)
+
+
+class DownloadRequest(Message):
+    StudyInstanceUID: Uid | tuple[Uid, ...]
+    WebhookUri: str = Field(max_length=2048)
+    WebhookHeaders: WebhookHeaders
+
+    @field_validator("WebhookUri")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            raise ValueError("WebhookUri must be an absolute http(s) URL")
+        return value
+
+
+class DownloadAccepted(Message):
+    job_id: str
+    joined: bool = Field(description="true when an identical running job was joined")
+
+
+class WebhookProgress(Message):
+    """Body the node posts to WebhookUri at each step (seed format; Status as a string)."""
+
+    Status: str
+    headers: dict[str, str]
+    File: str = ""
+
+
+class ReportStatusRequest(Message):
+    StudyInstanceUIDs: tuple[Uid, ...] = Field(min_length=1, max_length=1000)
+
+
+class ReportStatus(Message):
+    StudyInstanceUID: Uid
+    HasReport: bool
+    Count: int = Field(ge=0)
+    Kinds: tuple[Literal["SR", "PDF", "PACS"], ...] = ()
+    LatestAt: str | None = Field(None, description="ISO 8601, when the newest report was made")
+    Source: Literal["node", "pacs", "unknown"]
+
+
+class ReportStatusResponse(Message):
+    Studies: tuple[ReportStatus, ...]
+
+
+class Problem(Message):
+    """Every error response (RFC 9457 style)."""
+
+    title: str
+    detail: str = ""
+    status: int
