@@ -33,8 +33,8 @@ system-deps:
 
 run: $(STAMP)
 	@mkdir -p $(RUN_DIR)
-	@echo "Starting AFRA in emulation (data in $(RUN_DIR)); Ctrl-C stops it."
-	$(BIN)/afra --config etc/emulation.toml --set box.data_dir=\"$(RUN_DIR)\" run
+	@echo "Starting AFRA in emulation with a local reference hub (data in $(RUN_DIR)); Ctrl-C stops it."
+	$(BIN)/afra --config etc/emulation.toml --set box.data_dir=\"$(RUN_DIR)\" emulate
 
 lint: $(STAMP)
 	$(BIN)/ruff check firmware tests bench

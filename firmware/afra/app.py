@@ -24,6 +24,10 @@ from afra.dicom.spool import Spool
 from afra.errors import InvalidInstanceError, StorageError
 from afra.store.completion import StudyCompletion
 from afra.store.index import Index
+from afra.uplink.client import HubClient
+from afra.uplink.identity import NodeIdentity
+from afra.uplink.policy import PolicyStore
+from afra.uplink.worker import Uplink, UplinkSettings
 
 LOG = logging.getLogger("afra")
 
@@ -46,8 +50,11 @@ class Appliance:
     dicom: Acceptor
     completion: StudyCompletion
     pacs: PacsClient | None
+    identity: NodeIdentity
+    policy: PolicyStore
+    uplink: Uplink
     pin_factory: Any = None
-    hub: Any = None
+    hub: HubClient | None = None
     startup: StartupReport = field(default_factory=StartupReport)
     _started: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -57,8 +64,10 @@ class Appliance:
             if self._started:
                 return
             self.startup = recover(self.spool, self.index, self.clock)
+            self.identity.ensure_key()
             self.dicom.start()
             self.completion.start()
+            self.uplink.start()
             self._started = True
 
     def stop(self) -> None:
@@ -67,10 +76,13 @@ class Appliance:
                 return
             self.dicom.stop()
             self.completion.stop()
+            self.uplink.stop()
             self._started = False
 
     def close(self) -> None:
         self.stop()
+        if self.hub is not None:
+            self.hub.close()
         self.index.close()
 
 
@@ -111,7 +123,7 @@ def build_appliance(
     clock: Clock | None = None,
     storage_root: Path | None = None,
     pin_factory: Any = None,
-    hub: Any = None,
+    hub: HubClient | None = None,
 ) -> Appliance:
     clock = clock or SystemClock()
     root = storage_root or config.box.data_dir
@@ -126,6 +138,24 @@ def build_appliance(
         spool, index, min_free_bytes=config.storage.min_free_mb * 2**20, clock=clock
     )
     pacs = PacsClient(config.pacs, config.dicom, receiver=receiver) if config.pacs else None
+    identity = NodeIdentity(root / "identity")
+    if hub is None and identity.enrolled:
+        hub = HubClient(identity, timeout=config.hub.request_timeout)
+    policy = PolicyStore(root / "policy.json")
+    uplink = Uplink(
+        index,
+        spool,
+        hub,
+        policy=policy,
+        clock=clock,
+        settings=UplinkSettings(
+            part_size=config.hub.part_size_kb * 1024,
+            compression_level=config.hub.compression_level,
+            retry_base=config.hub.retry_base,
+            retry_cap=config.hub.retry_cap,
+            heartbeat_interval=config.hub.heartbeat_interval,
+        ),
+    )
     return Appliance(
         config=config,
         clock=clock,
@@ -135,6 +165,9 @@ def build_appliance(
         dicom=Acceptor(config.dicom, receiver),
         completion=StudyCompletion(index, config.study, clock=clock, pacs=pacs),
         pacs=pacs,
+        identity=identity,
+        policy=policy,
+        uplink=uplink,
         pin_factory=pin_factory,
         hub=hub,
     )

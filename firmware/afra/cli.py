@@ -34,7 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("run", help="run the appliance (DICOM service, study completion)")
+    sub.add_parser("run", help="run the appliance (DICOM service, study completion, uplink)")
+    sp = sub.add_parser(
+        "emulate", help="run the appliance with a local reference hub (what `make run` does)"
+    )
+    sp.add_argument("--hub-port", type=int, default=8443, help="the reference hub's port")
     sub.add_parser("check-config", help="validate the configuration and print it")
 
     def pacs_args(sp: argparse.ArgumentParser) -> None:
@@ -69,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
         "conflicts", help="list second copies of an instance that differed from the first"
     )
     sp.add_argument("--json", action="store_true")
+    sp = sub.add_parser("enrol", help="enrol the box with a Medix hub using a pairing code")
+    sp.add_argument("--hub", help="the hub's https URL (default: hub.url)")
+    sp.add_argument("--ca", type=Path, required=True, help="the hub's CA certificate (PEM)")
+    sp.add_argument("--code", required=True, help="the pairing code from the hub's portal")
+    sp = sub.add_parser("slip", help="print a study's patient slip (HTML) for the reception desk")
+    sp.add_argument("study", help="the study's Medis code or Study Instance UID")
+    sp.add_argument("--out", type=Path, help="write to this file instead of standard output")
     return p
 
 
@@ -104,6 +115,34 @@ def _key_pairs(items: Sequence[str]) -> dict[str, str]:
     return pairs
 
 
+def cmd_emulate(config: Config, hub_port: int) -> int:
+    """The appliance and a reference hub on loopback, the box enrolled with it once."""
+    from afra.uplink.client import enrol
+    from afra.uplink.identity import NodeIdentity
+    from medix.hub.server import HubServer
+
+    hub = HubServer(config.box.data_dir / "hub", port=hub_port)
+    hub.start()
+    try:
+        identity = NodeIdentity(config.box.data_dir / "identity")
+        if not identity.enrolled:
+            enrol(
+                identity,
+                hub_url=hub.url,
+                pairing_code=hub.new_pairing_code(),
+                ca_file=hub.ca_pem_path,
+                node_name=config.box.name,
+            )
+        print(
+            f"Reference hub: {hub.url} (patient page {hub.url}/patient, CA {hub.ca_pem_path},"
+            f" admin token in {config.box.data_dir / 'hub' / 'admin-token'})",
+            flush=True,
+        )
+        return cmd_run(config)
+    finally:
+        hub.stop()
+
+
 def cmd_run(config: Config) -> int:
     from afra.app import build_appliance
 
@@ -127,6 +166,63 @@ def cmd_run(config: Config) -> int:
     finally:
         appliance.close()
     print("AFRA stopped", flush=True)
+    return 0
+
+
+def cmd_enrol(config: Config, args: argparse.Namespace) -> int:
+    from afra.uplink.client import enrol
+    from afra.uplink.identity import NodeIdentity
+
+    hub_url = args.hub or config.hub.url
+    if not hub_url:
+        raise ConfigError("no hub URL: give --hub or set hub.url")
+    node_id = enrol(
+        NodeIdentity(config.box.data_dir / "identity"),
+        hub_url=hub_url,
+        pairing_code=args.code,
+        ca_file=args.ca,
+        node_name=config.box.name,
+        timeout=config.hub.request_timeout,
+    )
+    print(f"enrolled with {hub_url} as node {node_id}; restart the box to start uploading")
+    return 0
+
+
+def cmd_slip(config: Config, args: argparse.Namespace) -> int:
+    from afra.medis.codes import InvalidCodeError, parse_code
+    from afra.medis.slip import render_slip
+    from afra.store.index import Index
+    from afra.uplink.identity import NodeIdentity
+
+    index = Index(config.box.data_dir / "index.sqlite")
+    try:
+        wanted = parse_code(args.study)
+    except InvalidCodeError:
+        wanted = args.study
+    rows = [
+        r for r in index.studies(100000) if r.medis_code and wanted in (r.study_uid, r.medis_code)
+    ]
+    if not rows:
+        raise ConfigError(f"no study with a Medis code matches {args.study!r}")
+    study = rows[0]
+    identity = NodeIdentity(config.box.data_dir / "identity")
+    hub_url = config.hub.url or (identity.hub_url if identity.enrolled else "")
+    patient_url = config.hub.patient_url or (f"{hub_url}/patient" if hub_url else "")
+    if not patient_url:
+        raise ConfigError("the hub's patient page is unknown: set hub.patient_url or enrol")
+    html = render_slip(
+        code=study.medis_code or "",
+        patient_name=study.patient_name.replace("^", " ").strip(),
+        study_date=study.study_date,
+        study_description="",
+        center_name=config.box.name,
+        hub_patient_url=patient_url,
+    )
+    if args.out:
+        args.out.write_text(html, encoding="utf-8")
+        print(f"slip written to {args.out}")
+    else:
+        print(html)
     return 0
 
 
@@ -156,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(config.box.log_level)
         if args.command == "run":
             return cmd_run(config)
+        if args.command == "emulate":
+            return cmd_emulate(config, args.hub_port)
         if args.command == "check-config":
             print(json.dumps(config.model_dump(mode="json"), indent=2))
             return 0
@@ -184,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for note in result.notes:
                 print(f"  {note}")
             return 0 if result.ok else 1
+        if args.command == "enrol":
+            return cmd_enrol(config, args)
+        if args.command == "slip":
+            return cmd_slip(config, args)
         if args.command in ("studies", "quarantine", "conflicts"):
             from afra.store.index import Index
 

@@ -109,12 +109,26 @@ class StudySettings(Section):
     scan_interval: Seconds = 5.0
 
 
+class HubSettings(Section):
+    """The Medix hub. Enrolment (`afra enrol`) records the hub's URL and pins its CA."""
+
+    url: str = Field("", max_length=2048, pattern=r"^(https://\S+)?$")
+    patient_url: str = Field("", max_length=2048, pattern=r"^(https?://\S+)?$")
+    part_size_kb: int = Field(2048, ge=64, le=8192)
+    compression_level: int = Field(1, ge=1, le=19)
+    request_timeout: Seconds = 30.0
+    heartbeat_interval: Seconds = 60.0
+    retry_base: Seconds = 5.0
+    retry_cap: Seconds = 900.0
+
+
 class Config(Section):
     box: BoxSettings = BoxSettings()
     dicom: DicomSettings = DicomSettings()
     pacs: PacsSettings | None = None
     storage: StorageSettings = StorageSettings()
     study: StudySettings = StudySettings()
+    hub: HubSettings = HubSettings()
 
 
 def _describe(exc: ValidationError, source: str) -> str:

@@ -156,6 +156,9 @@ class Receiver:
         self, tmp: Path, request: StoreRequest, sender: str, held_path: str, now: float
     ) -> int:
         uid = request.sop_instance_uid
+        if self.index.delivered_and_purged(uid):
+            LOG.info("instance %s from %s already reached the hub; nothing to keep", uid, sender)
+            return STATUS_SUCCESS
         if self.spool.same_content(tmp, held_path):
             LOG.info("duplicate instance %s from %s: already held, kept one copy", uid, sender)
             return STATUS_SUCCESS

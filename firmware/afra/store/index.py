@@ -17,7 +17,7 @@ from pathlib import Path
 
 from afra.dicom.header import InstanceHeader
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,6 +81,26 @@ CREATE TABLE IF NOT EXISTS quarantine (
 
 RECEIVED = "received"
 COMPLETE = "complete"
+QUEUED = "queued"  # Medis code issued, waiting for the uplink
+UPLOADING = "uploading"  # registered with the hub, parts going up
+DELIVERED = "delivered"  # the hub's receipt is stored
+
+# Schema changes after version 1, applied in order to an older database at open.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE studies ADD COLUMN medis_code TEXT",
+        "CREATE UNIQUE INDEX IF NOT EXISTS studies_medis_code ON studies (medis_code)",
+        "ALTER TABLE studies ADD COLUMN upload_id TEXT",
+        "ALTER TABLE studies ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE studies ADD COLUMN next_attempt_at REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE studies ADD COLUMN last_error TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE studies ADD COLUMN receipt TEXT",
+        "ALTER TABLE studies ADD COLUMN delivered_at REAL",
+        "ALTER TABLE studies ADD COLUMN stream_sha256 TEXT",
+        "ALTER TABLE studies ADD COLUMN purged_at REAL",
+        "ALTER TABLE instances ADD COLUMN sha256 TEXT",
+    ),
+}
 
 SQL_SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 SQL_GET_META = "SELECT value FROM meta WHERE key = ?"
@@ -131,7 +151,8 @@ WHERE id = ? AND state = 'received'
 """
 SQL_LIST_STUDIES = """
 SELECT id, study_uid, revision, state, state_reason, patient_id, patient_name, study_date,
-    instance_count, bytes, expected_count, first_received_at, last_received_at, completed_at
+    instance_count, bytes, expected_count, first_received_at, last_received_at, completed_at,
+    medis_code, attempts, last_error
 FROM studies ORDER BY last_received_at DESC LIMIT ?
 """
 SQL_STUDY_INSTANCES = """
@@ -143,6 +164,55 @@ SQL_LIST_QUARANTINE = """
 SELECT id, path, received_at, calling_ae, peer_address, sop_class_uid, sop_instance_uid,
     status, reason
 FROM quarantine ORDER BY id DESC LIMIT ?
+"""
+SQL_STUDIES_WITHOUT_CODE = """
+SELECT id FROM studies WHERE state = 'complete' AND medis_code IS NULL ORDER BY completed_at
+"""
+SQL_CODE_TAKEN = "SELECT 1 FROM studies WHERE medis_code = ?"
+SQL_GET_CODE = "SELECT medis_code FROM studies WHERE id = ?"
+SQL_SET_CODE = """
+UPDATE studies SET medis_code = ?, state = 'queued' WHERE id = ? AND medis_code IS NULL
+"""
+SQL_NEXT_UPLOAD = """
+SELECT id FROM studies WHERE state IN ('queued', 'uploading') AND next_attempt_at <= ?
+ORDER BY next_attempt_at, completed_at LIMIT 1
+"""
+SQL_UPLOAD_STUDY = """
+SELECT id, study_uid, revision, state, medis_code, upload_id, attempts, patient_id,
+    patient_name, patient_birth_date, patient_phone, accession_number, study_date,
+    study_description, referring_physician, instance_count, bytes, completed_at
+FROM studies WHERE id = ?
+"""
+SQL_UPLOAD_INSTANCES = """
+SELECT sop_instance_uid, series_uid, sop_class_uid, modality, path, size, sha256
+FROM instances WHERE study_id = ? ORDER BY series_uid, path
+"""
+SQL_SET_HASH = "UPDATE instances SET sha256 = ? WHERE sop_instance_uid = ?"
+SQL_SET_STREAM_HASH = "UPDATE studies SET stream_sha256 = ? WHERE id = ?"
+SQL_GET_STREAM_HASH = "SELECT stream_sha256 FROM studies WHERE id = ?"
+SQL_PURGEABLE = """
+SELECT id FROM studies WHERE state = 'delivered' AND purged_at IS NULL AND delivered_at <= ?
+"""
+SQL_MARK_PURGED = "UPDATE studies SET purged_at = ? WHERE id = ?"
+SQL_STUDY_OF_INSTANCE = """
+SELECT s.state, s.purged_at FROM instances i JOIN studies s ON s.id = i.study_id
+WHERE i.sop_instance_uid = ?
+"""
+SQL_SET_UPLOADING = """
+UPDATE studies SET state = 'uploading', upload_id = ?
+WHERE id = ? AND state IN ('queued', 'uploading')
+"""
+SQL_RECORD_FAILURE = """
+UPDATE studies SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?
+"""
+SQL_MARK_DELIVERED = """
+UPDATE studies SET state = 'delivered', receipt = ?, delivered_at = ?, last_error = '',
+    next_attempt_at = 0
+WHERE id = ? AND state IN ('queued', 'uploading')
+"""
+SQL_QUEUE_STATS = """
+SELECT COUNT(*), COALESCE(MIN(completed_at), 0), COALESCE(SUM(bytes), 0)
+FROM studies WHERE state IN ('complete', 'queued', 'uploading')
 """
 SQL_LIST_CONFLICTS = """
 SELECT id, sop_instance_uid, path, size, received_at, calling_ae FROM conflicts ORDER BY id
@@ -190,6 +260,9 @@ class StudyRow:
     first_received_at: float
     last_received_at: float
     completed_at: float | None
+    medis_code: str | None = None
+    attempts: int = 0
+    last_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -200,6 +273,41 @@ class InstanceRow:
     transfer_syntax: str
     path: str
     size: int
+
+
+@dataclass(frozen=True)
+class UploadStudy:
+    """A study revision as the uplink sends it."""
+
+    id: int
+    study_uid: str
+    revision: int
+    state: str
+    medis_code: str | None
+    upload_id: str | None
+    attempts: int
+    patient_id: str
+    patient_name: str
+    patient_birth_date: str
+    patient_phone: str
+    accession_number: str
+    study_date: str
+    study_description: str
+    referring_physician: str
+    instance_count: int
+    bytes: int
+    completed_at: float | None
+
+
+@dataclass(frozen=True)
+class UploadInstance:
+    sop_instance_uid: str
+    series_uid: str
+    sop_class_uid: str
+    modality: str
+    path: str
+    size: int
+    sha256: str | None
 
 
 @dataclass(frozen=True)
@@ -238,7 +346,17 @@ class Index:
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA foreign_keys = ON")
         self._db.executescript(SCHEMA)
-        self._db.execute(SQL_SET_META, ("schema_version", str(SCHEMA_VERSION)))
+        self._migrate()
+
+    def _migrate(self) -> None:
+        row = self._db.execute(SQL_GET_META, ("schema_version",)).fetchone()
+        version = int(row[0]) if row else 1
+        with self._transaction() as db:
+            for target in sorted(MIGRATIONS):
+                if version < target:
+                    for statement in MIGRATIONS[target]:
+                        db.execute(statement)
+            db.execute(SQL_SET_META, ("schema_version", str(SCHEMA_VERSION)))
 
     def close(self) -> None:
         with self._lock:
@@ -390,6 +508,87 @@ class Index:
     def conflicts(self) -> list[ConflictRow]:
         with self._lock:
             return [ConflictRow(*r) for r in self._db.execute(SQL_LIST_CONFLICTS)]
+
+    # -- uplink --------------------------------------------------------------------------
+
+    def studies_without_code(self) -> list[int]:
+        with self._lock:
+            return [int(r[0]) for r in self._db.execute(SQL_STUDIES_WITHOUT_CODE)]
+
+    def medis_code(self, study_id: int) -> str | None:
+        with self._lock:
+            row = self._db.execute(SQL_GET_CODE, (study_id,)).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def code_taken(self, code: str) -> bool:
+        with self._lock:
+            return self._db.execute(SQL_CODE_TAKEN, (code,)).fetchone() is not None
+
+    def set_medis_code(self, study_id: int, code: str) -> bool:
+        """Give a complete study its code and queue it; False if the code is taken."""
+        try:
+            with self._transaction() as db:
+                return db.execute(SQL_SET_CODE, (code, study_id)).rowcount == 1
+        except sqlite3.IntegrityError:
+            return False
+
+    def next_upload(self, now: float) -> UploadStudy | None:
+        with self._lock:
+            row = self._db.execute(SQL_NEXT_UPLOAD, (now,)).fetchone()
+        return None if row is None else self.upload_study(int(row[0]))
+
+    def upload_study(self, study_id: int) -> UploadStudy | None:
+        with self._lock:
+            row = self._db.execute(SQL_UPLOAD_STUDY, (study_id,)).fetchone()
+        return None if row is None else UploadStudy(*row)
+
+    def upload_instances(self, study_id: int) -> list[UploadInstance]:
+        """A study revision's instances in stream order (series, then path)."""
+        with self._lock:
+            rows = self._db.execute(SQL_UPLOAD_INSTANCES, (study_id,)).fetchall()
+        return [UploadInstance(*r) for r in rows]
+
+    def set_hashes(self, study_id: int, hashes: dict[str, str], stream_sha256: str) -> None:
+        with self._transaction() as db:
+            db.executemany(SQL_SET_HASH, [(h, uid) for uid, h in hashes.items()])
+            db.execute(SQL_SET_STREAM_HASH, (stream_sha256, study_id))
+
+    def stream_sha256(self, study_id: int) -> str | None:
+        with self._lock:
+            row = self._db.execute(SQL_GET_STREAM_HASH, (study_id,)).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def purgeable(self, delivered_before: float) -> list[int]:
+        with self._lock:
+            return [int(r[0]) for r in self._db.execute(SQL_PURGEABLE, (delivered_before,))]
+
+    def mark_purged(self, study_id: int, now: float) -> None:
+        with self._transaction() as db:
+            db.execute(SQL_MARK_PURGED, (now, study_id))
+
+    def delivered_and_purged(self, sop_instance_uid: str) -> bool:
+        """True when the instance reached the hub and its local copy was removed."""
+        with self._lock:
+            row = self._db.execute(SQL_STUDY_OF_INSTANCE, (sop_instance_uid,)).fetchone()
+        return row is not None and row[0] == DELIVERED and row[1] is not None
+
+    def set_uploading(self, study_id: int, upload_id: str) -> None:
+        with self._transaction() as db:
+            db.execute(SQL_SET_UPLOADING, (upload_id, study_id))
+
+    def record_failure(self, study_id: int, next_attempt_at: float, error: str) -> None:
+        with self._transaction() as db:
+            db.execute(SQL_RECORD_FAILURE, (next_attempt_at, error[:500], study_id))
+
+    def mark_delivered(self, study_id: int, receipt_json: str, now: float) -> bool:
+        with self._transaction() as db:
+            return db.execute(SQL_MARK_DELIVERED, (receipt_json, now, study_id)).rowcount == 1
+
+    def queue_stats(self, now: float) -> tuple[int, float, int]:
+        """Studies not yet delivered: how many, the oldest one's age (s), their bytes."""
+        with self._lock:
+            count, oldest, size = self._db.execute(SQL_QUEUE_STATS).fetchone()
+        return int(count), (now - float(oldest)) if count and oldest else 0.0, int(size)
 
     def get_meta(self, key: str) -> str | None:
         with self._lock:

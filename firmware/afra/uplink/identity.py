@@ -1,0 +1,120 @@
+"""The node's identity: its own key pair, the certificate the hub signed, the pinned hub CA.
+
+Files live in `<data_dir>/identity/`: `node.key` (EC P-256, mode 0600, never logged),
+`node.crt`, `hub-ca.pem` (the CA given at enrolment; every TLS connection to the hub is
+verified against it and nothing else) and `enrolment.json` (node id, hub URL).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from afra.errors import AfraError
+
+
+class IdentityError(AfraError, ValueError):
+    """The node's identity files are missing or unusable."""
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a secret atomically with mode 0600 from the first byte."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class NodeIdentity:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.key_path = directory / "node.key"
+        self.cert_path = directory / "node.crt"
+        self.ca_path = directory / "hub-ca.pem"
+        self.meta_path = directory / "enrolment.json"
+
+    def ensure_key(self) -> None:
+        """Make the node's key pair on first start; keep it ever after."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.key_path.exists():
+            return
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        _write_private(self.key_path, pem)
+
+    def _key(self) -> ec.EllipticCurvePrivateKey:
+        try:
+            key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise IdentityError(f"node key {self.key_path} is unusable: {exc}") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise IdentityError(f"node key {self.key_path} is not an EC key")
+        return key
+
+    def csr_pem(self, node_name: str) -> str:
+        self.ensure_key()
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_name)]))
+            .sign(self._key(), hashes.SHA256())
+        )
+        return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+    def save_enrolment(self, *, node_id: str, hub_url: str, cert_pem: str, ca_pem: str) -> None:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
+        if cert.public_key() != self._key().public_key():
+            raise IdentityError("the hub returned a certificate for another key")
+        _write_public(self.cert_path, cert_pem.encode("ascii"))
+        _write_public(self.ca_path, ca_pem.encode("ascii"))
+        meta = {"node_id": node_id, "hub_url": hub_url.rstrip("/")}
+        _write_public(self.meta_path, json.dumps(meta, indent=2).encode("utf-8"))
+
+    @property
+    def enrolled(self) -> bool:
+        return all(
+            p.exists() for p in (self.key_path, self.cert_path, self.ca_path, self.meta_path)
+        )
+
+    def _meta(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise IdentityError(f"enrolment record {self.meta_path} is unusable: {exc}") from None
+        return {str(k): str(v) for k, v in data.items()}
+
+    @property
+    def node_id(self) -> str:
+        return self._meta()["node_id"]
+
+    @property
+    def hub_url(self) -> str:
+        return self._meta()["hub_url"]
+
+    def certificate_expiry(self) -> float:
+        cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        return cert.not_valid_after_utc.timestamp()
+
+    def forget(self) -> None:
+        """Drop the enrolment (factory reset); the key pair is regenerated on next start."""
+        for path in (self.cert_path, self.ca_path, self.meta_path, self.key_path):
+            path.unlink(missing_ok=True)

@@ -1,0 +1,324 @@
+"""The uplink worker: gives complete studies their Medis code and delivers them to the hub.
+
+It runs on its own thread, apart from the receive path, and reads studies from the spool one
+part (2 MiB) at a time. Each study revision goes: complete -> queued (code issued, with no hub
+round-trip) -> uploading (registered) -> delivered (the hub's receipt, verified and stored).
+Every step is idempotent on the hub's side, so after a cut or a restart the worker asks the
+hub which parts it holds and sends only the rest. A failing study waits with capped
+exponential backoff and jitter (persisted in the index, so restarts do not reset it) and shows
+its attempts and last error; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+from dataclasses import dataclass
+
+import zstandard
+
+from afra import __version__
+from afra.clock import Clock
+from afra.dicom.spool import Spool
+from afra.medis.codes import CodeIssuer
+from afra.store.index import Index, UploadStudy
+from afra.uplink import stream
+from afra.uplink.client import HubClient, HubError, HubRefused, HubUnavailable
+from afra.uplink.policy import PolicyStore, in_window
+from medix.hub.ca import verify_receipt
+from medix.models import (
+    CommitRequest,
+    Heartbeat,
+    ManifestEntry,
+    Patient,
+    QueueStats,
+    Receipt,
+    StudyRegistration,
+)
+
+LOG = logging.getLogger("afra.uplink")
+
+# A part is sent compressed only when that saves at least this share of its bytes.
+MIN_SAVING = 0.03
+
+
+@dataclass(frozen=True)
+class UplinkSettings:
+    part_size: int = 2 * 1048576
+    compression_level: int = 1
+    retry_base: float = 5.0
+    retry_cap: float = 900.0
+    heartbeat_interval: float = 60.0
+    idle_interval: float = 2.0
+
+
+class Throttle:
+    """A bandwidth cap from policy: sending `n` bytes waits until the cap allows them."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._free_at = 0.0
+
+    def take(self, size: int, cap_kbps: int | None, stop: threading.Event) -> None:
+        if not cap_kbps:
+            return
+        now = self.clock.monotonic()
+        start = max(now, self._free_at)
+        self._free_at = start + size * 8 / (cap_kbps * 1000)
+        if start > now:
+            self.clock.sleep(start - now, stop)
+
+
+class Uplink:
+    def __init__(
+        self,
+        index: Index,
+        spool: Spool,
+        client: HubClient | None,
+        *,
+        policy: PolicyStore,
+        clock: Clock,
+        settings: UplinkSettings | None = None,
+        codes: CodeIssuer | None = None,
+    ) -> None:
+        self.index = index
+        self.spool = spool
+        self.client = client
+        self.policy = policy
+        self.clock = clock
+        self.settings = settings or UplinkSettings()
+        self.codes = codes or CodeIssuer()
+        self.throttle = Throttle(clock)
+        self._compressor = zstandard.ZstdCompressor(level=self.settings.compression_level)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_heartbeat = -1e18
+        self.hub_reachable: bool | None = None
+        self.bytes_sent = 0
+
+    # -- codes -----------------------------------------------------------------------------
+
+    def issue_codes(self) -> int:
+        """Give every complete study without a code its Medis code (no hub needed)."""
+        issued = 0
+        for study_id in self.index.studies_without_code():
+            for _ in range(5):
+                code = self.codes.issue(self.index.code_taken)
+                if self.index.set_medis_code(study_id, code):
+                    issued += 1
+                    break
+        return issued
+
+    # -- one pass --------------------------------------------------------------------------
+
+    def run_once(self) -> bool:
+        """Issue codes, heartbeat when due, deliver one due study. True if work was done."""
+        did = self.issue_codes() > 0
+        if self.client is None:
+            return did
+        now = self.clock.time()
+        if self.clock.monotonic() - self._last_heartbeat >= self.settings.heartbeat_interval:
+            self.heartbeat()
+        if not in_window(self.policy.current, now):
+            return did
+        study = self.index.next_upload(now)
+        if study is None:
+            return did
+        self.deliver(study)
+        return True
+
+    def heartbeat(self) -> None:
+        assert self.client is not None
+        self._last_heartbeat = self.clock.monotonic()
+        count, oldest, size = self.index.queue_stats(self.clock.time())
+        beat = Heartbeat(
+            software_version=__version__,
+            policy_version=self.policy.current.version,
+            health="healthy",
+            queue=QueueStats(studies_waiting=count, oldest_waiting_s=oldest, bytes_waiting=size),
+        )
+        try:
+            answer = self.client.heartbeat(beat)
+        except HubError as exc:
+            self._hub_down(exc)
+            return
+        self._hub_up()
+        if answer.policy is not None:
+            self.policy.apply(answer.policy)
+
+    def deliver(self, study: UploadStudy) -> bool:
+        """Take one study as far as it goes now; True when the receipt is stored."""
+        assert self.client is not None
+        try:
+            receipt = self._deliver(study)
+        except (HubError, OSError) as exc:
+            self._failed(study, exc)
+            return False
+        self.index.mark_delivered(study.id, receipt.model_dump_json(), self.clock.time())
+        LOG.info(
+            "study %s revision %d delivered: %d instance(s), receipt %s",
+            study.study_uid,
+            study.revision,
+            study.instance_count,
+            receipt.receipt_id,
+        )
+        return True
+
+    def _deliver(self, study: UploadStudy) -> Receipt:
+        assert self.client is not None and study.medis_code is not None
+        instances = self.index.upload_instances(study.id)
+        stream_hash = self.index.stream_sha256(study.id)
+        if stream_hash is None or any(i.sha256 is None for i in instances):
+            hashes, stream_hash = stream.hash_files(self.spool, instances)
+            self.index.set_hashes(study.id, hashes, stream_hash)
+            instances = self.index.upload_instances(study.id)
+        plan = stream.plan(instances, self.settings.part_size)
+        registration = self.client.register(
+            StudyRegistration(
+                study_uid=study.study_uid,
+                revision=study.revision,
+                medis_code=study.medis_code,
+                patient=Patient(
+                    name=study.patient_name,
+                    patient_id=study.patient_id[:64],
+                    birth_date=study.patient_birth_date
+                    if len(study.patient_birth_date) == 8
+                    else "",
+                    phone=study.patient_phone[:64],
+                ),
+                referring_physician=study.referring_physician,
+                study_date=study.study_date if len(study.study_date) == 8 else "",
+                study_description=study.study_description,
+                accession_number=study.accession_number[:64],
+                modalities=tuple(sorted({i.modality for i in instances if i.modality})),
+                instance_count=len(instances),
+                stream_size=plan.size,
+                part_size=plan.part_size,
+                parts=plan.parts,
+            )
+        )
+        self._hub_up()
+        if registration.receipt is not None:
+            return self._verified(registration.receipt, study)
+        self.index.set_uploading(study.id, registration.upload_id)
+        held = set(registration.received_parts)
+        for number in range(plan.parts):
+            if number in held:
+                continue
+            if self._stop.is_set():
+                raise HubUnavailable("stopping")
+            self._send_part(registration.upload_id, plan, number)
+        manifest = CommitRequest(
+            instances=tuple(
+                ManifestEntry(
+                    sop_instance_uid=p.instance.sop_instance_uid,
+                    series_uid=p.instance.series_uid,
+                    sop_class_uid=p.instance.sop_class_uid,
+                    offset=p.offset,
+                    size=p.instance.size,
+                    sha256=p.instance.sha256 or "",
+                )
+                for p in plan.placed
+            ),
+            stream_sha256=stream_hash,
+        )
+        return self._verified(self.client.commit(registration.upload_id, manifest), study)
+
+    def _send_part(self, upload_id: str, plan: stream.StreamPlan, number: int) -> None:
+        assert self.client is not None
+        raw = stream.read_part(self.spool, plan, number)
+        digest = hashlib.sha256(raw).hexdigest()
+        packed = self._compressor.compress(raw)
+        if len(packed) <= len(raw) * (1 - MIN_SAVING):
+            body, encoding = packed, "zstd"
+        else:
+            body, encoding = raw, "identity"
+        self.throttle.take(len(body), self.policy.current.bandwidth_cap_kbps, self._stop)
+        self.client.put_part(upload_id, number, body, sha256=digest, encoding=encoding)
+        self.bytes_sent += len(body)
+
+    def _verified(self, receipt: Receipt, study: UploadStudy) -> Receipt:
+        assert self.client is not None
+        ca_pem = self.client.identity.ca_path.read_text(encoding="ascii")
+        if not verify_receipt(receipt, ca_pem):
+            raise HubRefused("the hub's receipt is not signed by the enrolled CA", 502)
+        if (receipt.study_uid, receipt.revision) != (study.study_uid, study.revision):
+            raise HubRefused("the hub's receipt names another study", 502)
+        return receipt
+
+    # -- failures -------------------------------------------------------------------------
+
+    def _failed(self, study: UploadStudy, exc: Exception) -> None:
+        attempts = study.attempts + 1
+        delay = min(self.settings.retry_cap, self.settings.retry_base * 2 ** (attempts - 1))
+        delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not secrecy
+        self.index.record_failure(study.id, self.clock.time() + delay, str(exc))
+        if isinstance(exc, HubUnavailable):
+            self._hub_down(exc)
+        level = logging.WARNING if attempts == 1 or attempts % 10 == 0 else logging.DEBUG
+        LOG.log(
+            level,
+            "study %s revision %d not delivered (attempt %d, next in %.0f s): %s",
+            study.study_uid,
+            study.revision,
+            attempts,
+            delay,
+            exc,
+        )
+
+    def _hub_down(self, exc: Exception) -> None:
+        if self.hub_reachable is not False:
+            LOG.warning("hub unreachable: %s (the box keeps receiving; uploads will resume)", exc)
+        self.hub_reachable = False
+
+    def _hub_up(self) -> None:
+        if self.hub_reachable is False:
+            LOG.info("hub reachable again")
+        self.hub_reachable = True
+
+    # -- retention ------------------------------------------------------------------------
+
+    def purge_delivered(self) -> int:
+        """Delete local copies older than the policy's retention, only after a receipt."""
+        now = self.clock.time()
+        cutoff = now - self.policy.current.retention_days * 86400
+        purged = 0
+        for study_id in self.index.purgeable(cutoff):
+            for instance in self.index.upload_instances(study_id):
+                self.spool.absolute(instance.path).unlink(missing_ok=True)
+            self.index.mark_purged(study_id, now)
+            purged += 1
+        if purged:
+            LOG.info("removed the local copies of %d delivered stud(ies)", purged)
+        return purged
+
+    # -- the thread -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+                self.purge_delivered()
+            except Exception:
+                LOG.exception("uplink pass failed")
+                busy = False
+            if not busy and self.clock.sleep(self.settings.idle_interval, self._stop):
+                return
+
+
+def receipt_json(receipt: Receipt) -> str:
+    return json.dumps(receipt.model_dump(mode="json"), sort_keys=True)

@@ -1,0 +1,432 @@
+"""The reference hub as a Flask application: `create_hub()` and its blueprints.
+
+`node_api` (everything under /medix/v1, docs/medix.md), `admin` (bearer token), `patient`
+(the Medis code page and study downloads), `inbox` (a referring physician's studies) and
+`webhook` (download progress from nodes). Routes parse and answer; the rules live in
+medix.hub.core. Errors are `application/problem+json`, except on the HTML pages.
+
+A node is identified by the client certificate cheroot verified and put in
+`request.environ["SSL_CLIENT_CERT"]` (PEM), looked up by its SHA-256 fingerprint.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from typing import TypeVar
+
+from flask import Blueprint, Flask, Response, current_app, g, render_template, request, send_file
+from jinja2 import DictLoader
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from medix.hub import schemas
+from medix.hub.core import (
+    Clock,
+    Hub,
+    HubConfig,
+    HubError,
+    compressed_limit,
+    format_code,
+    normalise_code,
+)
+from medix.hub.templates import TEMPLATES
+from medix.models import (
+    API_PREFIX,
+    CommandResult,
+    CommitRequest,
+    EnrolRequest,
+    Heartbeat,
+    Policy,
+    Problem,
+    StudyRegistration,
+    WebhookProgress,
+)
+
+__all__ = ["HubConfig", "create_hub", "hub_of"]
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "medix_hub"
+MAX_PART_SIZE = 8 * 1048576  # StudyRegistration.part_size's upper bound
+MAX_WEBHOOK_BYTES = 64 * 1024
+READ_CHUNK = 64 * 1024
+VENDOR_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+HTML_PREFIXES = ("/patient", "/inbox", "/download")
+HTML_SECURITY_HEADERS = {
+    # Everything a page needs is inline CSS and same-origin links and forms.
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    # Download links carry a token: never leak them to another site.
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+M = TypeVar("M", bound=BaseModel)
+
+node_api = Blueprint("node_api", __name__, url_prefix=API_PREFIX)
+admin = Blueprint("admin", __name__, url_prefix="/admin")
+patient = Blueprint("patient", __name__)
+inbox = Blueprint("inbox", __name__, url_prefix="/inbox")
+webhook = Blueprint("webhook", __name__, url_prefix="/webhook/v1/pacs")
+
+
+def hub_of(app: Flask) -> Hub:
+    """The Hub behind an application made by create_hub."""
+    hub: Hub = app.extensions[EXTENSION]
+    return hub
+
+
+def _hub() -> Hub:
+    return hub_of(current_app)
+
+
+def _address() -> str:
+    return request.remote_addr or "unknown"
+
+
+# -- request and response helpers ------------------------------------------------------------
+
+
+def _read_body(limit: int) -> bytes:
+    """The request body, refusing (413) more than `limit` bytes without reading them all."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise HubError(413, "Body too large", f"{length} bytes; the limit here is {limit}")
+    chunks: list[bytes] = []
+    total = 0
+    stream = request.stream
+    while True:
+        chunk = stream.read(min(READ_CHUNK, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise HubError(413, "Body too large", f"the limit here is {limit} bytes")
+    return b"".join(chunks)
+
+
+def _body(model: type[M], limit: int | None = None) -> M:
+    """The JSON body parsed as `model`: 415 not JSON, 400 malformed, 422 invalid, 413 big."""
+    mimetype = request.mimetype
+    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise HubError(415, "JSON expected", f"Content-Type is {mimetype}")
+    data = _read_body(limit or _hub().config.max_json_bytes)
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        if any(error["type"] == "json_invalid" for error in exc.errors()):
+            raise HubError(400, "Malformed JSON", "the body is not a JSON document") from exc
+        raise HubError(422, f"Invalid {model.__name__}", _detail(exc)) from exc
+
+
+def _detail(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:10]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        model.model_dump_json(), status=status, mimetype="application/json", headers=headers
+    )
+
+
+def _no_content() -> Response:
+    return Response(status=204)
+
+
+def _problem(error: HubError) -> Response:
+    body = Problem(title=error.title, detail=error.detail, status=error.status)
+    return Response(
+        body.model_dump_json(),
+        status=error.status,
+        mimetype="application/problem+json",
+        headers=error.headers,
+    )
+
+
+def _html_request() -> bool:
+    return request.path == "/" or request.path.startswith(HTML_PREFIXES)
+
+
+def _error_response(error: HubError) -> Response:
+    if not _html_request():
+        return _problem(error)
+    page = render_template("error.html", error=error, hub_name=_hub().config.hub_name)
+    return Response(page, status=error.status, mimetype="text/html", headers=error.headers)
+
+
+def _render(template: str, status: int = 200, **context: object) -> Response:
+    page = render_template(template, hub_name=_hub().config.hub_name, **context)
+    return Response(page, status=status, mimetype="text/html")
+
+
+# -- node -> hub -----------------------------------------------------------------------------
+
+
+@node_api.before_request
+def _identify_node() -> None:
+    if request.endpoint == "node_api.enrol":
+        return
+    # cheroot puts the client certificate there only after the TLS layer verified it
+    # against the hub CA; the fingerprint lookup then names the node.
+    g.node = _hub().node_for_certificate(request.environ.get("SSL_CLIENT_CERT"))
+
+
+@node_api.post("/enrol")
+def enrol() -> Response:
+    answer = _hub().enrol(_body(EnrolRequest), _address())
+    return _json(answer)
+
+
+@node_api.post("/heartbeat")
+def heartbeat() -> Response:
+    return _json(_hub().heartbeat(g.node, _body(Heartbeat)))
+
+
+@node_api.post("/studies")
+def register_study() -> Response:
+    registration, created = _hub().register(g.node, _body(StudyRegistration))
+    location = f"{API_PREFIX}/uploads/{registration.upload_id}"
+    return _json(registration, 201 if created else 200, {"Location": location})
+
+
+@node_api.get("/uploads/<upload_id>")
+def upload_state(upload_id: str) -> Response:
+    return _json(_hub().upload_state(g.node, upload_id))
+
+
+@node_api.put("/uploads/<upload_id>/parts/<int:n>")
+def put_part(upload_id: str, n: int) -> Response:
+    ack = _hub().put_part(
+        g.node,
+        upload_id,
+        n,
+        _read_body,
+        request.headers.get("Content-Encoding", "identity"),
+        request.headers.get("X-Medix-Part-SHA256", ""),
+    )
+    return _json(ack)
+
+
+@node_api.post("/uploads/<upload_id>/commit")
+def commit(upload_id: str) -> Response:
+    return _json(_hub().commit(g.node, upload_id, _body(CommitRequest)))
+
+
+@node_api.get("/commands")
+def poll_commands() -> Response:
+    text = request.args.get("wait", "0")
+    try:
+        wait = int(text)
+    except ValueError:
+        raise HubError(400, "Bad wait", "wait is a whole number of seconds (1-60)") from None
+    if wait < 0:
+        raise HubError(400, "Bad wait", "wait is a whole number of seconds (1-60)")
+    return _json(_hub().poll_commands(g.node, float(wait)))
+
+
+@node_api.post("/commands/<command_id>/result")
+def command_result(command_id: str) -> Response:
+    _hub().command_result(g.node, command_id, _body(CommandResult))
+    return _no_content()
+
+
+# -- admin -----------------------------------------------------------------------------------
+
+
+@admin.before_request
+def _check_admin_token() -> None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    expected = _hub().admin_token
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), expected):
+        raise HubError(
+            401,
+            "Admin token required",
+            "send Authorization: Bearer <admin token>",
+            {"WWW-Authenticate": 'Bearer realm="medix-hub"'},
+        )
+
+
+@admin.post("/pairing-codes")
+def new_pairing_code() -> Response:
+    return _json(_hub().new_pairing_code(), 201)
+
+
+@admin.get("/policy")
+def current_policy() -> Response:
+    return _json(_hub().policy())
+
+
+@admin.post("/policy")
+def publish_policy() -> Response:
+    return _json(_hub().publish_policy(_body(Policy)))
+
+
+@admin.get("/nodes")
+def list_nodes() -> Response:
+    return _json(_hub().nodes())
+
+
+@admin.post("/nodes/<node_id>/commands")
+def queue_command(node_id: str) -> Response:
+    order = _body(schemas.CommandOrder)
+    command_id = _hub().queue_command(node_id, order.type, order.args)
+    return _json(schemas.CommandQueued(id=command_id), 201)
+
+
+@admin.get("/nodes/<node_id>/commands")
+def node_commands(node_id: str) -> Response:
+    return _json(_hub().node_commands(node_id))
+
+
+@admin.post("/nodes/<node_id>/revoke")
+def revoke_node(node_id: str) -> Response:
+    _hub().revoke_node(node_id)
+    return _no_content()
+
+
+@admin.get("/studies")
+def list_studies() -> Response:
+    return _json(_hub().studies())
+
+
+@admin.get("/studies/<upload_id>/instances/<sop_instance_uid>")
+def instance_bytes(upload_id: str, sop_instance_uid: str) -> Response:
+    data = _hub().instance_bytes(upload_id, sop_instance_uid)
+    return Response(data, mimetype="application/dicom")
+
+
+@admin.get("/webhooks")
+def list_webhooks() -> Response:
+    return _json(_hub().webhooks())
+
+
+# -- patient, inbox, webhook -----------------------------------------------------------------
+
+
+@patient.route("/patient", methods=["GET", "POST"])
+def form() -> Response:
+    if request.method == "GET":
+        return _render("patient_form.html", code="", error=None, locked=False)
+    code = request.form.get("code", "")
+    birth_date = request.form.get("birth_date", "")
+    try:
+        studies = _hub().patient_access(code, birth_date, _address())
+    except HubError as error:
+        response = _render(
+            "patient_form.html",
+            status=error.status,
+            code=code,
+            error=error,
+            locked=error.status == 429,
+        )
+        response.headers.update(error.headers)
+        return response
+    return _render(
+        "study_list.html",
+        heading="Your study",
+        studies=studies,
+        show_code=False,
+        show_patient=True,
+    )
+
+
+@patient.get("/download/<token>")
+def download(token: str) -> Response:
+    handle, name = _hub().study_zip(token)
+    return send_file(handle, mimetype="application/zip", as_attachment=True, download_name=name)
+
+
+@inbox.get("/<path:physician>")
+def physician_inbox(physician: str) -> Response:
+    studies = _hub().physician_studies(physician)
+    return _render(
+        "study_list.html",
+        heading=f"Studies referred by {physician.replace('^', ' ').strip()}",
+        studies=studies,
+        show_code=True,
+        show_patient=True,
+    )
+
+
+@webhook.post("/<vendor>")
+def webhook_progress(vendor: str) -> Response:
+    if not VENDOR_PATTERN.match(vendor):
+        raise HubError(404, "No such vendor", "vendor names are letters, digits, . _ -")
+    progress = _body(WebhookProgress, MAX_WEBHOOK_BYTES)
+    _hub().record_webhook(vendor, progress, dict(request.headers), _address())
+    return _no_content()
+
+
+# -- the application -------------------------------------------------------------------------
+
+
+def _dicom_date(value: str) -> str:
+    if len(value) == 8 and value.isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return value or "-"
+
+
+def _person_name(value: str) -> str:
+    # DICOM PN: family^given^middle^prefix^suffix; show given names first.
+    parts = [p for p in value.split("=")[0].split("^") if p]
+    if len(parts) >= 2:
+        parts = [*parts[1:], parts[0]]
+    return " ".join(parts)
+
+
+def _medis(value: str) -> str:
+    return format_code(normalise_code(value))
+
+
+def create_hub(config: HubConfig | None = None, *, clock: Clock | None = None) -> Flask:
+    """A reference hub application; `hub_of(app).close()` releases its database."""
+    config = config or HubConfig()
+    hub = Hub(config, clock)
+    app = Flask(__name__)
+    app.jinja_loader = DictLoader(TEMPLATES)
+    app.jinja_env.filters.update(dicom_date=_dicom_date, person_name=_person_name, medis=_medis)
+    # Bodies are bounded per route (_read_body); this is only the outer fence.
+    app.config["MAX_CONTENT_LENGTH"] = max(config.max_json_bytes, compressed_limit(MAX_PART_SIZE))
+    app.extensions[EXTENSION] = hub
+    for blueprint in (node_api, admin, patient, inbox, webhook):
+        app.register_blueprint(blueprint)
+
+    @app.get("/")
+    def index() -> Response:
+        return _render("index.html")
+
+    @app.errorhandler(HubError)
+    def _hub_error(error: HubError) -> Response:
+        return _error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        headers = {}
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            headers["Allow"] = ", ".join(exc.valid_methods)
+        status = exc.code or 500
+        return _error_response(HubError(status, exc.name, exc.description or "", headers))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _error_response(HubError(500, "Internal error", "the hub logged the details"))
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if _html_request():
+            for name, value in HTML_SECURITY_HEADERS.items():
+                response.headers.setdefault(name, value)
+        return response
+
+    return app

@@ -1,0 +1,972 @@
+"""The hub's behaviour, without HTTP: enrolment, heartbeats, uploads and receipts, commands,
+the patient and physician views, the webhook log and policy.
+
+`Hub` owns the store, the CA and the long-poll condition; the Flask layer (medix.hub.app)
+parses requests, calls one method and renders the answer. Every refusal is a `HubError`
+carrying the HTTP status, so the same rules hold for the Flask routes and for `HubServer`'s
+direct helpers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import logging
+import math
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+import zstandard
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medix.hub import schemas
+from medix.hub.ca import CSRError, HubCA, fingerprint, receipt_fields, write_private
+from medix.hub.store import (
+    COMMITTED,
+    CommandRow,
+    HubStore,
+    InstanceRow,
+    NodeRow,
+    StaleError,
+    UploadRow,
+    fsync_dir,
+    write_atomic,
+)
+from medix.models import (
+    Command,
+    CommandBatch,
+    CommandResult,
+    CommitRequest,
+    DownloadRequest,
+    DownloadStatus,
+    EnrolRequest,
+    EnrolResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    PartAck,
+    Policy,
+    QueueStats,
+    Receipt,
+    Registration,
+    ReportStatusRequest,
+    StudyRegistration,
+    WebhookProgress,
+)
+
+log = logging.getLogger(__name__)
+
+PAIRING_FAILURE_LIMIT = 5
+PAIRING_FAILURE_WINDOW_S = 600.0
+# Wrong Medis code tries count for a day: long enough to stop guessing, short enough that a
+# patient who mistyped is not locked out for good.
+CODE_ATTEMPT_WINDOW_S = 86400.0
+MAX_POLL_WAIT_S = 60
+# A command delivered on a poll whose answer got lost is offered again after this long
+# without a result; nodes recognise repeats by command id.
+REDELIVER_AFTER_S = 300.0
+DOWNLOAD_LINK_TTL_S = 3600.0
+DAY_S = 86400.0
+COPY_CHUNK = 1 << 20
+# zstd's worst case for incompressible input is a few bytes per 128 KiB block; 1/128 plus a
+# constant is a generous bound on a compressed part.
+COMPRESSED_SLACK_DIVISOR = 128
+COMPRESSED_SLACK_BYTES = 4096
+# The decompressor may not allocate windows beyond what a part needs; a frame asking for
+# more is refused rather than trusted (decompression bombs).
+ZSTD_MAX_WINDOW = 1 << 24
+ENCODINGS = ("identity", "zstd")
+UPLOAD_LOCK_STRIPES = 64
+_SEPARATORS = frozenset(" \t\r\n\u00a0-.\u2010\u2011\u2012\u2013\u2014\u2212_/")
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+PAIRING_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+PAIRING_LENGTH = 12
+
+
+class Clock(Protocol):
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch."""
+        ...
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """How one reference hub runs; everything but `data_dir` has a usable default."""
+
+    data_dir: Path = Path("data/hub")
+    admin_token: str | None = None  # None: read or make `<data_dir>/admin-token`
+    hub_name: str = "Reference hub"
+    pairing_code_ttl_s: float = 86400.0
+    public_url: str = ""  # where people reach the hub; links are relative when empty
+    server_names: tuple[str, ...] = ()  # extra SubjectAltNames for the TLS certificate
+    max_json_bytes: int = 16 << 20
+    max_stream_bytes: int = 1 << 40
+
+
+@dataclass
+class HubError(Exception):
+    """A refusal: HTTP status, a short title and a detail for the caller."""
+
+    status: int
+    title: str
+    detail: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.title}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class PatientStudy:
+    """One committed upload as the patient and physician pages show it."""
+
+    upload_id: str
+    medis_code: str
+    study_uid: str
+    revision: int
+    study_date: str
+    study_description: str
+    modalities: tuple[str, ...]
+    instance_count: int
+    patient_name: str
+    referring_physician: str
+    download_token: str
+
+
+def normalise_code(text: str) -> str:
+    """A code as typed -> upper case, separators dropped, any script's digits as ASCII."""
+    out = []
+    for char in text:
+        if char in _SEPARATORS:
+            continue
+        out.append(str(int(char)) if char.isdecimal() else char.translate(_ASCII_UPPER))
+    return "".join(out)
+
+
+def format_code(code: str, group: int = 4) -> str:
+    return "-".join(code[i : i + group] for i in range(0, len(code), group))
+
+
+def physician_key(name: str) -> str:
+    """How the inbox matches a referring physician: the PN text as given, case-insensitive."""
+    return name.strip().casefold()
+
+
+def _hash_code(code: str) -> str:
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+def _canonical(model: BaseModel) -> str:
+    return json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:10]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _last_part_size(reg: StudyRegistration) -> int:
+    return reg.stream_size - reg.part_size * (reg.parts - 1)
+
+
+def _expected_part_size(reg: StudyRegistration, n: int) -> int:
+    return reg.part_size if n < reg.parts - 1 else _last_part_size(reg)
+
+
+def compressed_limit(part_size: int) -> int:
+    """The most bytes a part's body may have on the wire, compressed or not."""
+    return part_size + part_size // COMPRESSED_SLACK_DIVISOR + COMPRESSED_SLACK_BYTES
+
+
+def _unsupported_encoding(encoding: str) -> HubError:
+    return HubError(
+        415,
+        "Unsupported Content-Encoding",
+        f"Content-Encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}",
+    )
+
+
+def decode_part(body: bytes, encoding: str, limit: int) -> bytes:
+    """The uncompressed part, never more than `limit` bytes (413 beyond, without inflating)."""
+    if encoding == "identity":
+        data = body
+    elif encoding == "zstd":
+        decompressor = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            with decompressor.stream_reader(io.BytesIO(body), read_across_frames=True) as reader:
+                while total <= limit:
+                    chunk = reader.read(min(COPY_CHUNK, limit + 1 - total))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    total += len(chunk)
+        except zstandard.ZstdError as exc:
+            raise HubError(400, "Bad zstd data", f"the part does not decompress: {exc}") from exc
+        data = b"".join(chunks)
+    else:
+        raise _unsupported_encoding(encoding)
+    if len(data) > limit:
+        raise HubError(
+            413,
+            "Part too large",
+            f"the part decompresses to more than part_size ({limit} bytes)",
+        )
+    return data
+
+
+class Hub:
+    """One reference hub's state and rules; thread-safe; `close()` when done."""
+
+    def __init__(self, config: HubConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.public_url = config.public_url.rstrip("/")
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.store = HubStore(config.data_dir)
+        self.ca = HubCA(
+            config.data_dir / "ca", hub_name=config.hub_name, server_names=config.server_names
+        )
+        self.admin_token = config.admin_token or self._stored_admin_token()
+        self._link_key = self.ca.new_secret("links.key")
+        self._tmp_dir = config.data_dir / "tmp"
+        self._tmp_dir.mkdir(mode=0o700, exist_ok=True)
+        self._commands = threading.Condition()
+        self._closing = threading.Event()
+        self._upload_locks = tuple(threading.Lock() for _ in range(UPLOAD_LOCK_STRIPES))
+        if self.store.latest_policy() is None:
+            self.store.add_policy(0, Policy(version=0).model_dump_json(), self.clock.time())
+
+    def _stored_admin_token(self) -> str:
+        path = self.config.data_dir / "admin-token"
+        if path.exists():
+            return path.read_text().strip()
+        token = secrets.token_urlsafe(32)
+        write_private(path, token.encode() + b"\n")
+        return token
+
+    @property
+    def admin_token_path(self) -> Path | None:
+        return None if self.config.admin_token else self.config.data_dir / "admin-token"
+
+    def begin_shutdown(self) -> None:
+        """Release every long poll now, so the server can stop without waiting them out."""
+        self._closing.set()
+        with self._commands:
+            self._commands.notify_all()
+
+    def close(self) -> None:
+        self.begin_shutdown()
+        self.store.close()
+
+    # -- policy ------------------------------------------------------------------------------
+
+    def policy(self) -> Policy:
+        latest = self.store.latest_policy()
+        if latest is None:
+            return Policy(version=0)
+        return Policy.model_validate_json(latest[1])
+
+    def publish_policy(self, policy: Policy) -> Policy:
+        try:
+            self.store.add_policy(policy.version, policy.model_dump_json(), self.clock.time())
+        except StaleError as exc:
+            raise HubError(409, "Stale policy version", str(exc)) from exc
+        log.info("published policy version %d", policy.version)
+        return policy
+
+    # -- enrolment and node identity ---------------------------------------------------------
+
+    def new_pairing_code(self) -> schemas.PairingCode:
+        code = "".join(secrets.choice(PAIRING_ALPHABET) for _ in range(PAIRING_LENGTH))
+        now = self.clock.time()
+        expires_at = now + self.config.pairing_code_ttl_s
+        self.store.add_pairing_code(_hash_code(code), now, expires_at)
+        return schemas.PairingCode(code=format_code(code), expires_at=expires_at)
+
+    def enrol(self, request: EnrolRequest, address: str) -> EnrolResponse:
+        now = self.clock.time()
+        since = now - PAIRING_FAILURE_WINDOW_S
+        if self.store.pairing_failures(address, since) >= PAIRING_FAILURE_LIMIT:
+            raise HubError(
+                429,
+                "Too many wrong pairing codes",
+                f"{PAIRING_FAILURE_LIMIT} wrong codes from {address} in "
+                f"{int(PAIRING_FAILURE_WINDOW_S / 60)} minutes; wait and try again",
+                {"Retry-After": str(int(PAIRING_FAILURE_WINDOW_S))},
+            )
+        # The CSR is checked before the code is spent: a node with a broken CSR keeps its code.
+        try:
+            self.ca.check_csr(request.csr_pem)
+        except CSRError as exc:
+            raise HubError(422, "Unusable CSR", str(exc)) from exc
+        node_id = f"node-{secrets.token_hex(6)}"
+        code_hash = _hash_code(normalise_code(request.pairing_code))
+        if not self.store.use_pairing_code(code_hash, now, node_id):
+            self.store.add_pairing_failure(address, now)
+            raise HubError(
+                403, "Pairing code refused", "the code is wrong, expired or already used"
+            )
+        certificate_pem = self.ca.sign_csr(request.csr_pem, node_id)
+        self.store.add_node(
+            node_id,
+            request.node_name,
+            fingerprint(certificate_pem),
+            certificate_pem,
+            request.software_version,
+            address,
+            now,
+        )
+        log.info("enrolled %s (%s) from %s", node_id, request.node_name, address)
+        return EnrolResponse(
+            node_id=node_id,
+            certificate_pem=certificate_pem,
+            ca_pem=self.ca.ca_pem,
+            policy=self.policy(),
+        )
+
+    def node_for_certificate(self, certificate_pem: str | None) -> NodeRow:
+        """The enrolled, unrevoked node a client certificate names; 401 otherwise."""
+        if not certificate_pem:
+            raise HubError(401, "Client certificate required", "enrol first, then use mTLS")
+        try:
+            node = self.store.node_by_fingerprint(fingerprint(certificate_pem))
+        except ValueError as exc:
+            raise HubError(401, "Unreadable client certificate", str(exc)) from exc
+        if node is None:
+            raise HubError(401, "Unknown node", "this certificate was not issued to a node")
+        if node.revoked:
+            raise HubError(401, "Node revoked", f"{node.id} has been revoked at the hub")
+        return node
+
+    def revoke_node(self, node_id: str) -> None:
+        if not self.store.revoke_node(node_id):
+            raise HubError(404, "No such node", node_id)
+
+    def heartbeat(self, node: NodeRow, beat: Heartbeat) -> HeartbeatResponse:
+        now = self.clock.time()
+        self.store.record_heartbeat(
+            node.id,
+            now,
+            beat.health,
+            beat.queue.model_dump_json(),
+            beat.software_version,
+            beat.policy_version,
+        )
+        policy = self.policy()
+        return HeartbeatResponse(
+            hub_time=now,
+            policy=policy if policy.version > beat.policy_version else None,
+            commands_waiting=self.store.waiting_commands(node.id),
+        )
+
+    # -- uploads -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _upload_lock(self, upload_id: str) -> Iterator[None]:
+        """Serialise part writes and commits of one upload (striped: bounded memory)."""
+        stripe = int(hashlib.sha256(upload_id.encode()).hexdigest()[:8], 16)
+        with self._upload_locks[stripe % UPLOAD_LOCK_STRIPES]:
+            yield
+
+    def _own_upload(self, node: NodeRow, upload_id: str) -> UploadRow:
+        upload = self.store.upload(upload_id)
+        # Another node's upload is reported as absent, not forbidden: ids are not disclosed.
+        if upload is None or upload.node_id != node.id:
+            raise HubError(404, "No such upload", upload_id)
+        return upload
+
+    def _registration(self, upload: UploadRow) -> Registration:
+        receipt = Receipt.model_validate_json(upload.receipt_json) if upload.receipt_json else None
+        return Registration(
+            upload_id=upload.upload_id,
+            state="committed" if upload.state == COMMITTED else "open",
+            received_parts=tuple(p.n for p in self.store.parts(upload.upload_id)),
+            receipt=receipt,
+        )
+
+    def register(self, node: NodeRow, reg: StudyRegistration) -> tuple[Registration, bool]:
+        """The upload for a study revision: (registration, True) when newly made."""
+        if reg.stream_size > self.config.max_stream_bytes:
+            raise HubError(
+                413,
+                "Study too large",
+                f"stream_size {reg.stream_size} exceeds {self.config.max_stream_bytes}",
+            )
+        expected_parts = math.ceil(reg.stream_size / reg.part_size)
+        if reg.parts != expected_parts:
+            raise HubError(
+                422,
+                "Inconsistent part count",
+                f"stream_size {reg.stream_size} in parts of {reg.part_size} makes "
+                f"{expected_parts} parts, not {reg.parts}",
+            )
+        body = _canonical(reg)
+        upload, created = self.store.add_upload(
+            uuid.uuid4().hex,
+            node.id,
+            reg.study_uid,
+            reg.revision,
+            body,
+            reg.medis_code,
+            physician_key(reg.referring_physician),
+            self.clock.time(),
+        )
+        if upload.registration_json != body:
+            raise HubError(
+                409,
+                "Registration conflict",
+                f"study {reg.study_uid} revision {reg.revision} is already registered "
+                f"as {upload.upload_id} with a different body",
+            )
+        return self._registration(upload), created
+
+    def upload_state(self, node: NodeRow, upload_id: str) -> Registration:
+        return self._registration(self._own_upload(node, upload_id))
+
+    def part_body_limit(self, node: NodeRow, upload_id: str) -> int:
+        upload = self._own_upload(node, upload_id)
+        reg = StudyRegistration.model_validate_json(upload.registration_json)
+        return compressed_limit(reg.part_size)
+
+    def put_part(
+        self,
+        node: NodeRow,
+        upload_id: str,
+        n: int,
+        read_body: Callable[[int], bytes],
+        encoding: str,
+        sha256_header: str,
+    ) -> PartAck:
+        upload = self._own_upload(node, upload_id)
+        reg = StudyRegistration.model_validate_json(upload.registration_json)
+        if not 0 <= n < reg.parts:
+            raise HubError(422, "No such part", f"parts are numbered 0..{reg.parts - 1}")
+        claimed = sha256_header.strip().lower()
+        if len(claimed) != 64 or any(c not in "0123456789abcdef" for c in claimed):
+            raise HubError(400, "Missing part hash", "X-Medix-Part-SHA256 must be 64 hex digits")
+        encoding = (encoding or "identity").strip().lower()
+        if encoding not in ENCODINGS:
+            # Refused before the body is read: there is nothing useful to do with it.
+            raise _unsupported_encoding(encoding)
+        body = read_body(compressed_limit(reg.part_size))
+        data = decode_part(body, encoding, reg.part_size)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != claimed:
+            raise HubError(422, "Part hash mismatch", f"part {n} hashes to {digest}, not {claimed}")
+        expected = _expected_part_size(reg, n)
+        if len(data) != expected:
+            raise HubError(
+                422, "Wrong part size", f"part {n} must be {expected} bytes, not {len(data)}"
+            )
+        with self._upload_lock(upload_id):
+            upload = self._own_upload(node, upload_id)
+            held = {p.n: p for p in self.store.parts(upload_id)}
+            if upload.state == COMMITTED:
+                if n in held and held[n].sha256 == digest:
+                    return PartAck(part=n, received_parts=len(held))
+                raise HubError(409, "Upload committed", f"{upload_id} is already committed")
+            if n not in held or held[n].sha256 != digest:
+                self.store.part_dir(upload_id).mkdir(mode=0o700, exist_ok=True)
+                write_atomic(self.store.part_path(upload_id, n), [data])
+                self.store.put_part(upload_id, n, digest, len(data), self.clock.time())
+            return PartAck(part=n, received_parts=self.store.count_parts(upload_id))
+
+    def commit(self, node: NodeRow, upload_id: str, request: CommitRequest) -> Receipt:
+        with self._upload_lock(upload_id):
+            upload = self._own_upload(node, upload_id)
+            if upload.state == COMMITTED and upload.receipt_json:
+                receipt = Receipt.model_validate_json(upload.receipt_json)
+                if receipt.stream_sha256 != request.stream_sha256:
+                    raise HubError(
+                        409,
+                        "Upload committed",
+                        f"{upload_id} was committed with stream {receipt.stream_sha256}",
+                    )
+                return receipt
+            reg = StudyRegistration.model_validate_json(upload.registration_json)
+            held = {p.n for p in self.store.parts(upload_id)}
+            missing = [n for n in range(reg.parts) if n not in held]
+            if missing:
+                shown = ", ".join(str(n) for n in missing[:100])
+                more = f" and {len(missing) - 100} more" if len(missing) > 100 else ""
+                raise HubError(409, "Parts missing", f"missing parts: {shown}{more}")
+            self._check_manifest(reg, request)
+            instances = self._split(upload_id, reg, request)
+            now = self.clock.time()
+            unsigned = Receipt(
+                receipt_id=uuid.uuid4().hex,
+                upload_id=upload_id,
+                study_uid=reg.study_uid,
+                revision=reg.revision,
+                medis_code=reg.medis_code,
+                instance_count=len(instances),
+                stream_sha256=request.stream_sha256,
+                received_at=now,
+                signature="",
+            )
+            receipt = unsigned.model_copy(
+                update={"signature": self.ca.sign_receipt(receipt_fields(unsigned))}
+            )
+            if not self.store.commit_upload(upload_id, now, receipt.model_dump_json(), instances):
+                raise HubError(409, "Upload committed", f"{upload_id} changed state")
+            # The instance files now hold every byte; the parts are no longer needed.
+            shutil.rmtree(self.store.part_dir(upload_id), ignore_errors=True)
+            log.info(
+                "committed %s: study %s rev %d, %d instances",
+                upload_id,
+                reg.study_uid,
+                reg.revision,
+                len(instances),
+            )
+            return receipt
+
+    @staticmethod
+    def _check_manifest(reg: StudyRegistration, request: CommitRequest) -> None:
+        entries = request.instances
+        if len(entries) != reg.instance_count:
+            raise HubError(
+                422,
+                "Manifest disagrees",
+                f"{len(entries)} instances in the manifest, {reg.instance_count} registered",
+            )
+        seen: set[str] = set()
+        position = 0
+        for entry in entries:
+            if entry.sop_instance_uid in seen:
+                raise HubError(
+                    422, "Manifest disagrees", f"{entry.sop_instance_uid} is listed twice"
+                )
+            seen.add(entry.sop_instance_uid)
+            if entry.offset != position:
+                raise HubError(
+                    422,
+                    "Manifest disagrees",
+                    f"{entry.sop_instance_uid} starts at {entry.offset}, expected {position} "
+                    "(instances are concatenated in manifest order)",
+                )
+            position += entry.size
+        if position != reg.stream_size:
+            raise HubError(
+                422,
+                "Manifest disagrees",
+                f"the instances add up to {position} bytes, stream_size is {reg.stream_size}",
+            )
+
+    def _read_stream(self, upload_id: str, reg: StudyRegistration) -> Iterator[bytes]:
+        for n in range(reg.parts):
+            with open(self.store.part_path(upload_id, n), "rb") as handle:
+                while chunk := handle.read(COPY_CHUNK):
+                    yield chunk
+
+    def _split(
+        self, upload_id: str, reg: StudyRegistration, request: CommitRequest
+    ) -> list[InstanceRow]:
+        """Cut the assembled stream back into instance files, checking every hash (422)."""
+        final = self.store.study_dir(upload_id)
+        staging = final.with_name(final.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)  # left by a crash before the commit row
+        staging.mkdir(mode=0o700, parents=True)
+        stream_hash = hashlib.sha256()
+        rows: list[InstanceRow] = []
+        entries = iter(request.instances)
+        entry = next(entries)
+        name = hashlib.sha256(entry.sop_instance_uid.encode()).hexdigest() + ".dcm"
+        out: IO[bytes] = open(staging / name, "wb")  # noqa: SIM115 - rotated per instance
+        instance_hash = hashlib.sha256()
+        left = entry.size
+        try:
+            for chunk in self._read_stream(upload_id, reg):
+                stream_hash.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    take = view[:left]
+                    out.write(take)
+                    instance_hash.update(take)
+                    left -= len(take)
+                    view = view[len(take) :]
+                    if left:
+                        continue
+                    out.flush()
+                    os.fsync(out.fileno())
+                    out.close()
+                    digest = instance_hash.hexdigest()
+                    if digest != entry.sha256:
+                        raise HubError(
+                            422,
+                            "Instance hash mismatch",
+                            f"{entry.sop_instance_uid} hashes to {digest}, "
+                            f"the manifest says {entry.sha256}",
+                        )
+                    rows.append(
+                        InstanceRow(
+                            upload_id=upload_id,
+                            sop_instance_uid=entry.sop_instance_uid,
+                            series_uid=entry.series_uid,
+                            sop_class_uid=entry.sop_class_uid,
+                            offset=entry.offset,
+                            size=entry.size,
+                            sha256=entry.sha256,
+                            path=str(Path("studies") / upload_id / name),
+                        )
+                    )
+                    next_entry = next(entries, None)
+                    if next_entry is None:
+                        break
+                    entry = next_entry
+                    name = hashlib.sha256(entry.sop_instance_uid.encode()).hexdigest() + ".dcm"
+                    out = open(staging / name, "wb")  # noqa: SIM115
+                    instance_hash = hashlib.sha256()
+                    left = entry.size
+            digest = stream_hash.hexdigest()
+            if digest != request.stream_sha256:
+                raise HubError(
+                    422,
+                    "Stream hash mismatch",
+                    f"the stream hashes to {digest}, the manifest says {request.stream_sha256}",
+                )
+            manifest = {
+                "registration": json.loads(_canonical(reg)),
+                "commit": json.loads(_canonical(request)),
+            }
+            write_atomic(staging / "manifest.json", [json.dumps(manifest, indent=1).encode()])
+            os.replace(staging, final)
+            fsync_dir(final.parent)
+        except BaseException:
+            out.close()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return rows
+
+    def instance_bytes(self, upload_id: str, sop_instance_uid: str) -> bytes:
+        row = self.store.instance(upload_id, sop_instance_uid)
+        if row is None:
+            raise HubError(404, "No such instance", f"{upload_id}/{sop_instance_uid}")
+        return (self.config.data_dir / row.path).read_bytes()
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def queue_command(self, node_id: str, type_: str, args: dict[str, object]) -> str:
+        if self.store.node(node_id) is None:
+            raise HubError(404, "No such node", node_id)
+        try:
+            order = schemas.CommandOrder.model_validate({"type": type_, "args": args})
+            _check_command_args(order)
+        except ValidationError as exc:
+            raise HubError(422, "Invalid command", _validation_detail(exc)) from exc
+        command_id = uuid.uuid4().hex
+        self.store.add_command(
+            command_id, node_id, order.type, json.dumps(order.args), self.clock.time()
+        )
+        with self._commands:
+            self._commands.notify_all()
+        return command_id
+
+    def poll_commands(self, node: NodeRow, wait: float) -> CommandBatch:
+        """Commands due for `node`, waiting up to `wait` seconds (real time) for one."""
+        deadline = time.monotonic() + max(0.0, min(wait, MAX_POLL_WAIT_S))
+        # The fetch happens under the condition's lock, so a command queued between the
+        # fetch and the wait still wakes this poll.
+        with self._commands:
+            while True:
+                now = self.clock.time()
+                rows = self.store.deliver_commands(node.id, now, now - REDELIVER_AFTER_S)
+                remaining = deadline - time.monotonic()
+                if rows or remaining <= 0 or self._closing.is_set():
+                    break
+                self._commands.wait(remaining)
+        return CommandBatch(commands=tuple(_command_model(row) for row in rows))
+
+    def command_result(self, node: NodeRow, command_id: str, result: CommandResult) -> None:
+        command = self.store.command(command_id)
+        if command is None or command.node_id != node.id:
+            raise HubError(404, "No such command", command_id)
+        # A repeated result (a retry after a lost answer) is accepted and the first one kept.
+        self.store.set_command_result(
+            command_id, self.clock.time(), result.ok, json.dumps(result.result), result.error
+        )
+
+    def node_commands(self, node_id: str) -> schemas.CommandList:
+        if self.store.node(node_id) is None:
+            raise HubError(404, "No such node", node_id)
+        return schemas.CommandList(
+            commands=tuple(_command_info(row) for row in self.store.node_commands(node_id))
+        )
+
+    # -- patients, physicians and downloads --------------------------------------------------
+
+    def download_token(self, medis_code: str) -> str:
+        expires = int(self.clock.time() + DOWNLOAD_LINK_TTL_S)
+        payload = f"{medis_code}.{expires}"
+        mac = hmac.new(self._link_key, payload.encode(), hashlib.sha256).hexdigest()[:32]
+        return f"{payload}.{mac}"
+
+    def _token_code(self, token: str) -> str:
+        code, _, rest = token.partition(".")
+        expires, _, mac = rest.partition(".")
+        payload = f"{code}.{expires}"
+        good = hmac.new(self._link_key, payload.encode(), hashlib.sha256).hexdigest()[:32]
+        if not expires.isdigit() or not hmac.compare_digest(mac, good):
+            raise HubError(404, "No such download", "the link is not valid")
+        if int(expires) < self.clock.time():
+            raise HubError(410, "Link expired", "open the study page again for a fresh link")
+        return code
+
+    def _patient_studies(self, uploads: list[UploadRow]) -> list[PatientStudy]:
+        studies = []
+        for upload in uploads:
+            reg = StudyRegistration.model_validate_json(upload.registration_json)
+            studies.append(
+                PatientStudy(
+                    upload_id=upload.upload_id,
+                    medis_code=upload.medis_code,
+                    study_uid=reg.study_uid,
+                    revision=reg.revision,
+                    study_date=reg.study_date,
+                    study_description=reg.study_description,
+                    modalities=reg.modalities,
+                    instance_count=len(self.store.instances(upload.upload_id)),
+                    patient_name=reg.patient.name,
+                    referring_physician=reg.referring_physician,
+                    download_token=self.download_token(upload.medis_code),
+                )
+            )
+        return studies
+
+    def patient_access(self, code_text: str, birth_text: str, address: str) -> list[PatientStudy]:
+        """The studies under a Medis code, when the birth date matches; tries are counted."""
+        code = normalise_code(code_text)
+        birth = "".join(c for c in birth_text if c.isdigit())
+        if not code or not birth:
+            raise HubError(400, "Code and birth date needed", "enter both, as printed")
+        policy = self.policy()
+        now = self.clock.time()
+        since = now - CODE_ATTEMPT_WINDOW_S
+        limit = policy.code_max_attempts
+        if (
+            self.store.code_failures(code, since) >= limit
+            or self.store.address_failures(address, since) >= limit
+        ):
+            raise HubError(
+                429,
+                "Too many wrong tries",
+                f"after {limit} wrong tries this code (or this connection) is locked for "
+                f"{int(CODE_ATTEMPT_WINDOW_S // 3600)} hours; ask your imaging center if you "
+                "need help sooner",
+                {"Retry-After": str(int(CODE_ATTEMPT_WINDOW_S))},
+            )
+        uploads = self.store.committed_by_code(code)
+        # The code alone is never enough: a registration without a birth date never matches.
+        matching = [
+            u
+            for u in uploads
+            if StudyRegistration.model_validate_json(u.registration_json).patient.birth_date
+            == birth
+        ]
+        if not matching:
+            self.store.add_code_attempt(code, address, now, ok=False)
+            left = max(
+                0,
+                limit
+                - max(
+                    self.store.code_failures(code, since),
+                    self.store.address_failures(address, since),
+                ),
+            )
+            raise HubError(
+                403,
+                "Code or birth date wrong",
+                f"check the code on your slip and your birth date; {left} tries left",
+            )
+        self.store.add_code_attempt(code, address, now, ok=True)
+        first = min(u.committed_at or u.created_at for u in matching)
+        if now > first + policy.code_expiry_days * DAY_S:
+            raise HubError(410, "Code expired", "ask your imaging center for the study")
+        return self._patient_studies(matching)
+
+    def physician_studies(self, physician: str) -> list[PatientStudy]:
+        key = physician_key(physician)
+        if not key:
+            return []
+        return self._patient_studies(self.store.committed_by_physician(key))
+
+    def study_zip(self, token: str) -> tuple[IO[bytes], str]:
+        """A temporary file holding a zip of every instance under the token's code."""
+        code = self._token_code(token)
+        uploads = self.store.committed_by_code(code)
+        if not uploads:
+            raise HubError(404, "No such study", "nothing is stored under this code")
+        handle = tempfile.TemporaryFile(dir=self._tmp_dir)  # noqa: SIM115 - handed to caller
+        try:
+            names: set[str] = set()
+            # Stored: DICOM pixel data rarely shrinks, and the archive is built per request.
+            with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED) as archive:
+                for upload in uploads:
+                    for row in self.store.instances(upload.upload_id):
+                        study_uid = upload.study_uid
+                        name = f"{study_uid}/{row.series_uid}/{row.sop_instance_uid}.dcm"
+                        if name in names:
+                            continue
+                        names.add(name)
+                        archive.write(self.config.data_dir / row.path, name)
+            handle.seek(0)
+        except BaseException:
+            handle.close()
+            raise
+        return handle, f"study-{format_code(code)}.zip"
+
+    # -- webhook -----------------------------------------------------------------------------
+
+    def record_webhook(
+        self, vendor: str, progress: WebhookProgress, headers: dict[str, str], address: str
+    ) -> None:
+        try:
+            DownloadStatus(int(progress.Status))
+        except ValueError as exc:
+            raise HubError(
+                422, "Unknown status", f"Status {progress.Status!r} is not a download status"
+            ) from exc
+        self.store.add_webhook(
+            vendor, self.clock.time(), address, headers, progress.model_dump(mode="json")
+        )
+
+    # -- admin views -------------------------------------------------------------------------
+
+    def nodes(self) -> schemas.NodeList:
+        infos = []
+        for row in self.store.nodes():
+            queue = None
+            if row.last_heartbeat is not None:
+                queue = QueueStats.model_validate_json(row.queue_json)
+            infos.append(
+                schemas.NodeInfo(
+                    id=row.id,
+                    name=row.name,
+                    fingerprint=row.fingerprint,
+                    software_version=row.software_version,
+                    address=row.address,
+                    enrolled_at=row.enrolled_at,
+                    last_heartbeat=row.last_heartbeat,
+                    health=row.health,
+                    queue=queue,
+                    policy_version=row.policy_version,
+                    revoked=row.revoked,
+                    commands_waiting=self.store.waiting_commands(row.id),
+                )
+            )
+        return schemas.NodeList(nodes=tuple(infos))
+
+    def studies(self) -> schemas.StudyList:
+        infos = []
+        for row in self.store.uploads():
+            reg = StudyRegistration.model_validate_json(row.registration_json)
+            receipt = Receipt.model_validate_json(row.receipt_json) if row.receipt_json else None
+            infos.append(
+                schemas.StudyInfo(
+                    upload_id=row.upload_id,
+                    node_id=row.node_id,
+                    study_uid=row.study_uid,
+                    revision=row.revision,
+                    medis_code=row.medis_code,
+                    referring_physician=reg.referring_physician,
+                    study_date=reg.study_date,
+                    study_description=reg.study_description,
+                    state=row.state,
+                    instance_count=reg.instance_count,
+                    stored_instances=len(self.store.instances(row.upload_id)),
+                    parts=reg.parts,
+                    received_parts=self.store.count_parts(row.upload_id),
+                    stream_size=reg.stream_size,
+                    created_at=row.created_at,
+                    committed_at=row.committed_at,
+                    receipt=receipt,
+                )
+            )
+        return schemas.StudyList(studies=tuple(infos))
+
+    def webhooks(self) -> schemas.WebhookList:
+        return schemas.WebhookList(
+            webhooks=tuple(
+                schemas.WebhookEntry(
+                    id=row.id,
+                    vendor=row.vendor,
+                    received_at=row.received_at,
+                    address=row.address,
+                    headers=json.loads(row.headers_json),
+                    body=json.loads(row.body_json),
+                )
+                for row in self.store.webhooks()
+            )
+        )
+
+
+def _check_command_args(order: schemas.CommandOrder) -> None:
+    """Validate a command's args against its type (ValidationError when they do not fit)."""
+    if order.type == "download":
+        DownloadRequest.model_validate(order.args)
+    elif order.type == "report_status":
+        ReportStatusRequest.model_validate(order.args)
+    elif order.type == "apply_policy":
+        Policy.model_validate(order.args)
+    elif order.type == "locate":
+        _LocateArgs.model_validate(order.args)
+    elif order.type == "diagnostics":
+        _NoArgs.model_validate(order.args)
+
+
+class _LocateArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: int = Field(60, ge=1, le=3600)
+
+
+class _NoArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _command_model(row: CommandRow) -> Command:
+    return Command.model_validate(
+        {
+            "id": row.id,
+            "type": row.type,
+            "args": json.loads(row.args_json),
+            "issued_at": row.issued_at,
+        }
+    )
+
+
+def _command_info(row: CommandRow) -> schemas.CommandInfo:
+    return schemas.CommandInfo(
+        id=row.id,
+        node_id=row.node_id,
+        type=row.type,
+        args=json.loads(row.args_json),
+        state=row.state,
+        issued_at=row.issued_at,
+        delivered_at=row.delivered_at,
+        completed_at=row.completed_at,
+        ok=row.ok,
+        result=None if row.result_json is None else json.loads(row.result_json),
+        error=row.error,
+    )

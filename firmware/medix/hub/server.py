@@ -1,0 +1,210 @@
+"""`HubServer`: the reference hub served over HTTPS by cheroot, with optional client certs.
+
+TLS uses the hub CA's server certificate; the same CA is the only trust anchor for client
+certificates, requested but optional (`CERT_OPTIONAL`), so `/medix/v1/enrol` works without
+one while every other node request arrives with a certificate the TLS layer has verified
+(cheroot hands its PEM to the app as `SSL_CLIENT_CERT`). A certificate from any other CA
+fails the handshake.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+from medix.hub.app import create_hub, hub_of
+from medix.hub.core import Clock, HubConfig
+from medix.models import Policy
+
+log = logging.getLogger(__name__)
+
+SERVER_THREADS = 16  # long polls hold a thread each; leave room for uploads beside them
+SHUTDOWN_TIMEOUT_S = 5
+CONNECTION_TIMEOUT_S = 90  # above the longest long poll (60 s)
+# cheroot's selector loop notices stop() only at this interval (0.5 s by default); a tenth
+# of a second keeps stopping quick at the cost of ten idle wake-ups a second.
+SELECT_INTERVAL_S = 0.1
+
+
+class _Server(wsgi.Server):
+    """cheroot's server, logging through `logging` instead of writing to stderr."""
+
+    def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
+        log.log(level, "cheroot: %s", msg, exc_info=traceback)
+
+    @classmethod
+    def prepare_socket(
+        cls,
+        bind_addr: Any,
+        family: Any,
+        type: Any,
+        proto: Any,
+        nodelay: Any,
+        ssl_adapter: Any,
+        reuse_port: bool = False,
+    ) -> Any:
+        sock = super().prepare_socket(
+            bind_addr, family, type, proto, nodelay, ssl_adapter, reuse_port
+        )
+        # cheroot leaves SO_REUSEADDR off for port 0. The connections a listener accepts
+        # inherit the flag, and without it their TIME_WAIT keeps a restarted hub from
+        # binding its port again for a minute.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return sock
+
+
+class HubServer:
+    """A reference hub served on `host:port` (0 picks a free port); a context manager.
+
+    `stop()` stops serving and closes the hub's database; `start()` again serves the same
+    data directory on the same port (the CA, nodes, studies and admin token are reused), as
+    a hub coming back after an outage would.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        admin_token: str | None = None,
+        hub_name: str = "Reference hub",
+        tls: bool = True,
+        clock: Clock | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.tls = tls
+        self._config = HubConfig(
+            data_dir=self.data_dir,
+            admin_token=admin_token,
+            hub_name=hub_name,
+            server_names=(host,),
+        )
+        self._clock = clock
+        self._port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._open_hub()
+
+    def _open_hub(self) -> None:
+        self.app = create_hub(self._config, clock=self._clock)
+        self.hub = hub_of(self.app)
+        self._hub_open = True
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> HubServer:
+        if self._server is not None:
+            return self
+        if not self._hub_open:
+            self._open_hub()
+        server = _Server(
+            (self.host, self._port),
+            self.app,
+            numthreads=SERVER_THREADS,
+            server_name="medix-hub",
+            timeout=CONNECTION_TIMEOUT_S,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        )
+        server.expiration_interval = SELECT_INTERVAL_S
+        if self.tls:
+            server.ssl_adapter = self._ssl_adapter()
+        server.prepare()
+        # Port 0 became a real port: keep it, so a restart comes back at the same URL.
+        self._port = int(server.bind_addr[1])
+        self._server = server
+        self._thread = threading.Thread(target=server.serve, name="medix-hub", daemon=True)
+        self._thread.start()
+        self.hub.public_url = self.url
+        log.info("reference hub at %s", self.url)
+        return self
+
+    def _ssl_adapter(self) -> BuiltinSSLAdapter:
+        ca = self.hub.ca
+        adapter = BuiltinSSLAdapter(
+            str(ca.server_cert_path),
+            str(ca.server_key_path),
+            certificate_chain=str(ca.ca_cert_path),
+        )
+        context: ssl.SSLContext = adapter.context
+        # The adapter's context (purpose CLIENT_AUTH, cafile = the chain) already trusts the
+        # hub CA for client certificates and nothing else; ask for one, do not demand it.
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return adapter
+
+    def stop(self) -> None:
+        """Stop serving (long polls are released at once) and close the database."""
+        if self._server is not None:
+            self.hub.begin_shutdown()
+            self._server.stop()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(SHUTDOWN_TIMEOUT_S + 1)
+            self._thread = None
+        if self._hub_open:
+            self.hub.close()
+            self._hub_open = False
+
+    def __enter__(self) -> HubServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- where it is -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self._port}"
+
+    @property
+    def ca_pem_path(self) -> Path:
+        return self.hub.ca.ca_cert_path
+
+    @property
+    def admin_token(self) -> str:
+        return self.hub.admin_token
+
+    # -- what tests and demos do without HTTP ------------------------------------------------
+
+    def new_pairing_code(self) -> str:
+        return self.hub.new_pairing_code().code
+
+    def publish_policy(self, policy: Policy) -> None:
+        self.hub.publish_policy(policy)
+
+    def queue_command(self, node_id: str, type: str, args: dict[str, Any]) -> str:
+        return self.hub.queue_command(node_id, type, args)
+
+    def studies(self) -> list[dict[str, Any]]:
+        return [study.model_dump(mode="json") for study in self.hub.studies().studies]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [node.model_dump(mode="json") for node in self.hub.nodes().nodes]
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        return [entry.model_dump(mode="json") for entry in self.hub.webhooks().webhooks]
+
+    def instance_bytes(self, upload_id: str, sop_instance_uid: str) -> bytes:
+        return self.hub.instance_bytes(upload_id, sop_instance_uid)

@@ -1,0 +1,640 @@
+"""The OpenAPI 3.1 document of Medix, generated from the message models.
+
+`build_openapi()` covers every path of docs/medix.md: node -> hub under /medix/v1 (mutual
+TLS), the node-side API (/api/study/download with its progress callback,
+/api/study/report-status), the hub's webhook, the reference hub's pages and its admin API
+(bearer token). Schemas come from the pydantic models (medix.models, medix.hub.schemas);
+errors are problem+json. `python -m medix.openapi > docs/medix-openapi.json` refreshes the
+committed copy, which a test compares with this function's output.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from pydantic import BaseModel
+
+from medix import models
+from medix.hub import schemas
+
+REF = "#/components/schemas/{model}"
+PROBLEM = "application/problem+json"
+JSON = "application/json"
+HTML = "text/html"
+
+MODELS: tuple[type[BaseModel], ...] = (
+    models.Policy,
+    models.EnrolRequest,
+    models.EnrolResponse,
+    models.Heartbeat,
+    models.HeartbeatResponse,
+    models.StudyRegistration,
+    models.Registration,
+    models.PartAck,
+    models.CommitRequest,
+    models.Receipt,
+    models.CommandBatch,
+    models.CommandResult,
+    models.DownloadRequest,
+    models.DownloadAccepted,
+    models.WebhookProgress,
+    models.ReportStatusRequest,
+    models.ReportStatusResponse,
+    models.Problem,
+    *schemas.ADMIN_MODELS,
+)
+
+# Problem responses by status: (component name, description).
+ERRORS: dict[int, tuple[str, str]] = {
+    400: ("BadRequest", "malformed request (not JSON, bad header or parameter)"),
+    401: ("Unauthorized", "no client certificate / admin token, or one the hub does not know"),
+    403: ("Forbidden", "refused (wrong, expired or used pairing code)"),
+    404: ("NotFound", "no such resource (or not this node's)"),
+    409: ("Conflict", "conflicts with the stored state (detail says how)"),
+    410: ("Gone", "expired"),
+    413: ("ContentTooLarge", "body (or decompressed part) over the limit"),
+    415: ("UnsupportedMediaType", "wrong Content-Type or Content-Encoding"),
+    422: ("UnprocessableContent", "valid JSON that breaks the model or the protocol's rules"),
+    429: ("TooManyRequests", "too many wrong tries; see Retry-After"),
+}
+NODE_ERRORS = (400, 401, 413, 415, 422)
+ADMIN: list[dict[str, list[str]]] = [{"adminBearer": []}]
+MTLS: list[dict[str, list[str]]] = [{"mutualTLS": []}]
+
+COMMANDS_DESCRIPTION = """Long poll: answers at once when commands are due, else after at most
+`wait` seconds (0-60; larger values count as 60) with an empty batch. Returned commands are
+marked delivered; one without a result after 5 minutes is delivered again (recognise repeats
+by `id`). Command types and their `args`: `download` -> DownloadRequest, `report_status` ->
+ReportStatusRequest, `locate` -> `{"seconds": n}`, `diagnostics` -> `{}`, `apply_policy` ->
+Policy."""
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.schemas: dict[str, Any] = {}
+
+    def add(self, model: type[BaseModel]) -> dict[str, str]:
+        """Put a model (and the models it uses) in components; return a $ref to it."""
+        name = model.__name__
+        if name not in self.schemas:
+            schema = model.model_json_schema(ref_template=REF)
+            for def_name, definition in schema.pop("$defs", {}).items():
+                self._put(def_name, definition)
+            self._put(name, schema)
+        return {"$ref": REF.format(model=name)}
+
+    def _put(self, name: str, schema: dict[str, Any]) -> None:
+        if name in self.schemas and self.schemas[name] != schema:
+            raise ValueError(f"two different schemas are both named {name}")
+        self.schemas[name] = schema
+
+    def json_body(self, model: type[BaseModel], description: str = "") -> dict[str, Any]:
+        body: dict[str, Any] = {"required": True, "content": {JSON: {"schema": self.add(model)}}}
+        if description:
+            body["description"] = description
+        return body
+
+    def json_response(
+        self, model: type[BaseModel], description: str, headers: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        response: dict[str, Any] = {
+            "description": description,
+            "content": {JSON: {"schema": self.add(model)}},
+        }
+        if headers:
+            response["headers"] = headers
+        return response
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(status): {"$ref": f"#/components/responses/{ERRORS[status][0]}"}
+        for status in sorted(set(statuses))
+    }
+
+
+def _path_param(name: str, description: str, schema: dict[str, Any] | None = None) -> Any:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+def _html(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {HTML: {"schema": {"type": "string"}}}}
+
+
+def _node_to_hub(b: _Builder) -> dict[str, Any]:
+    prefix = models.API_PREFIX
+    upload_id = _path_param("upload_id", "from the registration")
+    tags = ["node to hub"]
+    return {
+        f"{prefix}/enrol": {
+            "post": {
+                "operationId": "enrol",
+                "tags": tags,
+                "summary": "Exchange a pairing code and a CSR for a client certificate",
+                "description": "Needs no client certificate. The pairing code is single use "
+                "and expires; 5 wrong codes per source address in 10 minutes -> 429.",
+                "security": [],
+                "requestBody": b.json_body(models.EnrolRequest),
+                "responses": {
+                    "200": b.json_response(models.EnrolResponse, "enrolled"),
+                    **_errors(400, 403, 413, 415, 422, 429),
+                },
+            }
+        },
+        f"{prefix}/heartbeat": {
+            "post": {
+                "operationId": "heartbeat",
+                "tags": tags,
+                "summary": "Report health and queue; get a newer policy when there is one",
+                "security": MTLS,
+                "requestBody": b.json_body(models.Heartbeat),
+                "responses": {
+                    "200": b.json_response(models.HeartbeatResponse, "recorded"),
+                    **_errors(*NODE_ERRORS),
+                },
+            }
+        },
+        f"{prefix}/studies": {
+            "post": {
+                "operationId": "registerStudy",
+                "tags": tags,
+                "summary": "Register a study revision for upload (idempotent)",
+                "description": "Key: (node, study_uid, revision). The same body again returns "
+                "the same upload (200); a different body under the same key is 409. `parts` "
+                "must be ceil(stream_size / part_size).",
+                "security": MTLS,
+                "requestBody": b.json_body(models.StudyRegistration),
+                "responses": {
+                    "201": b.json_response(
+                        models.Registration,
+                        "registered",
+                        {"Location": {"schema": {"type": "string"}}},
+                    ),
+                    "200": b.json_response(models.Registration, "already registered"),
+                    **_errors(*NODE_ERRORS, 409),
+                },
+            }
+        },
+        f"{prefix}/uploads/{{upload_id}}": {
+            "get": {
+                "operationId": "getUpload",
+                "tags": tags,
+                "summary": "Which parts the hub holds (ask before resuming)",
+                "security": MTLS,
+                "parameters": [upload_id],
+                "responses": {
+                    "200": b.json_response(models.Registration, "the upload"),
+                    **_errors(401, 404),
+                },
+            }
+        },
+        f"{prefix}/uploads/{{upload_id}}/parts/{{n}}": {
+            "put": {
+                "operationId": "putPart",
+                "tags": tags,
+                "summary": "Send part n of the upload stream (re-sending is harmless)",
+                "description": "Every part is part_size bytes (uncompressed) except the last. "
+                "A part decompressing beyond part_size is refused with 413 without being "
+                "inflated; a hash or size mismatch is 422.",
+                "security": MTLS,
+                "parameters": [
+                    upload_id,
+                    _path_param("n", "part number, from 0", {"type": "integer", "minimum": 0}),
+                    {
+                        "name": "Content-Encoding",
+                        "in": "header",
+                        "required": False,
+                        "description": "identity when absent",
+                        "schema": {"type": "string", "enum": ["zstd", "identity"]},
+                    },
+                    {
+                        "name": "X-Medix-Part-SHA256",
+                        "in": "header",
+                        "required": True,
+                        "description": "SHA-256 (hex) of the uncompressed part",
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {
+                                "type": "string",
+                                "contentMediaType": "application/octet-stream",
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": b.json_response(models.PartAck, "held"),
+                    **_errors(*NODE_ERRORS, 404, 409),
+                },
+            }
+        },
+        f"{prefix}/uploads/{{upload_id}}/commit": {
+            "post": {
+                "operationId": "commitUpload",
+                "tags": tags,
+                "summary": "Check the stream against the manifest; answer a signed receipt",
+                "description": "409 while parts are missing (detail lists them); 422 when an "
+                "instance or the stream hashes differently from the manifest, or the manifest "
+                "does not tile the stream. Repeating a commit returns the same receipt. The "
+                "signature is ECDSA P-256 SHA-256 by the hub CA key over the canonical JSON "
+                "(sorted keys, no whitespace) of the receipt's other fields, base64.",
+                "security": MTLS,
+                "parameters": [upload_id],
+                "requestBody": b.json_body(models.CommitRequest),
+                "responses": {
+                    "200": b.json_response(models.Receipt, "committed"),
+                    **_errors(*NODE_ERRORS, 404, 409),
+                },
+            }
+        },
+        f"{prefix}/commands": {
+            "get": {
+                "operationId": "pollCommands",
+                "tags": tags,
+                "summary": "Long poll for commands from the hub",
+                "description": COMMANDS_DESCRIPTION,
+                "security": MTLS,
+                "parameters": [
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0, "default": 0},
+                    }
+                ],
+                "responses": {
+                    "200": b.json_response(models.CommandBatch, "due commands, maybe none"),
+                    **_errors(400, 401),
+                },
+            }
+        },
+        f"{prefix}/commands/{{id}}/result": {
+            "post": {
+                "operationId": "commandResult",
+                "tags": tags,
+                "summary": "Post a command's result (a repeat keeps the first)",
+                "security": MTLS,
+                "parameters": [_path_param("id", "command id")],
+                "requestBody": b.json_body(models.CommandResult),
+                "responses": {"204": {"description": "stored"}, **_errors(*NODE_ERRORS, 404)},
+            }
+        },
+    }
+
+
+def _node_side(b: _Builder) -> dict[str, Any]:
+    servers = [
+        {
+            "url": "https://{node}",
+            "description": "the node, for a hub that can reach it (else: commands)",
+            "variables": {"node": {"default": "node.example"}},
+        }
+    ]
+    tags = ["node-side API"]
+    progress = {
+        "{$request.body#/WebhookUri}": {
+            "post": {
+                "summary": "Progress of the download, at each step",
+                "requestBody": b.json_body(models.WebhookProgress),
+                "responses": {"204": {"description": "recorded"}},
+            }
+        }
+    }
+    return {
+        "/api/study/download": {
+            "servers": servers,
+            "post": {
+                "operationId": "studyDownload",
+                "tags": tags,
+                "summary": "Prepare studies for the hub; progress goes to WebhookUri",
+                "description": "Status order: RequestSent (or RequestFailed) -> ExportStarted "
+                "(or ExportFailed) -> CompressStarted -> CompressFinished -> ExportCompleted -> "
+                "DownloadStarted (or DownloadFailed) -> DownloadSaved; MergeStarted / "
+                "MergeCompleted / MergeFailed when several studies are asked for together. "
+                "`Status` is the DownloadStatus number as a string. Authentication is the "
+                "node's (docs/medix.md, issue 4).",
+                "requestBody": b.json_body(models.DownloadRequest),
+                "callbacks": {"progress": progress},
+                "responses": {
+                    "202": b.json_response(models.DownloadAccepted, "accepted"),
+                    **_errors(400, 422),
+                },
+            },
+        },
+        "/api/study/report-status": {
+            "servers": servers,
+            "post": {
+                "operationId": "studyReportStatus",
+                "tags": tags,
+                "summary": "Whether each study has a report",
+                "requestBody": b.json_body(models.ReportStatusRequest),
+                "responses": {
+                    "200": b.json_response(models.ReportStatusResponse, "per study"),
+                    **_errors(400, 422),
+                },
+            },
+        },
+    }
+
+
+def _hub_pages(b: _Builder) -> dict[str, Any]:
+    tags = ["hub pages"]
+    return {
+        "/webhook/v1/pacs/{vendor}": {
+            "post": {
+                "operationId": "webhookProgress",
+                "tags": ["webhook"],
+                "summary": "Record a node's download progress (seed format)",
+                "parameters": [_path_param("vendor", "the PACS vendor's name in the hub")],
+                "requestBody": b.json_body(models.WebhookProgress),
+                "responses": {
+                    "204": {"description": "recorded with its headers and time"},
+                    **_errors(400, 404, 413, 415, 422),
+                },
+            }
+        },
+        "/patient": {
+            "get": {
+                "operationId": "patientForm",
+                "tags": tags,
+                "summary": "Form: Medis code and birth date",
+                "responses": {"200": _html("the form")},
+            },
+            "post": {
+                "operationId": "patientOpen",
+                "tags": tags,
+                "summary": "The study behind a Medis code, when the birth date matches",
+                "description": "Codes are read case-insensitively, with or without "
+                "separators. Wrong tries are limited per code and per address "
+                "(Policy.code_max_attempts per day, then 429); codes expire after "
+                "Policy.code_expiry_days (410).",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["code", "birth_date"],
+                                "properties": {
+                                    "code": {"type": "string"},
+                                    "birth_date": {
+                                        "type": "string",
+                                        "description": "YYYY-MM-DD or YYYYMMDD",
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _html("the study, with a download link"),
+                    "400": _html("code or birth date missing"),
+                    "403": _html("wrong code or birth date (counted)"),
+                    "410": _html("code expired"),
+                    "429": _html("locked after too many wrong tries"),
+                },
+            },
+        },
+        "/download/{token}": {
+            "get": {
+                "operationId": "downloadStudy",
+                "tags": tags,
+                "summary": "Zip of a study's DICOM files (link from /patient or /inbox)",
+                "parameters": [_path_param("token", "signed, expires after an hour")],
+                "responses": {
+                    "200": {
+                        "description": "the zip",
+                        "content": {
+                            "application/zip": {
+                                "schema": {
+                                    "type": "string",
+                                    "contentMediaType": "application/zip",
+                                }
+                            }
+                        },
+                    },
+                    "404": _html("no such link or study"),
+                    "410": _html("link expired"),
+                },
+            }
+        },
+        "/inbox/{physician}": {
+            "get": {
+                "operationId": "physicianInbox",
+                "tags": tags,
+                "summary": "The referring physician's studies with Medis codes and downloads",
+                "description": "Matches StudyRegistration.referring_physician (DICOM PN text "
+                "as given, e.g. Family^Given) case-insensitively.",
+                "parameters": [_path_param("physician", "DICOM PN text")],
+                "responses": {"200": _html("the studies (maybe none)")},
+            }
+        },
+    }
+
+
+def _admin(b: _Builder) -> dict[str, Any]:
+    tags = ["admin"]
+    node_id = _path_param("node_id", "node id from enrolment")
+
+    def op(
+        operation_id: str,
+        summary: str,
+        ok: tuple[str, dict[str, Any]],
+        *,
+        body: type[BaseModel] | None = None,
+        errors: tuple[int, ...] = (),
+        parameters: list[Any] | None = None,
+    ) -> dict[str, Any]:
+        operation: dict[str, Any] = {
+            "operationId": operation_id,
+            "tags": tags,
+            "summary": summary,
+            "security": ADMIN,
+            "responses": {ok[0]: ok[1], **_errors(401, *errors)},
+        }
+        if body is not None:
+            operation["requestBody"] = b.json_body(body)
+        if parameters:
+            operation["parameters"] = parameters
+        return operation
+
+    return {
+        "/admin/pairing-codes": {
+            "post": op(
+                "newPairingCode",
+                "A fresh one-time pairing code",
+                ("201", b.json_response(schemas.PairingCode, "made")),
+            )
+        },
+        "/admin/policy": {
+            "get": op(
+                "getPolicy", "The current policy", ("200", b.json_response(models.Policy, "it"))
+            ),
+            "post": op(
+                "publishPolicy",
+                "Publish a policy; its version must be above the current one",
+                ("200", b.json_response(models.Policy, "published")),
+                body=models.Policy,
+                errors=(400, 409, 413, 415, 422),
+            ),
+        },
+        "/admin/nodes": {
+            "get": op("listNodes", "Enrolled nodes", ("200", b.json_response(schemas.NodeList, "")))
+        },
+        "/admin/nodes/{node_id}/commands": {
+            "post": op(
+                "queueCommand",
+                "Queue a command for a node (args checked against the type)",
+                ("201", b.json_response(schemas.CommandQueued, "queued")),
+                body=schemas.CommandOrder,
+                errors=(400, 404, 413, 415, 422),
+                parameters=[node_id],
+            ),
+            "get": op(
+                "listCommands",
+                "A node's commands with their results",
+                ("200", b.json_response(schemas.CommandList, "")),
+                errors=(404,),
+                parameters=[node_id],
+            ),
+        },
+        "/admin/nodes/{node_id}/revoke": {
+            "post": op(
+                "revokeNode",
+                "Revoke a node: its certificate gets 401 from now on",
+                ("204", {"description": "revoked"}),
+                errors=(404,),
+                parameters=[node_id],
+            )
+        },
+        "/admin/studies": {
+            "get": op(
+                "listStudies",
+                "Uploads with Medis codes, counts and receipts",
+                ("200", b.json_response(schemas.StudyList, "")),
+            )
+        },
+        "/admin/studies/{upload_id}/instances/{sop_instance_uid}": {
+            "get": op(
+                "getInstance",
+                "The stored bytes of one instance (Part 10, as the node sent it)",
+                (
+                    "200",
+                    {
+                        "description": "the instance",
+                        "content": {
+                            "application/dicom": {
+                                "schema": {
+                                    "type": "string",
+                                    "contentMediaType": "application/dicom",
+                                }
+                            }
+                        },
+                    },
+                ),
+                errors=(404,),
+                parameters=[
+                    _path_param("upload_id", "upload id"),
+                    _path_param("sop_instance_uid", "SOP Instance UID"),
+                ],
+            )
+        },
+        "/admin/webhooks": {
+            "get": op(
+                "listWebhooks",
+                "The webhook log",
+                ("200", b.json_response(schemas.WebhookList, "")),
+            )
+        },
+    }
+
+
+def build_openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document, as a JSON-ready dict."""
+    b = _Builder()
+    paths = {**_node_to_hub(b), **_node_side(b), **_hub_pages(b), **_admin(b)}
+    for model in MODELS:
+        b.add(model)
+    b.schemas["DownloadStatus"] = {
+        "title": "DownloadStatus",
+        "description": "Download progress numbers (WebhookProgress.Status carries them as "
+        "strings); 9 is unused.",
+        "type": "integer",
+        "enum": [status.value for status in models.DownloadStatus],
+        "x-enum-varnames": [status.name for status in models.DownloadStatus],
+    }
+    problem_ref = {"$ref": REF.format(model="Problem")}
+    responses = {
+        name: {"description": description, "content": {PROBLEM: {"schema": problem_ref}}}
+        for name, description in ERRORS.values()
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Medix",
+            "version": models.PROTOCOL_VERSION,
+            "summary": "Between an imaging center's node (AFRA) and a hub",
+            "description": "Generated from medix.models by `python -m medix.openapi`; the "
+            "prose is docs/medix.md. Node -> hub paths are under "
+            f"{models.API_PREFIX} and need the client certificate the hub issued at "
+            "enrolment. Errors are application/problem+json.",
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "servers": [
+            {
+                "url": "https://{hub}",
+                "description": "the hub",
+                "variables": {"hub": {"default": "127.0.0.1:8443"}},
+            }
+        ],
+        "tags": [
+            {"name": "node to hub", "description": "called by the node, mutual TLS"},
+            {"name": "node-side API", "description": "served by the node (seed)"},
+            {"name": "webhook", "description": "download progress, node -> hub"},
+            {"name": "hub pages", "description": "the reference hub's HTML pages"},
+            {"name": "admin", "description": "the reference hub's operator API"},
+        ],
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(b.schemas.items())),
+            "responses": responses,
+            "securitySchemes": {
+                "mutualTLS": {
+                    "type": "mutualTLS",
+                    "description": "the client certificate the hub signed at enrolment; the "
+                    "hub names the node by the certificate's SHA-256 fingerprint",
+                },
+                "adminBearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the reference hub's admin token",
+                },
+            },
+        },
+    }
+
+
+def render_openapi() -> str:
+    """The document as committed in docs/medix-openapi.json (sorted keys, indent 2)."""
+    return json.dumps(build_openapi(), sort_keys=True, indent=2) + "\n"
+
+
+def main() -> int:
+    sys.stdout.write(render_openapi())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

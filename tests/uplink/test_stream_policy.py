@@ -1,0 +1,122 @@
+"""The upload stream, the policy store, the bandwidth cap and retention, without a network."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from afra.app import Appliance, build_appliance
+from afra.dicom.receive import StoreRequest
+from afra.uplink import stream
+from afra.uplink.policy import PolicyStore, in_window
+from afra.uplink.worker import Throttle
+from medix.models import Policy, Window
+from tests.conftest import make_config
+from tests.dicomgen import make_ct_series
+from tests.fakes import FakeClock
+
+
+@pytest.fixture
+def box(tmp_path: Path, clock: FakeClock) -> Appliance:
+    appliance = build_appliance(make_config(tmp_path / "box"), clock=clock)
+    yield appliance  # type: ignore[misc]
+    appliance.close()
+
+
+def receive_series(box: Appliance, tmp_path: Path, n: int = 5) -> list[Path]:
+    files = make_ct_series(tmp_path / "s", n=n, rows=32, cols=32)
+    for path in files:
+        tmp = box.spool.tmp_dir / path.name
+        shutil.copyfile(path, tmp)
+        ds = dcmread(path, stop_before_pixels=True)
+        assert (
+            box.receiver.store(
+                tmp,
+                StoreRequest(ds.SOPClassUID, ds.SOPInstanceUID, ds.SOPClassUID, "M", "127.0.0.1"),
+            )
+            == 0
+        )
+    return files
+
+
+def test_parts_cover_the_stream_exactly(box: Appliance, tmp_path: Path) -> None:
+    receive_series(box, tmp_path)
+    [study] = box.index.studies()
+    instances = box.index.upload_instances(study.id)
+    plan = stream.plan(instances, part_size=7000)
+    whole = b"".join(box.spool.absolute(i.path).read_bytes() for i in instances)
+    assert plan.size == len(whole) and plan.parts == -(-len(whole) // 7000)
+    assert b"".join(stream.read_part(box.spool, plan, n) for n in range(plan.parts)) == whole
+    hashes, stream_hash = stream.hash_files(box.spool, instances)
+    assert stream_hash == hashlib.sha256(whole).hexdigest()
+    assert (
+        hashes[instances[0].sop_instance_uid]
+        == hashlib.sha256(box.spool.absolute(instances[0].path).read_bytes()).hexdigest()
+    )
+
+
+def test_codes_are_issued_without_a_hub(box: Appliance, clock: FakeClock, tmp_path: Path) -> None:
+    receive_series(box, tmp_path)
+    assert box.uplink.issue_codes() == 0  # not complete yet
+    clock.advance(61)
+    box.completion.run_once()
+    assert box.uplink.issue_codes() == 1
+    [study] = box.index.studies()
+    assert study.state == "queued" and study.medis_code and len(study.medis_code) == 12
+
+
+def test_policy_applies_whole_and_survives_restart(tmp_path: Path) -> None:
+    store = PolicyStore(tmp_path / "policy.json")
+    assert store.current.version == 0
+    assert store.apply(Policy(version=2, retention_days=3))
+    assert not store.apply(Policy(version=1, retention_days=9))  # older: ignored
+    assert PolicyStore(tmp_path / "policy.json").current.retention_days == 3
+    (tmp_path / "policy.json").write_text("{broken")
+    assert PolicyStore(tmp_path / "policy.json").current.version == 0
+
+
+def test_offpeak_windows_span_midnight() -> None:
+    from datetime import datetime
+
+    policy = Policy(version=1, offpeak_windows=(Window(start="22:00", end="06:00"),))
+    at = lambda h, m: datetime(2026, 1, 5, h, m).timestamp()  # noqa: E731
+    assert in_window(policy, at(23, 0)) and in_window(policy, at(5, 59))
+    assert not in_window(policy, at(6, 0)) and not in_window(policy, at(12, 0))
+    assert in_window(Policy(version=1), at(12, 0))
+
+
+def test_throttle_spaces_parts_by_the_cap() -> None:
+    clock = FakeClock()
+    slept: list[float] = []
+    clock.sleep = lambda seconds, stop=None: slept.append(seconds) or False  # type: ignore[method-assign]
+    throttle = Throttle(clock)
+    stop = threading.Event()
+    throttle.take(125_000, 1000, stop)  # 1 Mbit at 1000 kb/s: one second of link
+    throttle.take(125_000, 1000, stop)
+    assert slept == [pytest.approx(1.0)]
+    throttle.take(10, None, stop)  # no cap, no wait
+    assert len(slept) == 1
+
+
+def test_local_copies_kept_until_receipt_and_retention(
+    box: Appliance, clock: FakeClock, tmp_path: Path
+) -> None:
+    receive_series(box, tmp_path, n=2)
+    clock.advance(61)
+    box.completion.run_once()
+    box.uplink.issue_codes()
+    [study] = box.index.studies()
+    clock.advance(30 * 86400)
+    assert box.uplink.purge_delivered() == 0  # never before the hub's receipt
+    box.index.mark_delivered(study.id, "{}", clock.time())
+    box.policy.apply(Policy(version=1, retention_days=7))
+    clock.advance(6 * 86400)
+    assert box.uplink.purge_delivered() == 0
+    clock.advance(2 * 86400)
+    assert box.uplink.purge_delivered() == 1
+    assert not list((box.spool.root / "objects").rglob("*.dcm"))

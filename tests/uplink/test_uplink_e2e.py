@@ -1,0 +1,275 @@
+"""End to end on loopback: storescu -> the box -> Medis code -> the reference hub, over TLS.
+
+The hub is the real reference hub (cheroot, mutual TLS); the box is built in-process with a
+fake clock, so the stable age and retry waits pass when the test says so, not by sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from afra.app import Appliance, build_appliance
+from afra.medis.codes import is_valid
+from afra.uplink.client import HubRefused, enrol
+from afra.uplink.identity import NodeIdentity
+from medix.hub.server import HubServer
+from medix.models import Policy
+from tests.conftest import make_config
+from tests.dicomgen import make_ct_series
+from tests.fakes import FakeClock
+from tests.netproxy import Proxy
+from tests.peers import storescu
+
+LOOPBACK = "127.0.0.1"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubServer]:
+    server = HubServer(tmp_path / "hub")
+    server.start()
+    yield server
+    server.stop()
+
+
+BoxFactory = Callable[..., Appliance]
+
+
+@pytest.fixture
+def enrolled_box(tmp_path: Path, clock: FakeClock) -> Iterator[BoxFactory]:
+    """Enrol a box with a hub (optionally through another URL), then build and start it."""
+    boxes: list[Appliance] = []
+
+    def factory(
+        server: HubServer, *, via: str | None = None, **sections: dict[str, object]
+    ) -> Appliance:
+        data = tmp_path / "box"
+        identity = NodeIdentity(data / "identity")
+        if not identity.enrolled:
+            enrol(
+                identity,
+                hub_url=via or server.url,
+                pairing_code=server.new_pairing_code(),
+                ca_file=Path(server.ca_pem_path),
+                node_name="afra-test",
+            )
+        hub_settings = {"retry_base": 1.0, "retry_cap": 2.0, "heartbeat_interval": 3600.0}
+        hub_settings.update(sections.pop("hub", {}))  # type: ignore[arg-type]
+        config = make_config(data, study={"stable_age": 5}, hub=hub_settings, **sections)
+        box = build_appliance(config, clock=clock)
+        box.uplink.settings = box.uplink.settings.__class__(
+            **{**box.uplink.settings.__dict__, "idle_interval": 0.05}
+        )
+        box.start()
+        boxes.append(box)
+        return box
+
+    yield factory
+    for box in boxes:
+        box.close()
+
+
+def send_study(box: Appliance, tmp_path: Path, name: str, n: int = 6, size: int = 64) -> list[Path]:
+    files = make_ct_series(tmp_path / name, n=n, rows=size, cols=size, patient_id=name)
+    storescu(LOOPBACK, box.dicom.port, files)
+    return files
+
+
+def the_study(box: Appliance, files: list[Path]) -> object:
+    uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    return next(s for s in box.index.studies() if s.study_uid == uid)
+
+
+def complete_and_deliver(box: Appliance, clock: FakeClock, files: list[Path]) -> object:
+    clock.advance(10)  # past the stable age: the completion thread marks it complete
+    wait_for(lambda: the_study(box, files).state == "delivered", what="delivery")  # type: ignore[attr-defined]
+    return the_study(box, files)
+
+
+def assert_hub_holds(hub: HubServer, box: Appliance, study: object, files: list[Path]) -> None:
+    [entry] = [s for s in hub.studies() if s["medis_code"] == study.medis_code]  # type: ignore[attr-defined]
+    for sent in files:
+        ds = dcmread(sent, stop_before_pixels=True)
+        kept = box.spool.absolute(box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID))
+        assert hub.instance_bytes(entry["upload_id"], ds.SOPInstanceUID) == kept.read_bytes()
+
+
+def test_study_reaches_the_hub_under_its_code(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    box = enrolled_box(hub)
+    files = send_study(box, tmp_path, "E2E")
+    study = complete_and_deliver(box, clock, files)
+    assert is_valid(study.medis_code)  # type: ignore[attr-defined]
+    assert_hub_holds(hub, box, study, files)
+    assert box.index.upload_study(study.id).state == "delivered"  # type: ignore[attr-defined,union-attr]
+
+
+def test_hub_down_for_a_while_then_back(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    box = enrolled_box(hub)
+    hub.stop()
+    files = send_study(box, tmp_path, "DOWN")
+    clock.advance(10)
+    wait_for(lambda: the_study(box, files).attempts >= 1, what="a failed attempt")  # type: ignore[attr-defined]
+    study = the_study(box, files)
+    assert study.state in ("queued", "uploading") and "unreachable" in study.last_error  # type: ignore[attr-defined]
+    hub.start()  # same data, same port, same CA
+    clock.advance(5)  # past the backoff
+    wait_for(lambda: the_study(box, files).state == "delivered", what="delivery")  # type: ignore[attr-defined]
+    assert_hub_holds(hub, box, the_study(box, files), files)
+
+
+def test_connection_cut_mid_upload(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    host, port = hub.url.removeprefix("https://").split(":")
+    with Proxy((host, int(port))) as proxy:
+        box = enrolled_box(hub, via=f"https://127.0.0.1:{proxy.port}", hub={"part_size_kb": 64})
+        files = send_study(box, tmp_path, "CUT", n=8, size=128)
+        proxy.cut_after(150_000)
+        clock.advance(10)
+        wait_for(lambda: the_study(box, files).attempts >= 1, what="the cut to fail an attempt")  # type: ignore[attr-defined]
+        clock.advance(5)
+        wait_for(lambda: the_study(box, files).state == "delivered", what="delivery")  # type: ignore[attr-defined]
+    study = the_study(box, files)
+    assert_hub_holds(hub, box, study, files)
+    assert len([s for s in hub.studies() if s["medis_code"] == study.medis_code]) == 1  # type: ignore[attr-defined]
+
+
+def test_wrong_pairing_code_is_refused(hub: HubServer, tmp_path: Path) -> None:
+    identity = NodeIdentity(tmp_path / "identity")
+    with pytest.raises(HubRefused) as err:
+        enrol(
+            identity,
+            hub_url=hub.url,
+            pairing_code="WRONG-CODE-123",
+            ca_file=Path(hub.ca_pem_path),
+            node_name="afra-test",
+        )
+    assert err.value.status == 403
+    assert not identity.enrolled and identity.key_path.exists()
+    assert (identity.key_path.stat().st_mode & 0o777) == 0o600
+
+
+def test_hub_with_another_certificate_is_not_trusted(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    box = enrolled_box(hub)
+    port = hub.url.rsplit(":", 1)[1]
+    hub.stop()
+    impostor = HubServer(tmp_path / "impostor", port=int(port))  # its own CA
+    impostor.start()
+    try:
+        files = send_study(box, tmp_path, "MITM")
+        clock.advance(10)
+        wait_for(lambda: the_study(box, files).attempts >= 1, what="a refused attempt")  # type: ignore[attr-defined]
+        study = the_study(box, files)
+        assert study.state != "delivered"  # type: ignore[attr-defined]
+        assert "certificate" in study.last_error  # type: ignore[attr-defined]
+        assert impostor.studies() == []
+    finally:
+        impostor.stop()
+
+
+def test_policy_from_heartbeat_is_kept(
+    hub: HubServer, enrolled_box: BoxFactory, tmp_path: Path
+) -> None:
+    hub.publish_policy(Policy(version=3, retention_days=2, bandwidth_cap_kbps=4000))
+    box = enrolled_box(hub)
+    box.uplink.heartbeat()
+    assert box.policy.current.version == 3
+    again = build_appliance(box.config, clock=FakeClock())
+    try:
+        assert again.policy.current.bandwidth_cap_kbps == 4000
+    finally:
+        again.close()
+
+
+def test_box_killed_mid_upload_resumes_after_restart(hub: HubServer, tmp_path: Path) -> None:
+    """A real `afra run` process, killed with SIGKILL while parts are going up."""
+    import signal
+    import subprocess
+    import sys
+
+    from afra.dicom.spool import Spool
+    from afra.store.index import Index
+    from tests.peers import free_port
+
+    hub.publish_policy(Policy(version=1, bandwidth_cap_kbps=2000))  # slow enough to kill
+    data = tmp_path / "box"
+    enrol(
+        NodeIdentity(data / "identity"),
+        hub_url=hub.url,
+        pairing_code=hub.new_pairing_code(),
+        ca_file=Path(hub.ca_pem_path),
+        node_name="afra-kill",
+    )
+    port = free_port()
+    config = tmp_path / "afra.toml"
+    config.write_text(
+        f'[box]\ndata_dir = "{data}"\n'
+        f'[dicom]\nbind = "127.0.0.1"\nport = {port}\nallow_any_peer = true\n'
+        "[storage]\nmin_free_mb = 0\n"
+        "[study]\nstable_age = 1\nscan_interval = 0.2\n"
+        "[hub]\npart_size_kb = 128\nretry_base = 0.5\nretry_cap = 1\n"
+    )
+
+    logs: list[Path] = []
+
+    def start_box() -> subprocess.Popen[bytes]:
+        log = tmp_path / f"box-{len(logs)}.log"
+        logs.append(log)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "afra.cli", "--config", str(config), "run"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(lambda: b"listening" in log.read_bytes(), what="the box to start")
+        return proc
+
+    def upload() -> dict[str, object] | None:
+        return next(iter(hub.studies()), None)
+
+    box = start_box()
+    try:
+        files = make_ct_series(tmp_path / "KILL", n=12, rows=256, cols=256, patient_id="KILL")
+        storescu(LOOPBACK, port, files)
+        wait_for(lambda: (upload() or {}).get("received_parts", 0) >= 2, what="parts to arrive")
+        box.send_signal(signal.SIGKILL)
+        box.wait(timeout=10)
+        held = upload()
+        assert held is not None and held["state"] == "open"
+        assert held["received_parts"] < held["parts"]  # type: ignore[operator]
+        box = start_box()
+        wait_for(lambda: (upload() or {}).get("state") == "committed", 60, "the commit")
+    finally:
+        box.send_signal(signal.SIGTERM)
+        box.wait(timeout=30)
+    index = Index(data / "index.sqlite")
+    try:
+        [study] = index.studies()
+        assert study.state == "delivered"
+        [entry] = hub.studies()
+        spool = Spool(data)
+        for sent in files:
+            ds = dcmread(sent, stop_before_pixels=True)
+            kept = spool.absolute(spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID))
+            assert hub.instance_bytes(entry["upload_id"], ds.SOPInstanceUID) == kept.read_bytes()
+    finally:
+        index.close()
