@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEBS := dcmtk orthanc
 RUN_DIR ?= data/emulation
 
-.PHONY: run test lint typecheck pytest system-deps venv bench-ingest bench-memory clean
+.PHONY: run test lint typecheck pytest system-deps venv bench-ingest bench-memory bench-uplink clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Debian 12: apt-get install python3 python3-venv)"; exit 1; }
@@ -53,6 +53,10 @@ bench-ingest: system-deps $(STAMP)
 
 bench-memory: system-deps $(STAMP)
 	$(BIN)/python bench/memory.py
+
+bench-uplink: system-deps $(STAMP)
+	@command -v curl >/dev/null || apt-get install -y -q curl
+	$(BIN)/python bench/uplink.py
 
 clean:
 	rm -rf $(VENV) data build bench/out *.egg-info

@@ -159,14 +159,25 @@ def _ct_geometry(ds: Dataset, index: int, rows: int, cols: int) -> None:
 
 
 def _base_image(rows: int, cols: int, seed: int) -> np.ndarray[Any, np.dtype[np.uint16]]:
-    """A 12-bit image: a smooth radial blob plus seeded noise (deterministic)."""
+    """A 12-bit CT-like slice: air around an elliptical body, organs, and noise (deterministic).
+
+    Stored values are HU + 1024 (RescaleIntercept -1024): air about 24, soft tissue about
+    1064, a denser core; noise of a few HU in air and about 12 HU in tissue, as a CT scanner
+    gives. Pure noise would be unlike any patient and would make any codec look useless.
+    """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:rows, 0:cols]
-    r2 = ((yy - rows / 2) / max(rows, 1)) ** 2 + ((xx - cols / 2) / max(cols, 1)) ** 2
-    blob = (1024 + 800 * np.exp(-8 * r2)).astype(np.uint16)
-    noise = rng.integers(0, 256, size=(rows, cols), dtype=np.uint16)
-    image: np.ndarray[Any, np.dtype[np.uint16]] = (blob + noise) & np.uint16(0x0FFF)
-    return image
+    ny = (yy - rows / 2) / max(rows / 2, 1)
+    nx = (xx - cols / 2) / max(cols / 2, 1)
+    body = (nx / 0.8) ** 2 + (ny / 0.6) ** 2 <= 1.0
+    core = (nx / 0.3) ** 2 + ((ny - 0.1) / 0.25) ** 2 <= 1.0
+    image = np.full((rows, cols), 24.0)
+    image[body] = 1064.0
+    image[core] = 1300.0
+    noise = rng.normal(0.0, 1.0, size=(rows, cols))
+    image += np.where(body, 12.0, 2.0) * noise
+    clipped: np.ndarray[Any, np.dtype[np.uint16]] = np.clip(image, 0, 4095).astype(np.uint16)
+    return clipped
 
 
 def _slice_pixels(

@@ -115,7 +115,7 @@ class HubSettings(Section):
     url: str = Field("", max_length=2048, pattern=r"^(https://\S+)?$")
     patient_url: str = Field("", max_length=2048, pattern=r"^(https?://\S+)?$")
     part_size_kb: int = Field(2048, ge=64, le=8192)
-    compression_level: int = Field(1, ge=1, le=19)
+    compression_level: int = Field(3, ge=1, le=19)
     request_timeout: Seconds = 30.0
     heartbeat_interval: Seconds = 60.0
     retry_base: Seconds = 5.0

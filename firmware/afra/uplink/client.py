@@ -9,6 +9,7 @@ wrong; the problem's detail says why).
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -154,12 +155,29 @@ class HubClient:
         self.identity = identity
         self.base = identity.hub_url + API_PREFIX
         self.timeout = timeout
-        self._session = _session(
-            identity.ca_path, (str(identity.cert_path), str(identity.key_path))
-        )
+        # One session (one kept-alive connection) per thread: parts go up in parallel.
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    @property
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = _session(
+                self.identity.ca_path,
+                (str(self.identity.cert_path), str(self.identity.key_path)),
+            )
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
 
     def close(self) -> None:
-        self._session.close()
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
 
     def _json(self, method: str, path: str, body: BaseModel | None, model: type[M]) -> M:
         response = _send(

@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import zstandard
@@ -43,12 +44,13 @@ LOG = logging.getLogger("afra.uplink")
 
 # A part is sent compressed only when that saves at least this share of its bytes.
 MIN_SAVING = 0.03
+PARTS_IN_FLIGHT = 3
 
 
 @dataclass(frozen=True)
 class UplinkSettings:
     part_size: int = 2 * 1048576
-    compression_level: int = 1
+    compression_level: int = 3
     retry_base: float = 5.0
     retry_cap: float = 900.0
     heartbeat_interval: float = 60.0
@@ -61,13 +63,15 @@ class Throttle:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self._free_at = 0.0
+        self._lock = threading.Lock()
 
     def take(self, size: int, cap_kbps: int | None, stop: threading.Event) -> None:
         if not cap_kbps:
             return
-        now = self.clock.monotonic()
-        start = max(now, self._free_at)
-        self._free_at = start + size * 8 / (cap_kbps * 1000)
+        with self._lock:
+            now = self.clock.monotonic()
+            start = max(now, self._free_at)
+            self._free_at = start + size * 8 / (cap_kbps * 1000)
         if start > now:
             self.clock.sleep(start - now, stop)
 
@@ -92,12 +96,12 @@ class Uplink:
         self.settings = settings or UplinkSettings()
         self.codes = codes or CodeIssuer()
         self.throttle = Throttle(clock)
-        self._compressor = zstandard.ZstdCompressor(level=self.settings.compression_level)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_heartbeat = -1e18
         self.hub_reachable: bool | None = None
         self.bytes_sent = 0
+        self._count_lock = threading.Lock()
 
     # -- codes -----------------------------------------------------------------------------
 
@@ -205,12 +209,14 @@ class Uplink:
             return self._verified(registration.receipt, study)
         self.index.set_uploading(study.id, registration.upload_id)
         held = set(registration.received_parts)
-        for number in range(plan.parts):
-            if number in held:
-                continue
-            if self._stop.is_set():
-                raise HubUnavailable("stopping")
-            self._send_part(registration.upload_id, plan, number)
+        missing = [n for n in range(plan.parts) if n not in held]
+        # A few parts in flight keep the link busy while the hub stores the previous ones;
+        # each is read and compressed only when a sender is free (memory stays bounded).
+        with ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="part") as senders:
+            for sent in senders.map(
+                lambda n: self._send_part(registration.upload_id, plan, n), missing
+            ):
+                del sent
         manifest = CommitRequest(
             instances=tuple(
                 ManifestEntry(
@@ -229,16 +235,19 @@ class Uplink:
 
     def _send_part(self, upload_id: str, plan: stream.StreamPlan, number: int) -> None:
         assert self.client is not None
+        if self._stop.is_set():
+            raise HubUnavailable("stopping")
         raw = stream.read_part(self.spool, plan, number)
         digest = hashlib.sha256(raw).hexdigest()
-        packed = self._compressor.compress(raw)
+        packed = zstandard.ZstdCompressor(level=self.settings.compression_level).compress(raw)
         if len(packed) <= len(raw) * (1 - MIN_SAVING):
             body, encoding = packed, "zstd"
         else:
             body, encoding = raw, "identity"
         self.throttle.take(len(body), self.policy.current.bandwidth_cap_kbps, self._stop)
         self.client.put_part(upload_id, number, body, sha256=digest, encoding=encoding)
-        self.bytes_sent += len(body)
+        with self._count_lock:
+            self.bytes_sent += len(body)
 
     def _verified(self, receipt: Receipt, study: UploadStudy) -> Receipt:
         assert self.client is not None

@@ -1,0 +1,100 @@
+"""Fixtures for the uplink: a real reference hub, a box enrolled with it, and helpers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from afra.app import Appliance, build_appliance
+from afra.uplink.client import enrol
+from afra.uplink.identity import NodeIdentity
+from medix.hub.server import HubServer
+from tests.conftest import make_config
+from tests.dicomgen import make_ct_series
+from tests.fakes import FakeClock
+from tests.peers import storescu
+
+LOOPBACK = "127.0.0.1"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubServer]:
+    server = HubServer(tmp_path / "hub")
+    server.start()
+    yield server
+    server.stop()
+
+
+BoxFactory = Callable[..., Appliance]
+
+
+@pytest.fixture
+def enrolled_box(tmp_path: Path, clock: FakeClock) -> Iterator[BoxFactory]:
+    """Enrol a box with a hub (optionally through another URL), then build and start it."""
+    boxes: list[Appliance] = []
+
+    def factory(
+        server: HubServer, *, via: str | None = None, **sections: dict[str, object]
+    ) -> Appliance:
+        data = tmp_path / "box"
+        identity = NodeIdentity(data / "identity")
+        if not identity.enrolled:
+            enrol(
+                identity,
+                hub_url=via or server.url,
+                pairing_code=server.new_pairing_code(),
+                ca_file=Path(server.ca_pem_path),
+                node_name="afra-test",
+            )
+        hub_settings = {"retry_base": 1.0, "retry_cap": 2.0, "heartbeat_interval": 3600.0}
+        hub_settings.update(sections.pop("hub", {}))  # type: ignore[arg-type]
+        config = make_config(data, study={"stable_age": 5}, hub=hub_settings, **sections)
+        box = build_appliance(config, clock=clock)
+        box.uplink.settings = box.uplink.settings.__class__(
+            **{**box.uplink.settings.__dict__, "idle_interval": 0.05}
+        )
+        box.start()
+        boxes.append(box)
+        return box
+
+    yield factory
+    for box in boxes:
+        box.close()
+
+
+def send_study(box: Appliance, tmp_path: Path, name: str, n: int = 6, size: int = 64) -> list[Path]:
+    files = make_ct_series(tmp_path / name, n=n, rows=size, cols=size, patient_id=name)
+    storescu(LOOPBACK, box.dicom.port, files)
+    return files
+
+
+def the_study(box: Appliance, files: list[Path]) -> object:
+    uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    return next(s for s in box.index.studies() if s.study_uid == uid)
+
+
+def complete_and_deliver(box: Appliance, clock: FakeClock, files: list[Path]) -> object:
+    clock.advance(10)  # past the stable age: the completion thread marks it complete
+    wait_for(lambda: the_study(box, files).state == "delivered", what="delivery")  # type: ignore[attr-defined]
+    return the_study(box, files)
+
+
+def assert_hub_holds(hub: HubServer, box: Appliance, study: object, files: list[Path]) -> None:
+    [entry] = [s for s in hub.studies() if s["medis_code"] == study.medis_code]  # type: ignore[attr-defined]
+    for sent in files:
+        ds = dcmread(sent, stop_before_pixels=True)
+        kept = box.spool.absolute(box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID))
+        assert hub.instance_bytes(entry["upload_id"], ds.SOPInstanceUID) == kept.read_bytes()
