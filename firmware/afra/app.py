@@ -25,6 +25,7 @@ from afra.errors import InvalidInstanceError, StorageError
 from afra.store.completion import StudyCompletion
 from afra.store.index import Index
 from afra.uplink.client import HubClient
+from afra.uplink.commands import CommandChannel, apply_policy_handler
 from afra.uplink.identity import NodeIdentity
 from afra.uplink.policy import PolicyStore
 from afra.uplink.worker import Uplink, UplinkSettings
@@ -53,6 +54,7 @@ class Appliance:
     identity: NodeIdentity
     policy: PolicyStore
     uplink: Uplink
+    commands: CommandChannel | None = None
     pin_factory: Any = None
     hub: HubClient | None = None
     startup: StartupReport = field(default_factory=StartupReport)
@@ -68,6 +70,8 @@ class Appliance:
             self.dicom.start()
             self.completion.start()
             self.uplink.start()
+            if self.commands is not None:
+                self.commands.start()
             self._started = True
 
     def stop(self) -> None:
@@ -77,6 +81,8 @@ class Appliance:
             self.dicom.stop()
             self.completion.stop()
             self.uplink.stop()
+            if self.commands is not None:
+                self.commands.stop()
             self._started = False
 
     def close(self) -> None:
@@ -156,6 +162,10 @@ def build_appliance(
             heartbeat_interval=config.hub.heartbeat_interval,
         ),
     )
+    commands = None
+    if hub is not None:
+        commands = CommandChannel(hub, clock=clock, wait_s=config.hub.command_poll_s)
+        commands.register("apply_policy", apply_policy_handler(policy))
     return Appliance(
         config=config,
         clock=clock,
@@ -168,6 +178,7 @@ def build_appliance(
         identity=identity,
         policy=policy,
         uplink=uplink,
+        commands=commands,
         pin_factory=pin_factory,
         hub=hub,
     )

@@ -118,6 +118,7 @@ class HubSettings(Section):
     compression_level: int = Field(3, ge=1, le=19)
     request_timeout: Seconds = 30.0
     heartbeat_interval: Seconds = 60.0
+    command_poll_s: int = Field(25, ge=1, le=60)
     retry_base: Seconds = 5.0
     retry_cap: Seconds = 900.0
 

@@ -59,7 +59,12 @@ def enrolled_box(tmp_path: Path, clock: FakeClock) -> Iterator[BoxFactory]:
                 ca_file=Path(server.ca_pem_path),
                 node_name="afra-test",
             )
-        hub_settings = {"retry_base": 1.0, "retry_cap": 2.0, "heartbeat_interval": 3600.0}
+        hub_settings = {
+            "retry_base": 1.0,
+            "retry_cap": 2.0,
+            "heartbeat_interval": 3600.0,
+            "command_poll_s": 1,
+        }
         hub_settings.update(sections.pop("hub", {}))  # type: ignore[arg-type]
         config = make_config(data, study={"stable_age": 5}, hub=hub_settings, **sections)
         box = build_appliance(config, clock=clock)

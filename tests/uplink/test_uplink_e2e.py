@@ -6,6 +6,7 @@ fake clock, so the stable age and retry waits pass when the test says so, not by
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,36 @@ def test_box_killed_mid_upload_resumes_after_restart(hub: HubServer, tmp_path: P
             assert hub.instance_bytes(entry["upload_id"], ds.SOPInstanceUID) == kept.read_bytes()
     finally:
         index.close()
+
+
+def test_hub_commands_travel_over_the_nodes_long_poll(
+    hub: HubServer, enrolled_box: BoxFactory
+) -> None:
+    box = enrolled_box(hub)
+    assert box.commands is not None
+    node = hub.nodes()[0]["id"]
+    hub.queue_command(node, "apply_policy", {"version": 5, "retention_days": 1})
+    hub.queue_command(node, "locate", {"seconds": 60})
+    wait_for(lambda: box.policy.current.version == 5, what="the policy command")
+    results = {}
+
+    def answered() -> bool:
+        import requests
+
+        with requests.Session() as session:
+            session.trust_env = False
+            listed = session.get(
+                f"{hub.url}/admin/nodes/{node}/commands",
+                headers={"Authorization": f"Bearer {hub.admin_token}"},
+                verify=str(hub.ca_pem_path),
+                timeout=10,
+            ).json()
+        for entry in listed["commands"]:
+            results[entry["type"]] = entry
+        return len(results) == 2 and all(r["state"] in ("done", "failed") for r in results.values())
+
+    wait_for(answered, what="both results")
+    assert results["apply_policy"]["ok"] is True
+    assert results["apply_policy"]["result"] == {"version": 5}
+    assert results["locate"]["ok"] is False
+    assert "not supported" in json.dumps(results["locate"])

@@ -1,0 +1,93 @@
+"""The command channel: what the hub asks of this node, over a long poll the node opens.
+
+The hub never connects to the node (it sits behind the center's firewall). This thread keeps
+one `GET /commands?wait=N` open, hands each command to the handler registered for its type,
+and posts the result back. A type with no handler is answered with an error result, so the
+hub's user hears "not supported" instead of waiting forever. Handlers are plain functions
+(args -> result dict) and must not raise; a raised exception becomes an error result.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from afra.clock import Clock
+from afra.uplink.client import HubClient, HubError
+from afra.uplink.policy import PolicyStore
+from medix.models import Command, CommandResult, Policy
+
+LOG = logging.getLogger("afra.commands")
+
+Handler = Callable[[dict[str, object]], dict[str, object]]
+
+LONG_POLL_S = 25
+
+
+class CommandChannel:
+    def __init__(
+        self, client: HubClient, *, clock: Clock, retry_s: float = 10.0, wait_s: int = LONG_POLL_S
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self.retry_s = retry_s
+        self.wait_s = wait_s
+        self.handlers: dict[str, Handler] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def register(self, command_type: str, handler: Handler) -> None:
+        self.handlers[command_type] = handler
+
+    def handle(self, command: Command) -> CommandResult:
+        handler = self.handlers.get(command.type)
+        if handler is None:
+            return CommandResult(ok=False, error=f"{command.type!r} is not supported by this node")
+        try:
+            return CommandResult(ok=True, result=handler(dict(command.args)))
+        except (ValueError, ValidationError) as exc:
+            return CommandResult(ok=False, error=f"invalid arguments: {exc}")
+        except Exception as exc:
+            LOG.exception("command %s (%s) failed", command.id, command.type)
+            return CommandResult(ok=False, error=f"failed: {exc.__class__.__name__}: {exc}")
+
+    def poll_once(self, wait_s: int | None = None) -> int:
+        """One long poll; returns how many commands were handled."""
+        batch = self.client.commands(self.wait_s if wait_s is None else wait_s)
+        for command in batch.commands:
+            LOG.info("hub command %s: %s", command.id, command.type)
+            self.client.post_result(command.id, self.handle(command))
+        return len(batch.commands)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="hub-commands", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.wait_s + 5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except HubError as exc:
+                LOG.debug("command poll failed: %s", exc)
+                if self.clock.sleep(self.retry_s, self._stop):
+                    return
+
+
+def apply_policy_handler(policy: PolicyStore) -> Handler:
+    """`apply_policy`: the whole policy or nothing; answers the version now running."""
+
+    def handle(args: dict[str, object]) -> dict[str, object]:
+        policy.apply(Policy.model_validate(args))
+        return {"version": policy.current.version}
+
+    return handle
