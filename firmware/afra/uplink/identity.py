@@ -8,7 +8,6 @@ verified against it and nothing else) and `enrolment.json` (node id, hub URL).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -17,28 +16,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from afra.errors import AfraError
+from medix.hub.ca import write_private, write_public
 
 
 class IdentityError(AfraError, ValueError):
     """The node's identity files are missing or unusable."""
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a secret atomically with mode 0600 from the first byte."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class NodeIdentity:
@@ -60,7 +42,7 @@ class NodeIdentity:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _write_private(self.key_path, pem)
+        write_private(self.key_path, pem)
 
     def _key(self) -> ec.EllipticCurvePrivateKey:
         try:
@@ -84,10 +66,10 @@ class NodeIdentity:
         cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
         if cert.public_key() != self._key().public_key():
             raise IdentityError("the hub returned a certificate for another key")
-        _write_public(self.cert_path, cert_pem.encode("ascii"))
-        _write_public(self.ca_path, ca_pem.encode("ascii"))
+        write_public(self.cert_path, cert_pem.encode("ascii"))
+        write_public(self.ca_path, ca_pem.encode("ascii"))
         meta = {"node_id": node_id, "hub_url": hub_url.rstrip("/")}
-        _write_public(self.meta_path, json.dumps(meta, indent=2).encode("utf-8"))
+        write_public(self.meta_path, json.dumps(meta, indent=2).encode("utf-8"))
 
     @property
     def enrolled(self) -> bool:
