@@ -120,3 +120,54 @@ def test_local_copies_kept_until_receipt_and_retention(
     clock.advance(2 * 86400)
     assert box.uplink.purge_delivered() == 1
     assert not list((box.spool.root / "objects").rglob("*.dcm"))
+
+
+def test_slip_from_the_command_line(box: Appliance, clock: FakeClock, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from afra.medis.codes import format_code
+
+    receive_series(box, tmp_path, n=1)
+    clock.advance(61)
+    box.completion.run_once()
+    box.uplink.issue_codes()
+    [study] = box.index.studies()
+    assert study.medis_code is not None
+    config = tmp_path / "afra.toml"
+    config.write_text(
+        f'[box]\nname = "Tehran Imaging"\ndata_dir = "{box.spool.root}"\n'
+        '[hub]\npatient_url = "https://hub.example/patient"\n'
+    )
+    out = tmp_path / "slip.html"
+    typed = format_code(study.medis_code).lower()  # as a receptionist might type it
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "afra.cli",
+            "--config",
+            str(config),
+            "slip",
+            typed,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    html = out.read_text()
+    assert format_code(study.medis_code) in html and "<svg" in html
+    assert "https://hub.example/patient?code=" + study.medis_code in html
+    assert "Tehran Imaging" in html
+    missing = subprocess.run(
+        [sys.executable, "-m", "afra.cli", "--config", str(config), "slip", "1.2.3.4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode == 2 and "no study" in missing.stderr
