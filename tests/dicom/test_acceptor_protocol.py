@@ -148,3 +148,85 @@ def test_non_dicom_bytes_are_refused(box: Appliance, garbage: bytes, raw_peer: P
         pass
     assert reply == b"" or reply[0] == ABORT
     assert echoscu("127.0.0.1", box.dicom.port).returncode == 0
+
+
+def test_flood_from_unknown_addresses_leaves_room_for_peers(make_box: BoxFactory) -> None:
+    import socket
+
+    box = make_box(
+        dicom={
+            "allow_any_peer": False,
+            "peers": [{"ae_title": "PACS", "host": "127.0.0.1/32"}],
+            "acse_timeout": 2,
+        }
+    )
+    flood = [
+        socket.create_connection(("127.0.0.1", box.dicom.port), source_address=("127.0.0.5", 0))
+        for _ in range(20)
+    ]
+    try:
+        time.sleep(0.3)
+        closed = 0
+        for s in flood:
+            s.settimeout(0.2)
+            try:
+                if s.recv(1) == b"":
+                    closed += 1
+            except TimeoutError:
+                pass
+            except ConnectionResetError:
+                closed += 1
+        assert closed >= 12  # only a small pool of unconfigured addresses is served
+        assert echoscu("127.0.0.1", box.dicom.port, aet="PACS").returncode == 0
+    finally:
+        for s in flood:
+            s.close()
+
+
+def test_listener_survives_running_out_of_descriptors(tmp_path: Path) -> None:
+    import resource
+    import socket
+    import subprocess
+    import sys
+
+    from tests.peers import free_port
+
+    port = free_port()
+    config = tmp_path / "afra.toml"
+    config.write_text(
+        f'[box]\ndata_dir = "{tmp_path / "box"}"\n'
+        f'[dicom]\nbind = "127.0.0.1"\nport = {port}\nallow_any_peer = true\n'
+        "max_associations = 64\nacse_timeout = 3\n[storage]\nmin_free_mb = 0\n"
+    )
+    log = tmp_path / "box.log"
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+    with log.open("wb") as out:
+        box = subprocess.Popen(
+            [sys.executable, "-m", "afra.cli", "--config", str(config), "run"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=few_descriptors,
+        )
+    flood: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while b"listening" not in log.read_bytes():
+            assert time.monotonic() < deadline and box.poll() is None, log.read_text()
+            time.sleep(0.1)
+        for _ in range(60):  # more than the box has descriptors for
+            flood.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(1)
+        for s in flood:
+            s.close()
+        flood.clear()
+        time.sleep(4)  # the half-open ones time out (acse_timeout)
+        assert echoscu("127.0.0.1", port).returncode == 0
+        assert b"cannot accept a DICOM connection" in log.read_bytes()
+    finally:
+        for s in flood:
+            s.close()
+        box.terminate()
+        box.wait(timeout=30)

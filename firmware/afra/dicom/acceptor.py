@@ -18,6 +18,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,11 @@ ASSOCIATE_RQ, P_DATA, RELEASE_RQ, ABORT = 0x01, 0x04, 0x05, 0x07
 RELEASE_RP_PDU = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 MAX_ASSOCIATE_RQ = 1 << 20  # no honest A-ASSOCIATE-RQ is anywhere near this
 # The header is read from the first bytes of a data set kept in memory (docs/ARCHITECTURE.md).
-HEAD_BYTES = 64 * 1024  # no honest A-ASSOCIATE-RQ is anywhere near this
+HEAD_BYTES = 64 * 1024
+PRE_ASSOCIATION_BUFFER = 16 * 1024
+PENDING_CONNECTIONS = 16  # connections beyond max_associations still negotiating or waiting
+UNKNOWN_POOL = 8  # connections at once from addresses no peer entry covers
+ACCEPT_BACKOFF_S = 0.1  # no honest A-ASSOCIATE-RQ is anywhere near this
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 REJECT_UNKNOWN_PEER = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE not recognized
@@ -115,16 +120,28 @@ class PeerPolicy:
             ),
         )
 
+    def may_connect(self, address: str) -> bool:
+        """Whether any peer entry covers this source address (checked at TCP accept)."""
+        if self.allow_any:
+            return True
+        ip = _ip(address)
+        return ip is not None and any(ip in net for _title, net in self.peers)
+
     def allows(self, ae_title: str, address: str) -> bool:
         if self.allow_any:
             return True
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # an IPv4 sender on a dual-stack ("::") listener
-        return any(ae_title == title and ip in net for title, net in self.peers)
+        ip = _ip(address)
+        return ip is not None and any(ae_title == title and ip in net for title, net in self.peers)
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # an IPv4 sender on a dual-stack ("::") listener
+    return ip
 
 
 def _supported_contexts(requested: Iterable[PresentationContext]) -> list[PresentationContext]:
@@ -162,8 +179,10 @@ class _Association:
         self.calling_ae = ""
         self.contexts: dict[int, tuple[str, str]] = {}
         self.peer_max_pdu = 0
-        self.buffer = bytearray(self.settings.max_pdu + 6)
+        # Small until the association is accepted: an unknown peer costs almost nothing.
+        self.buffer = bytearray(PRE_ASSOCIATION_BUFFER)
         self.view = memoryview(self.buffer)
+        self.deadline: float | None = None
         self.message: _Message | None = None
         self.stored = 0
 
@@ -172,6 +191,12 @@ class _Association:
     def _recv_exact(self, view: memoryview) -> None:
         got, want = 0, len(view)
         while got < want:
+            if self.deadline is not None:
+                # The whole A-ASSOCIATE-RQ within acse_timeout, not a byte per timeout.
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("association request not received in time")
+                self.sock.settimeout(left)
             n = self.sock.recv_into(view[got:], want - got)
             if n == 0:
                 raise PeerGone("peer closed the connection")
@@ -215,8 +240,9 @@ class _Association:
         self.sock.sendall(pdu.encode())
 
     def _establish(self) -> bool:
-        self.sock.settimeout(self.settings.acse_timeout)
+        self.deadline = time.monotonic() + self.settings.acse_timeout
         pdu_type, body = self._read_pdu(MAX_ASSOCIATE_RQ)
+        self.deadline = None
         if pdu_type != ASSOCIATE_RQ:
             raise ProtocolViolation(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
         rq_pdu = A_ASSOCIATE_RQ()
@@ -263,6 +289,8 @@ class _Association:
                     str(cx.transfer_syntax[0]),
                 )
         self._accept(rq, results, ac_roles)
+        self.buffer = bytearray(self.settings.max_pdu + 6)
+        self.view = memoryview(self.buffer)
         LOG.info(
             "association accepted from AE %r at %s (%d presentation context(s))",
             self.calling_ae,
@@ -380,6 +408,9 @@ class _Association:
 
     def _open_instance(self, message: _Message, command: dimse.Command) -> None:
         _abstract, transfer_syntax = self.contexts[message.context_id]
+        if not self.server.receiver.has_room():
+            message.fd = -2  # below the floor: drain the data set, answer out-of-resources
+            return
         path = self.server.receiver.spool.new_tmp_path()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         message.fd, message.path = fd, path
@@ -395,7 +426,9 @@ class _Association:
         if message.fd < 0:
             return  # a data set nobody will store (e.g. after a write failure): drain it
         try:
-            os.write(message.fd, data)
+            view = memoryview(data)
+            while view:  # os.write may write less than asked (a full disk, a file size limit)
+                view = view[os.write(message.fd, view) :]
         except OSError as exc:
             LOG.error("cannot write a received object to %s: %s", message.path, exc)
             self._discard(message)
@@ -528,6 +561,8 @@ class Acceptor:
         self._active = 0
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
+        self._known: set[socket.socket] = set()
+        self._unknown: set[socket.socket] = set()
         self._on_stored: list[Any] = []
 
     @property
@@ -592,17 +627,47 @@ class Acceptor:
                 sock, address = self._listener.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     return
-                raise
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._connections.add(sock)
-            association = _Association(self, sock, str(address[0]))
-            threading.Thread(
-                target=self._run, args=(association,), name=f"dicom-{address[0]}", daemon=True
-            ).start()
+                # Out of descriptors or buffers: say so, wait a moment, keep serving.
+                LOG.error("cannot accept a DICOM connection: %s", exc)
+                self._stopping.wait(ACCEPT_BACKOFF_S)
+                continue
+            try:
+                self._take(sock, str(address[0]))
+            except Exception:
+                LOG.exception("could not serve a connection from %s", address[0])
+                with self._lock:
+                    self._connections.discard(sock)
+                    self._known.discard(sock)
+                    self._unknown.discard(sock)
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _take(self, sock: socket.socket, address: str) -> None:
+        # Addresses no peer entry covers still get the standard A-ASSOCIATE-RJ, but from a
+        # small pool of their own, so a flood from elsewhere cannot take the peers' places.
+        known = self.policy.may_connect(address)
+        with self._lock:
+            pool = self._known if known else self._unknown
+            limit = self.settings.max_associations + PENDING_CONNECTIONS if known else UNKNOWN_POOL
+            if len(pool) >= limit:
+                LOG.warning(
+                    "refused a DICOM connection from %s: %d connections already open from %s",
+                    address,
+                    len(pool),
+                    "configured peers" if known else "unconfigured addresses",
+                )
+                sock.close()
+                return
+            pool.add(sock)
+            self._connections.add(sock)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        association = _Association(self, sock, address)
+        threading.Thread(
+            target=self._run, args=(association,), name=f"dicom-{address}", daemon=True
+        ).start()
 
     def _run(self, association: _Association) -> None:
         try:
@@ -610,6 +675,8 @@ class Acceptor:
         finally:
             with self._lock:
                 self._connections.discard(association.sock)
+                self._known.discard(association.sock)
+                self._unknown.discard(association.sock)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting; let open associations finish for `grace` seconds, then cut them."""

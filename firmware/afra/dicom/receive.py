@@ -72,6 +72,10 @@ class Receiver:
         self._warned_full = False
         self._parse_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="header")
 
+    def has_room(self) -> bool:
+        """Whether free space is above the floor (checked again when the object is stored)."""
+        return self.spool.free_bytes() >= self.min_free_bytes
+
     def store(self, tmp: Path, request: StoreRequest) -> int:
         sender = f"{request.calling_ae!r} ({request.peer_address})"
         try:
