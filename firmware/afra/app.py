@@ -21,7 +21,7 @@ from afra.dicom.header import read_header
 from afra.dicom.receive import Receiver
 from afra.dicom.scu import PacsClient, configure_pynetdicom
 from afra.dicom.spool import Spool
-from afra.errors import InvalidInstanceError, StorageError
+from afra.errors import AfraError, InvalidInstanceError, StorageError
 from afra.store.completion import StudyCompletion
 from afra.store.index import Index
 from afra.uplink.client import HubClient
@@ -87,6 +87,7 @@ class Appliance:
 
     def close(self) -> None:
         self.stop()
+        self.uplink.close()
         if self.hub is not None:
             self.hub.close()
         self.index.close()
@@ -146,7 +147,10 @@ def build_appliance(
     pacs = PacsClient(config.pacs, config.dicom, receiver=receiver) if config.pacs else None
     identity = NodeIdentity(root / "identity")
     if hub is None and identity.enrolled:
-        hub = HubClient(identity, timeout=config.hub.request_timeout)
+        try:
+            hub = HubClient(identity, timeout=config.hub.request_timeout)
+        except AfraError as exc:  # the box still receives; uploads wait for a repair
+            LOG.error("the hub enrolment is unusable (%s); uploads are paused", exc)
     policy = PolicyStore(root / "policy.json")
     uplink = Uplink(
         index,

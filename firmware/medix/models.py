@@ -183,7 +183,9 @@ CommandType = Literal["download", "report_status", "locate", "diagnostics", "app
 
 class Command(Message):
     id: str
-    type: CommandType
+    # Plain text on the wire: a node older than its hub must still parse the batch and
+    # answer "not supported" for a type it does not know (the hub checks CommandType).
+    type: str = Field(max_length=64)
     args: dict[str, object] = {}
     issued_at: float
 

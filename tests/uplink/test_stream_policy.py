@@ -171,3 +171,75 @@ def test_slip_from_the_command_line(box: Appliance, clock: FakeClock, tmp_path: 
         check=False,
     )
     assert missing.returncode == 2 and "no study" in missing.stderr
+
+
+def complete_all(box: Appliance, clock: FakeClock) -> None:
+    clock.advance(61)
+    box.completion.run_once()
+    box.uplink.issue_codes()
+
+
+def test_part_size_is_fixed_at_first_registration(
+    box: Appliance, clock: FakeClock, tmp_path: Path
+) -> None:
+    receive_series(box, tmp_path, n=1)
+    [study] = box.index.studies()
+    assert box.index.part_size(study.id, 65536) == 65536
+    assert box.index.part_size(study.id, 2 * 1048576) == 65536  # a config change later
+
+
+def test_revisions_of_a_study_share_its_code(
+    box: Appliance, clock: FakeClock, tmp_path: Path
+) -> None:
+    files = make_ct_series(tmp_path / "rev", n=2, rows=16, cols=16)
+    for path in files:
+        tmp = box.spool.tmp_dir / path.name
+        shutil.copyfile(path, tmp)
+        ds = dcmread(path, stop_before_pixels=True)
+        box.receiver.store(
+            tmp, StoreRequest(ds.SOPClassUID, ds.SOPInstanceUID, ds.SOPClassUID, "M", "127.0.0.1")
+        )
+        complete_all(box, clock)  # each instance lands in a new revision
+    codes = {s.medis_code for s in box.index.studies()}
+    assert len(box.index.studies()) == 2 and len(codes) == 1 and None not in codes
+
+
+def test_restart_after_purge_reports_nothing_missing(
+    box: Appliance, clock: FakeClock, tmp_path: Path
+) -> None:
+    from afra.app import recover
+
+    receive_series(box, tmp_path, n=2)
+    complete_all(box, clock)
+    [study] = box.index.studies()
+    box.index.mark_delivered(study.id, "{}", clock.time())
+    clock.advance(8 * 86400)
+    assert box.uplink.purge_delivered() == 1
+    report = recover(box.spool, box.index, clock)
+    assert report.missing_files == [] and report.indexed_orphans == 0
+
+
+def test_a_copy_stored_by_another_process_is_never_replaced(box: Appliance, tmp_path: Path) -> None:
+    from tests.dicomgen import dataset_bytes_hash, make_instance
+
+    first = make_instance(
+        tmp_path / "a.dcm", sop_instance_uid="1.2.3.99", study_uid="1.2.3.98", seed=1
+    )
+    second = make_instance(
+        tmp_path / "b.dcm", sop_instance_uid="1.2.3.99", study_uid="1.2.3.98", seed=2
+    )
+    ds = dcmread(first, stop_before_pixels=True)
+    # Another process (a CLI C-GET) put its copy in place but has not indexed it yet.
+    final = box.spool.absolute(box.spool.instance_path(ds.StudyInstanceUID, "1.2.3.99"))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(first, final)
+    for path in (second, first):  # a different copy first: it must not replace theirs
+        tmp = box.spool.tmp_dir / f"rx-{path.name}"
+        shutil.copyfile(path, tmp)
+        status = box.receiver.store(
+            tmp, StoreRequest(ds.SOPClassUID, "1.2.3.99", ds.SOPClassUID, "M", "127.0.0.1")
+        )
+        assert status == 0
+    assert dataset_bytes_hash(final) == dataset_bytes_hash(first)
+    [conflict] = box.index.conflicts()
+    assert dataset_bytes_hash(box.spool.absolute(conflict.path)) == dataset_bytes_hash(second)

@@ -24,7 +24,7 @@ from afra.dicom.header import (
     parse_head,
     read_header,
 )
-from afra.dicom.spool import Spool, fsync_file
+from afra.dicom.spool import AlreadyStored, Spool, fsync_file
 from afra.errors import InvalidInstanceError, StorageError
 from afra.store.index import Index
 
@@ -144,7 +144,11 @@ class Receiver:
             if held is not None:
                 return self._duplicate(tmp, request, sender, held.path, now)
             rel = self.spool.instance_path(header.study_uid, sop_uid)
-            self.spool.commit(tmp, rel, synced=True)
+            try:
+                self.spool.commit(tmp, rel, synced=True)
+            except AlreadyStored:
+                # Another process (a C-GET from the CLI) stored it a moment ago.
+                return self._duplicate(tmp, request, sender, rel, now)
             size = self.spool.absolute(rel).stat().st_size
             added = self.index.add_instance(header, rel, size, now, request.calling_ae)
         if added.new_study_row:

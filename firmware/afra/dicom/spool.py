@@ -11,6 +11,7 @@ File names are hashes of the UIDs, never UID text, so no peer can choose a path.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import itertools
@@ -51,6 +52,10 @@ def _load_sync_file_range() -> Callable[[int, int, int], None]:
 # While an object is still arriving, its pages already travel to the disk, so the fsync that
 # makes it durable only waits for the tail (measured in docs/ARCHITECTURE.md).
 start_writeback = _load_sync_file_range()
+
+
+class AlreadyStored(FileExistsError):
+    """The object's final path is already taken (by a copy stored a moment earlier)."""
 
 
 def uid_hash(uid: str) -> str:
@@ -105,10 +110,9 @@ class Spool:
             missing.append(p)
             p = p.parent
         for d in reversed(missing):
-            try:
+            with contextlib.suppress(FileExistsError):
                 d.mkdir(mode=0o750)
-            except FileExistsError:
-                continue
+            # Also when another thread made it: its entry must be durable before we rely on it.
             fsync_dir(d.parent)
         self._known_dirs.add(path)
 
@@ -125,15 +129,25 @@ class Spool:
         return self.root / rel_path
 
     def commit(self, src: Path, rel_path: str, *, synced: bool = False) -> None:
-        """fsync the received file (unless the caller did), rename it, fsync the directory."""
+        """fsync the received file (unless the caller did), move it in, fsync the directory.
+
+        Never replaces a file already there (another process may have stored the same
+        instance a moment ago): that raises AlreadyStored and leaves `src` in place.
+        """
         dst = self.root / rel_path
         try:
             if not synced:
                 fsync_file(src)
             self.ensure_dir(dst.parent)
-            os.rename(src, dst)
+            try:
+                os.link(src, dst)  # rename(2) would silently replace; link(2) refuses
+            except FileExistsError:
+                raise AlreadyStored(rel_path) from None
             fsync_dir(dst.parent)
+            os.unlink(src)
         except OSError as exc:
+            if isinstance(exc, AlreadyStored):
+                raise
             raise StorageError(f"cannot make {rel_path} durable: {exc}") from exc
 
     def keep_conflict(self, src: Path, sop_instance_uid: str) -> str:

@@ -71,7 +71,8 @@ class StudyCompletion:
             LOG.warning("study %s: %s (waited %.0f s)", study.study_uid, reason, now - waited_since)
         else:
             reason = ""
-        if self.index.mark_complete(study.id, now, expected, reason):
+        quiet_since = now - self.settings.stable_age
+        if self.index.mark_complete(study.id, now, expected, reason, quiet_since=quiet_since):
             LOG.info(
                 "study %s revision %d complete: %d instance(s)",
                 study.study_uid,

@@ -89,7 +89,9 @@ DELIVERED = "delivered"  # the hub's receipt is stored
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "ALTER TABLE studies ADD COLUMN medis_code TEXT",
-        "CREATE UNIQUE INDEX IF NOT EXISTS studies_medis_code ON studies (medis_code)",
+        # One code per study: every revision of a study carries it, no other study may.
+        "CREATE INDEX IF NOT EXISTS studies_medis_code ON studies (medis_code)",
+        "ALTER TABLE studies ADD COLUMN part_size INTEGER",
         "ALTER TABLE studies ADD COLUMN upload_id TEXT",
         "ALTER TABLE studies ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE studies ADD COLUMN next_attempt_at REAL NOT NULL DEFAULT 0",
@@ -99,6 +101,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE studies ADD COLUMN stream_sha256 TEXT",
         "ALTER TABLE studies ADD COLUMN purged_at REAL",
         "ALTER TABLE instances ADD COLUMN sha256 TEXT",
+        "CREATE INDEX IF NOT EXISTS studies_purgeable ON studies (delivered_at) "
+        "WHERE state = 'delivered' AND purged_at IS NULL",
     ),
 }
 
@@ -142,7 +146,7 @@ FROM studies WHERE state = 'received' AND last_received_at <= ? ORDER BY last_re
 SQL_STUDY_TOTAL = "SELECT COALESCE(SUM(instance_count), 0) FROM studies WHERE study_uid = ?"
 SQL_MARK_COMPLETE = """
 UPDATE studies SET state = 'complete', completed_at = ?, expected_count = ?, state_reason = ?
-WHERE id = ? AND state = 'received'
+WHERE id = ? AND state = 'received' AND last_received_at <= ?
 """
 SQL_MARK_WAITING = """
 UPDATE studies SET waiting_since = COALESCE(waiting_since, ?), expected_count = ?,
@@ -159,16 +163,24 @@ SQL_STUDY_INSTANCES = """
 SELECT sop_instance_uid, series_uid, sop_class_uid, transfer_syntax, path, size
 FROM instances WHERE study_id = ? ORDER BY series_uid, path
 """
-SQL_ALL_PATHS = "SELECT path FROM instances"
+SQL_ALL_PATHS = """
+SELECT i.path FROM instances i JOIN studies s ON s.id = i.study_id WHERE s.purged_at IS NULL
+"""
 SQL_LIST_QUARANTINE = """
 SELECT id, path, received_at, calling_ae, peer_address, sop_class_uid, sop_instance_uid,
     status, reason
 FROM quarantine ORDER BY id DESC LIMIT ?
 """
 SQL_STUDIES_WITHOUT_CODE = """
-SELECT id FROM studies WHERE state = 'complete' AND medis_code IS NULL ORDER BY completed_at
+SELECT id, study_uid FROM studies WHERE state = 'complete' AND medis_code IS NULL
+ORDER BY completed_at
 """
 SQL_CODE_TAKEN = "SELECT 1 FROM studies WHERE medis_code = ?"
+SQL_CODE_OF_STUDY = """
+SELECT medis_code FROM studies WHERE study_uid = ? AND medis_code IS NOT NULL LIMIT 1
+"""
+SQL_GET_PART_SIZE = "SELECT part_size FROM studies WHERE id = ?"
+SQL_SET_PART_SIZE = "UPDATE studies SET part_size = ? WHERE id = ? AND part_size IS NULL"
 SQL_GET_CODE = "SELECT medis_code FROM studies WHERE id = ?"
 SQL_SET_CODE = """
 UPDATE studies SET medis_code = ?, state = 'queued' WHERE id = ? AND medis_code IS NULL
@@ -349,9 +361,10 @@ class Index:
         self._migrate()
 
     def _migrate(self) -> None:
-        row = self._db.execute(SQL_GET_META, ("schema_version",)).fetchone()
-        version = int(row[0]) if row else 1
         with self._transaction() as db:
+            # Read inside the write transaction: two processes opening at once migrate once.
+            row = db.execute(SQL_GET_META, ("schema_version",)).fetchone()
+            version = int(row[0]) if row else 1
             for target in sorted(MIGRATIONS):
                 if version < target:
                     for statement in MIGRATIONS[target]:
@@ -474,10 +487,18 @@ class Index:
             return int(self._db.execute(SQL_STUDY_TOTAL, (study_uid,)).fetchone()[0])
 
     def mark_complete(
-        self, study_id: int, now: float, expected_count: int | None, reason: str = ""
+        self,
+        study_id: int,
+        now: float,
+        expected_count: int | None,
+        reason: str = "",
+        *,
+        quiet_since: float | None = None,
     ) -> bool:
+        """Complete a revision unless an instance arrived after `quiet_since` (a late one)."""
+        quiet = now if quiet_since is None else quiet_since
         with self._transaction() as db:
-            cur = db.execute(SQL_MARK_COMPLETE, (now, expected_count, reason, study_id))
+            cur = db.execute(SQL_MARK_COMPLETE, (now, expected_count, reason, study_id, quiet))
             return cur.rowcount == 1
 
     def mark_waiting(self, study_id: int, now: float, expected_count: int, reason: str) -> None:
@@ -511,9 +532,21 @@ class Index:
 
     # -- uplink --------------------------------------------------------------------------
 
-    def studies_without_code(self) -> list[int]:
+    def studies_without_code(self) -> list[tuple[int, str]]:
         with self._lock:
-            return [int(r[0]) for r in self._db.execute(SQL_STUDIES_WITHOUT_CODE)]
+            return [(int(r[0]), str(r[1])) for r in self._db.execute(SQL_STUDIES_WITHOUT_CODE)]
+
+    def code_of_study(self, study_uid: str) -> str | None:
+        """The code an earlier revision of this study already carries."""
+        with self._lock:
+            row = self._db.execute(SQL_CODE_OF_STUDY, (study_uid,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def part_size(self, study_id: int, default: int) -> int:
+        """The study's upload part size: fixed the first time it is asked for."""
+        with self._transaction() as db:
+            db.execute(SQL_SET_PART_SIZE, (default, study_id))
+            return int(db.execute(SQL_GET_PART_SIZE, (study_id,)).fetchone()[0])
 
     def medis_code(self, study_id: int) -> str | None:
         with self._lock:
@@ -525,12 +558,9 @@ class Index:
             return self._db.execute(SQL_CODE_TAKEN, (code,)).fetchone() is not None
 
     def set_medis_code(self, study_id: int, code: str) -> bool:
-        """Give a complete study its code and queue it; False if the code is taken."""
-        try:
-            with self._transaction() as db:
-                return db.execute(SQL_SET_CODE, (code, study_id)).rowcount == 1
-        except sqlite3.IntegrityError:
-            return False
+        """Give a complete study revision its code and queue it."""
+        with self._transaction() as db:
+            return db.execute(SQL_SET_CODE, (code, study_id)).rowcount == 1
 
     def next_upload(self, now: float) -> UploadStudy | None:
         with self._lock:

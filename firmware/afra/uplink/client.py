@@ -83,12 +83,16 @@ def _send(session: requests.Session, method: str, url: str, **kwargs: Any) -> re
     try:
         response = session.request(method, url, allow_redirects=False, **kwargs)
     except requests.exceptions.SSLError as exc:
-        raise HubUntrusted(
-            f"the hub at {url.split('/medix/')[0]} did not present a certificate from the "
-            f"enrolled CA ({exc.__class__.__name__})"
-        ) from None
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
+            raise HubUntrusted(
+                f"the hub at {url.split('/medix/')[0]} did not present a certificate from "
+                "the enrolled CA"
+            ) from None
+        raise HubUnavailable(f"TLS with the hub failed: {exc}") from None
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise HubUnavailable(f"hub unreachable: {exc.__class__.__name__}") from None
+    except requests.RequestException as exc:  # a cut mid-body, a bad encoding, ...
+        raise HubUnavailable(f"hub exchange failed: {exc.__class__.__name__}") from None
     if response.status_code >= 500 or response.status_code in (408, 429):
         raise HubUnavailable(f"hub answered {response.status_code}: {_problem(response)}")
     if response.status_code >= 400:

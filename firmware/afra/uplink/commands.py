@@ -81,6 +81,10 @@ class CommandChannel:
                 LOG.debug("command poll failed: %s", exc)
                 if self.clock.sleep(self.retry_s, self._stop):
                     return
+            except Exception:
+                LOG.exception("command poll failed")
+                if self.clock.sleep(self.retry_s, self._stop):
+                    return
 
 
 def apply_policy_handler(policy: PolicyStore) -> Handler:

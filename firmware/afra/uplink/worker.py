@@ -57,6 +57,15 @@ class UplinkSettings:
     idle_interval: float = 2.0
 
 
+class Stopping(Exception):
+    """The worker was asked to stop in the middle of a delivery."""
+
+
+def _dicom_date(value: str) -> str:
+    """A DA value the protocol accepts (YYYYMMDD), or empty."""
+    return value if len(value) == 8 and value.isdigit() else ""
+
+
 class Throttle:
     """A bandwidth cap from policy: sending `n` bytes waits until the cap allows them."""
 
@@ -102,18 +111,18 @@ class Uplink:
         self.hub_reachable: bool | None = None
         self.bytes_sent = 0
         self._count_lock = threading.Lock()
+        # Long-lived senders: each keeps its own kept-alive connection to the hub.
+        self._senders = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="part")
 
     # -- codes -----------------------------------------------------------------------------
 
     def issue_codes(self) -> int:
-        """Give every complete study without a code its Medis code (no hub needed)."""
+        """Give every complete study its Medis code (no hub needed); revisions share it."""
         issued = 0
-        for study_id in self.index.studies_without_code():
-            for _ in range(5):
-                code = self.codes.issue(self.index.code_taken)
-                if self.index.set_medis_code(study_id, code):
-                    issued += 1
-                    break
+        for study_id, study_uid in self.index.studies_without_code():
+            code = self.index.code_of_study(study_uid) or self.codes.issue(self.index.code_taken)
+            if self.index.set_medis_code(study_id, code):
+                issued += 1
         return issued
 
     # -- one pass --------------------------------------------------------------------------
@@ -158,7 +167,9 @@ class Uplink:
         assert self.client is not None
         try:
             receipt = self._deliver(study)
-        except (HubError, OSError) as exc:
+        except Stopping:
+            return False  # not a failure: the box is shutting down, resume next start
+        except Exception as exc:  # every failure is recorded and backed off, none blocks the queue
             self._failed(study, exc)
             return False
         self.index.mark_delivered(study.id, receipt.model_dump_json(), self.clock.time())
@@ -179,7 +190,8 @@ class Uplink:
             hashes, stream_hash = stream.hash_files(self.spool, instances)
             self.index.set_hashes(study.id, hashes, stream_hash)
             instances = self.index.upload_instances(study.id)
-        plan = stream.plan(instances, self.settings.part_size)
+        # The part size is fixed at first registration: the hub refuses a changed one.
+        plan = stream.plan(instances, self.index.part_size(study.id, self.settings.part_size))
         registration = self.client.register(
             StudyRegistration(
                 study_uid=study.study_uid,
@@ -188,13 +200,11 @@ class Uplink:
                 patient=Patient(
                     name=study.patient_name,
                     patient_id=study.patient_id[:64],
-                    birth_date=study.patient_birth_date
-                    if len(study.patient_birth_date) == 8
-                    else "",
+                    birth_date=_dicom_date(study.patient_birth_date),
                     phone=study.patient_phone[:64],
                 ),
                 referring_physician=study.referring_physician,
-                study_date=study.study_date if len(study.study_date) == 8 else "",
+                study_date=_dicom_date(study.study_date),
                 study_description=study.study_description,
                 accession_number=study.accession_number[:64],
                 modalities=tuple(sorted({i.modality for i in instances if i.modality})),
@@ -212,11 +222,10 @@ class Uplink:
         missing = [n for n in range(plan.parts) if n not in held]
         # A few parts in flight keep the link busy while the hub stores the previous ones;
         # each is read and compressed only when a sender is free (memory stays bounded).
-        with ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="part") as senders:
-            for sent in senders.map(
-                lambda n: self._send_part(registration.upload_id, plan, n), missing
-            ):
-                del sent
+        for sent in self._senders.map(
+            lambda n: self._send_part(registration.upload_id, plan, n), missing
+        ):
+            del sent
         manifest = CommitRequest(
             instances=tuple(
                 ManifestEntry(
@@ -236,7 +245,7 @@ class Uplink:
     def _send_part(self, upload_id: str, plan: stream.StreamPlan, number: int) -> None:
         assert self.client is not None
         if self._stop.is_set():
-            raise HubUnavailable("stopping")
+            raise Stopping
         raw = stream.read_part(self.spool, plan, number)
         digest = hashlib.sha256(raw).hexdigest()
         packed = zstandard.ZstdCompressor(level=self.settings.compression_level).compress(raw)
@@ -254,8 +263,22 @@ class Uplink:
         ca_pem = self.client.identity.ca_path.read_text(encoding="ascii")
         if not verify_receipt(receipt, ca_pem):
             raise HubRefused("the hub's receipt is not signed by the enrolled CA", 502)
-        if (receipt.study_uid, receipt.revision) != (study.study_uid, study.revision):
-            raise HubRefused("the hub's receipt names another study", 502)
+        expected = (
+            study.study_uid,
+            study.revision,
+            study.medis_code,
+            self.index.stream_sha256(study.id),
+            len(self.index.upload_instances(study.id)),
+        )
+        got = (
+            receipt.study_uid,
+            receipt.revision,
+            receipt.medis_code,
+            receipt.stream_sha256,
+            receipt.instance_count,
+        )
+        if got != expected:
+            raise HubRefused("the hub's receipt does not match what the box sent", 502)
         return receipt
 
     # -- failures -------------------------------------------------------------------------
@@ -296,9 +319,10 @@ class Uplink:
         cutoff = now - self.policy.current.retention_days * 86400
         purged = 0
         for study_id in self.index.purgeable(cutoff):
+            # Marked first: a duplicate arriving meanwhile is then "already delivered".
+            self.index.mark_purged(study_id, now)
             for instance in self.index.upload_instances(study_id):
                 self.spool.absolute(instance.path).unlink(missing_ok=True)
-            self.index.mark_purged(study_id, now)
             purged += 1
         if purged:
             LOG.info("removed the local copies of %d delivered stud(ies)", purged)
@@ -316,6 +340,10 @@ class Uplink:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        self._senders.shutdown(wait=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
