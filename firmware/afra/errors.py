@@ -15,10 +15,6 @@ class StorageError(AfraError, OSError):
     """The storage root cannot take a write (not writable, I/O error)."""
 
 
-class StorageFullError(StorageError):
-    """Free space is below the configured floor; nothing more is accepted."""
-
-
 class InvalidInstanceError(AfraError, ValueError):
     """A received object cannot be stored as it is (bad header, bad UID, truncated)."""
 

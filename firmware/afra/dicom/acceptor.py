@@ -497,7 +497,6 @@ class _Association:
             message.path.unlink(missing_ok=True)  # still here only if it was not kept
         if status == 0:
             self.stored += 1
-            self.server.notify_stored()
         return status
 
     def _discard(self, message: _Message) -> None:
@@ -563,21 +562,12 @@ class Acceptor:
         self._connections: set[socket.socket] = set()
         self._known: set[socket.socket] = set()
         self._unknown: set[socket.socket] = set()
-        self._on_stored: list[Any] = []
 
     @property
     def port(self) -> int:
         if self._listener is None:
             raise RuntimeError("DICOM service is not running")
         return int(self._listener.getsockname()[1])
-
-    def on_stored(self, callback: Any) -> None:
-        """Call `callback()` after each instance is stored (front panel activity)."""
-        self._on_stored.append(callback)
-
-    def notify_stored(self) -> None:
-        for callback in self._on_stored:
-            callback()
 
     def admit(self) -> bool:
         with self._lock:

@@ -619,8 +619,3 @@ class Index:
         with self._lock:
             count, oldest, size = self._db.execute(SQL_QUEUE_STATS).fetchone()
         return int(count), (now - float(oldest)) if count and oldest else 0.0, int(size)
-
-    def get_meta(self, key: str) -> str | None:
-        with self._lock:
-            row = self._db.execute(SQL_GET_META, (key,)).fetchone()
-        return None if row is None else str(row[0])

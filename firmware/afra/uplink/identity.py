@@ -91,12 +91,3 @@ class NodeIdentity:
     @property
     def hub_url(self) -> str:
         return self._meta()["hub_url"]
-
-    def certificate_expiry(self) -> float:
-        cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
-        return cert.not_valid_after_utc.timestamp()
-
-    def forget(self) -> None:
-        """Drop the enrolment (factory reset); the key pair is regenerated on next start."""
-        for path in (self.cert_path, self.ca_path, self.meta_path, self.key_path):
-            path.unlink(missing_ok=True)

@@ -12,7 +12,6 @@ its attempts and last error; nothing is dropped.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 import threading
@@ -355,7 +354,3 @@ class Uplink:
                 busy = False
             if not busy and self.clock.sleep(self.settings.idle_interval, self._stop):
                 return
-
-
-def receipt_json(receipt: Receipt) -> str:
-    return json.dumps(receipt.model_dump(mode="json"), sort_keys=True)
