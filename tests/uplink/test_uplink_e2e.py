@@ -32,16 +32,6 @@ from tests.uplink.conftest import (
     wait_for,
 )
 
-# These tests break links on purpose (hub stopped, connection cut, impostor hub). urllib3
-# leaves a TLS socket broken mid-exchange to the garbage collector, which closes it at once
-# (refcounting) but warns; only that warning is ignored here.
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:unclosed <ssl.SSLSocket:ResourceWarning"),
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <ssl.SSLSocket:pytest.PytestUnraisableExceptionWarning"
-    ),
-]
-
 
 def test_study_reaches_the_hub_under_its_code(
     hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
