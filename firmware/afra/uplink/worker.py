@@ -215,7 +215,7 @@ class Uplink:
         )
         self._hub_up()
         if registration.receipt is not None:
-            return self._verified(registration.receipt, study)
+            return self._verified(registration.receipt, study, stream_hash, len(instances))
         self.index.set_uploading(study.id, registration.upload_id)
         held = set(registration.received_parts)
         missing = [n for n in range(plan.parts) if n not in held]
@@ -239,7 +239,8 @@ class Uplink:
             ),
             stream_sha256=stream_hash,
         )
-        return self._verified(self.client.commit(registration.upload_id, manifest), study)
+        receipt = self.client.commit(registration.upload_id, manifest)
+        return self._verified(receipt, study, stream_hash, len(instances))
 
     def _send_part(self, upload_id: str, plan: stream.StreamPlan, number: int) -> None:
         assert self.client is not None
@@ -257,7 +258,9 @@ class Uplink:
         with self._count_lock:
             self.bytes_sent += len(body)
 
-    def _verified(self, receipt: Receipt, study: UploadStudy) -> Receipt:
+    def _verified(
+        self, receipt: Receipt, study: UploadStudy, stream_hash: str, instance_count: int
+    ) -> Receipt:
         assert self.client is not None
         ca_pem = self.client.identity.ca_path.read_text(encoding="ascii")
         if not verify_receipt(receipt, ca_pem):
@@ -266,8 +269,8 @@ class Uplink:
             study.study_uid,
             study.revision,
             study.medis_code,
-            self.index.stream_sha256(study.id),
-            len(self.index.upload_instances(study.id)),
+            stream_hash,
+            instance_count,
         )
         got = (
             receipt.study_uid,
