@@ -7,11 +7,14 @@ document in docs/medix-openapi.json is generated from these models (medix.openap
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 from enum import IntEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PROTOCOL_VERSION = "1"
 API_PREFIX = "/medix/v1"
@@ -86,6 +89,18 @@ class EnrolResponse(Message):
     certificate_pem: str
     ca_pem: str
     policy: Policy
+    webhook_key: str = Field(
+        "",
+        max_length=128,
+        description="base64 HMAC-SHA256 key: the node signs download progress with it "
+        "(X-Medix-Signature); empty from a hub that does not verify",
+    )
+    node_api_token: str = Field(
+        "",
+        max_length=128,
+        description="bearer token the hub presents to the node-side HTTP API "
+        "(/api/study/...); the node keeps only its hash",
+    )
 
 
 class QueueStats(Message):
@@ -175,6 +190,46 @@ class CommitRequest(Message):
     stream_sha256: Sha256
 
 
+# -- files (a prepared download, node -> hub) ---------------------------------------------
+
+FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class FileRegistration(Message):
+    """A file the node prepared for a hub user (a study zip), about to be uploaded in parts.
+
+    The size is not known yet: the node streams the zip while it is still being written.
+    Every part but the last is exactly `part_size` bytes.
+    """
+
+    job_id: JobId = Field(description="the node's download job; one file per (node, job_id)")
+    name: FileName
+    media_type: Literal["application/zip"] = "application/zip"
+    part_size: int = Field(ge=65536, le=8 * 1048576)
+
+
+class FileSaved(Message):
+    file_id: str
+    url: str = Field(description="where the hub's user downloads the file (the webhook's File)")
+    size: int
+    sha256: Sha256
+    saved_at: float
+
+
+class FileUpload(Message):
+    file_id: str
+    state: Literal["open", "saved"]
+    received_parts: tuple[int, ...] = ()
+    saved: FileSaved | None = None
+
+
+class FileCommit(Message):
+    size: int = Field(ge=1)
+    sha256: Sha256
+    parts: int = Field(ge=1)
+
+
 # -- commands (hub -> node, over the node's long poll) ---------------------------------
 
 
@@ -212,9 +267,22 @@ class WebhookHeaders(Message):
 
 
 class DownloadRequest(Message):
-    StudyInstanceUID: Uid | tuple[Uid, ...]
+    """The seed's request. `StudyInstanceUID` may also be a list (one merged zip); the
+    extension `PatientID` asks for all of a patient's studies instead (then the UID is
+    omitted)."""
+
+    StudyInstanceUID: Uid | tuple[Uid, ...] | None = None
+    PatientID: str | None = Field(None, min_length=1, max_length=64)
     WebhookUri: str = Field(max_length=2048)
     WebhookHeaders: WebhookHeaders
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> DownloadRequest:
+        if (self.StudyInstanceUID is None) == (self.PatientID is None):
+            raise ValueError("give either StudyInstanceUID (one or a list) or PatientID")
+        if isinstance(self.StudyInstanceUID, tuple) and not 1 <= len(self.StudyInstanceUID) <= 50:
+            raise ValueError("a list of StudyInstanceUID holds 1 to 50 UIDs")
+        return self
 
     @field_validator("WebhookUri")
     @classmethod
@@ -227,6 +295,7 @@ class DownloadRequest(Message):
 class DownloadAccepted(Message):
     job_id: str
     joined: bool = Field(description="true when an identical running job was joined")
+    Status: str = Field("0", description="the job's latest status so far (seed numbering)")
 
 
 class WebhookProgress(Message):
@@ -260,3 +329,17 @@ class Problem(Message):
     title: str
     detail: str = ""
     status: int
+
+
+# -- webhook signature (an extension the hub may verify) ------------------------------------
+
+SIGNATURE_HEADER = "X-Medix-Signature"
+TIMESTAMP_HEADER = "X-Medix-Timestamp"
+NODE_HEADER = "X-Medix-Node"
+
+
+def webhook_signature(key_b64: str, timestamp: str, body: bytes) -> str:
+    """`sha256=<hex>`: HMAC-SHA256 with the enrolment's webhook key over `timestamp.body`."""
+    key = base64.b64decode(key_b64)
+    digest = hmac.new(key, timestamp.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"

@@ -35,6 +35,10 @@ MODELS: tuple[type[BaseModel], ...] = (
     models.PartAck,
     models.CommitRequest,
     models.Receipt,
+    models.FileRegistration,
+    models.FileUpload,
+    models.FileCommit,
+    models.FileSaved,
     models.CommandBatch,
     models.CommandResult,
     models.DownloadRequest,
@@ -69,6 +73,62 @@ marked delivered; one without a result after 5 minutes is delivered again (recog
 by `id`). Command types and their `args`: `download` -> DownloadRequest, `report_status` ->
 ReportStatusRequest, `locate` -> `{"seconds": n}`, `diagnostics` -> `{}`, `apply_policy` ->
 Policy."""
+
+
+PART_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/octet-stream": {
+            "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
+        }
+    },
+}
+
+
+def _part_headers() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "Content-Encoding",
+            "in": "header",
+            "required": False,
+            "description": "identity when absent",
+            "schema": {"type": "string", "enum": ["zstd", "identity"]},
+        },
+        {
+            "name": "X-Medix-Part-SHA256",
+            "in": "header",
+            "required": True,
+            "description": "SHA-256 (hex) of the uncompressed part",
+            "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        },
+    ]
+
+
+def _signature_headers() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": models.NODE_HEADER,
+            "in": "header",
+            "required": False,
+            "description": "the signing node's id (from enrolment)",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": models.TIMESTAMP_HEADER,
+            "in": "header",
+            "required": False,
+            "description": "Unix seconds when signed; accepted within 300 s of the hub's clock",
+            "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+        },
+        {
+            "name": models.SIGNATURE_HEADER,
+            "in": "header",
+            "required": False,
+            "description": "`sha256=` + hex HMAC-SHA256, keyed with EnrolResponse.webhook_key "
+            "(base64-decoded), over the timestamp, a dot and the body as sent",
+            "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"},
+        },
+    ]
 
 
 class _Builder:
@@ -208,32 +268,9 @@ def _node_to_hub(b: _Builder) -> dict[str, Any]:
                 "parameters": [
                     upload_id,
                     _path_param("n", "part number, from 0", {"type": "integer", "minimum": 0}),
-                    {
-                        "name": "Content-Encoding",
-                        "in": "header",
-                        "required": False,
-                        "description": "identity when absent",
-                        "schema": {"type": "string", "enum": ["zstd", "identity"]},
-                    },
-                    {
-                        "name": "X-Medix-Part-SHA256",
-                        "in": "header",
-                        "required": True,
-                        "description": "SHA-256 (hex) of the uncompressed part",
-                        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                    },
+                    *_part_headers(),
                 ],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/octet-stream": {
-                            "schema": {
-                                "type": "string",
-                                "contentMediaType": "application/octet-stream",
-                            }
-                        }
-                    },
-                },
+                "requestBody": PART_BODY,
                 "responses": {
                     "200": b.json_response(models.PartAck, "held"),
                     **_errors(*NODE_ERRORS, 404, 409),
@@ -259,6 +296,7 @@ def _node_to_hub(b: _Builder) -> dict[str, Any]:
                 },
             }
         },
+        **_files(b),
         f"{prefix}/commands": {
             "get": {
                 "operationId": "pollCommands",
@@ -294,6 +332,88 @@ def _node_to_hub(b: _Builder) -> dict[str, Any]:
     }
 
 
+def _files(b: _Builder) -> dict[str, Any]:
+    prefix = models.API_PREFIX
+    file_id = _path_param("file_id", "from the registration")
+    tags = ["node to hub"]
+    return {
+        f"{prefix}/files": {
+            "post": {
+                "operationId": "registerFile",
+                "tags": tags,
+                "summary": "Register a file prepared for a hub user (a study zip; idempotent)",
+                "description": "Key: (node, job_id). The same body again returns the same "
+                "file (200); a different name, media type or part size under the same job is "
+                "409. The size is given only at commit.",
+                "security": MTLS,
+                "requestBody": b.json_body(models.FileRegistration),
+                "responses": {
+                    "201": b.json_response(
+                        models.FileUpload,
+                        "registered",
+                        {"Location": {"schema": {"type": "string"}}},
+                    ),
+                    "200": b.json_response(models.FileUpload, "already registered"),
+                    **_errors(*NODE_ERRORS, 409),
+                },
+            }
+        },
+        f"{prefix}/files/{{file_id}}": {
+            "get": {
+                "operationId": "getFile",
+                "tags": tags,
+                "summary": "Which parts the hub holds, or the saved file",
+                "security": MTLS,
+                "parameters": [file_id],
+                "responses": {
+                    "200": b.json_response(models.FileUpload, "the file"),
+                    **_errors(401, 404),
+                },
+            }
+        },
+        f"{prefix}/files/{{file_id}}/parts/{{n}}": {
+            "put": {
+                "operationId": "putFilePart",
+                "tags": tags,
+                "summary": "Send part n of the file (re-sending is harmless)",
+                "description": "At most part_size bytes uncompressed (422 beyond, without "
+                "inflating further); a hash mismatch is 422; 409 once the file is saved. "
+                "Part sizes are checked at commit.",
+                "security": MTLS,
+                "parameters": [
+                    file_id,
+                    _path_param("n", "part number, from 0", {"type": "integer", "minimum": 0}),
+                    *_part_headers(),
+                ],
+                "requestBody": PART_BODY,
+                "responses": {
+                    "200": b.json_response(models.PartAck, "held"),
+                    **_errors(*NODE_ERRORS, 404, 409),
+                },
+            }
+        },
+        f"{prefix}/files/{{file_id}}/commit": {
+            "post": {
+                "operationId": "commitFile",
+                "tags": tags,
+                "summary": "Assemble parts 0..parts-1 and keep the file; answer where it is",
+                "description": "409 while parts are missing (detail lists them); 422 when "
+                "parts is not ceil(size / part_size), a part but the last is not part_size "
+                "bytes, the parts do not add up to size, or the assembled file's SHA-256 "
+                "differs. Repeating the commit returns the same FileSaved; a different commit "
+                "of a saved file is 409.",
+                "security": MTLS,
+                "parameters": [file_id],
+                "requestBody": b.json_body(models.FileCommit),
+                "responses": {
+                    "200": b.json_response(models.FileSaved, "saved"),
+                    **_errors(*NODE_ERRORS, 404, 409),
+                },
+            }
+        },
+    }
+
+
 def _node_side(b: _Builder) -> dict[str, Any]:
     servers = [
         {
@@ -323,13 +443,15 @@ def _node_side(b: _Builder) -> dict[str, Any]:
                 "(or ExportFailed) -> CompressStarted -> CompressFinished -> ExportCompleted -> "
                 "DownloadStarted (or DownloadFailed) -> DownloadSaved; MergeStarted / "
                 "MergeCompleted / MergeFailed when several studies are asked for together. "
-                "`Status` is the DownloadStatus number as a string. Authentication is the "
-                "node's (docs/medix.md, issue 4).",
+                "`Status` is the DownloadStatus number as a string. Authentication: "
+                "`Authorization: Bearer <node_api_token>` from enrolment; TLS with the node's "
+                "certificate (DNS name = node id). Progress posts carry X-Medix-Node, "
+                "X-Medix-Timestamp and X-Medix-Signature when the hub gave a webhook key.",
                 "requestBody": b.json_body(models.DownloadRequest),
                 "callbacks": {"progress": progress},
                 "responses": {
                     "202": b.json_response(models.DownloadAccepted, "accepted"),
-                    **_errors(400, 422),
+                    **_errors(400, 401, 422),
                 },
             },
         },
@@ -342,7 +464,25 @@ def _node_side(b: _Builder) -> dict[str, Any]:
                 "requestBody": b.json_body(models.ReportStatusRequest),
                 "responses": {
                     "200": b.json_response(models.ReportStatusResponse, "per study"),
-                    **_errors(400, 422),
+                    **_errors(400, 401, 422),
+                },
+            },
+        },
+        "/api/jobs/{job_id}": {
+            "servers": servers,
+            "get": {
+                "operationId": "downloadJob",
+                "tags": tags,
+                "summary": "A download job and its timeline (status, name, time, detail)",
+                "parameters": [
+                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the job",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **_errors(401, 404),
                 },
             },
         },
@@ -357,11 +497,65 @@ def _hub_pages(b: _Builder) -> dict[str, Any]:
                 "operationId": "webhookProgress",
                 "tags": ["webhook"],
                 "summary": "Record a node's download progress (seed format)",
-                "parameters": [_path_param("vendor", "the PACS vendor's name in the hub")],
+                "description": "Unsigned posts are recorded as unverified. A signed post "
+                "(all three X-Medix headers) must verify, else 401 and nothing is recorded. "
+                "While fail-next is armed the post is recorded as a failed attempt and answered "
+                "with the injected status.",
+                "parameters": [
+                    _path_param("vendor", "the PACS vendor's name in the hub"),
+                    *_signature_headers(),
+                ],
                 "requestBody": b.json_body(models.WebhookProgress),
                 "responses": {
                     "204": {"description": "recorded with its headers and time"},
-                    **_errors(400, 404, 413, 415, 422),
+                    **_errors(400, 401, 404, 413, 415, 422),
+                    "5XX": {
+                        "description": "a failure injected by /admin/webhooks/fail-next",
+                        "content": {PROBLEM: {"schema": {"$ref": REF.format(model="Problem")}}},
+                    },
+                },
+            }
+        },
+        "/webhook/v1/redirect": {
+            "post": {
+                "operationId": "webhookRedirect",
+                "tags": ["webhook"],
+                "summary": "Test target: redirects to the cloud metadata address",
+                "description": "Answers 302 to http://169.254.169.254/latest/meta-data/ (also "
+                "for GET and PUT); a node must not follow it.",
+                "responses": {
+                    "302": {
+                        "description": "redirect, never to be followed",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/files/{file_id}/{name}": {
+            "get": {
+                "operationId": "downloadFile",
+                "tags": tags,
+                "summary": "A file a node prepared (FileSaved.url; the webhook's File)",
+                "description": "A capability URL: the file id is 192 random bits; no other "
+                "credential is asked for.",
+                "parameters": [
+                    _path_param("file_id", "FileSaved.file_id"),
+                    _path_param("name", "FileRegistration.name"),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the file, as an attachment",
+                        "content": {
+                            "application/zip": {
+                                "schema": {
+                                    "type": "string",
+                                    "contentMediaType": "application/zip",
+                                }
+                            }
+                        },
+                    },
+                    "404": _html("no such file"),
+                    "410": _html("the hub no longer holds it"),
                 },
             }
         },
@@ -554,8 +748,24 @@ def _admin(b: _Builder) -> dict[str, Any]:
         "/admin/webhooks": {
             "get": op(
                 "listWebhooks",
-                "The webhook log",
+                "The webhook log (with signature verdicts and failed attempts)",
                 ("200", b.json_response(schemas.WebhookList, "")),
+            )
+        },
+        "/admin/webhooks/fail-next": {
+            "post": op(
+                "failNextWebhooks",
+                "Fault injection: answer the next `count` webhook posts with `status`",
+                ("200", b.json_response(schemas.WebhookFailNext, "armed (count 0: disarmed)")),
+                body=schemas.WebhookFailNext,
+                errors=(400, 413, 415, 422),
+            )
+        },
+        "/admin/files": {
+            "get": op(
+                "listFiles",
+                "Files nodes registered for the hub's users, open and saved",
+                ("200", b.json_response(schemas.FileList, "")),
             )
         },
     }

@@ -78,7 +78,7 @@ def test_ca_is_reused_and_server_cert_follows_the_names(tmp_path: Path) -> None:
     assert renamed.server_cert_path.read_bytes() != server_pem
 
 
-def test_sign_csr_makes_a_one_year_client_certificate(tmp_path: Path) -> None:
+def test_sign_csr_makes_a_one_year_node_certificate(tmp_path: Path) -> None:
     ca = HubCA(tmp_path / "ca")
     key = node_key("whatever-the-node-asks")
     pem = ca.sign_csr(key.csr_pem, "node-abc")
@@ -86,7 +86,10 @@ def test_sign_csr_makes_a_one_year_client_certificate(tmp_path: Path) -> None:
     cert.verify_directly_issued_by(load(ca.ca_cert_path))
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "node-abc"
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    # A client certificate, and the server certificate of the node's own API, named by id.
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["node-abc"]
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert dt.timedelta(days=365) <= lifetime <= dt.timedelta(days=366)

@@ -1,9 +1,11 @@
 """The reference hub as a Flask application: `create_hub()` and its blueprints.
 
 `node_api` (everything under /medix/v1, docs/medix.md), `admin` (bearer token), `patient`
-(the Medis code page and study downloads), `inbox` (a referring physician's studies) and
-`webhook` (download progress from nodes). Routes parse and answer; the rules live in
-medix.hub.core. Errors are `application/problem+json`, except on the HTML pages.
+(the Medis code page and study downloads), `inbox` (a referring physician's studies),
+`files` (files nodes prepared for the hub's users, by capability URL), `webhook` (download
+progress from nodes) and `webhook_tools` (a redirect trap for tests). Routes parse and
+answer; the rules live in medix.hub.core. Errors are `application/problem+json`, except on
+the HTML pages.
 
 A node is identified by the client certificate cheroot verified and put in
 `request.environ["SSL_CLIENT_CERT"]` (PEM), looked up by its SHA-256 fingerprint.
@@ -37,6 +39,8 @@ from medix.models import (
     CommandResult,
     CommitRequest,
     EnrolRequest,
+    FileCommit,
+    FileRegistration,
     Heartbeat,
     Policy,
     Problem,
@@ -53,7 +57,9 @@ MAX_PART_SIZE = 8 * 1048576  # StudyRegistration.part_size's upper bound
 MAX_WEBHOOK_BYTES = 64 * 1024
 READ_CHUNK = 64 * 1024
 VENDOR_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-HTML_PREFIXES = ("/patient", "/inbox", "/download")
+HTML_PREFIXES = ("/patient", "/inbox", "/download", "/files/")
+# Where /webhook/v1/redirect points: the cloud metadata address a webhook must never reach.
+REDIRECT_TARGET = "http://169.254.169.254/latest/meta-data/"
 HTML_SECURITY_HEADERS = {
     # Everything a page needs is inline CSS and same-origin links and forms.
     "Content-Security-Policy": (
@@ -72,6 +78,8 @@ admin = Blueprint("admin", __name__, url_prefix="/admin")
 patient = Blueprint("patient", __name__)
 inbox = Blueprint("inbox", __name__, url_prefix="/inbox")
 webhook = Blueprint("webhook", __name__, url_prefix="/webhook/v1/pacs")
+webhook_tools = Blueprint("webhook_tools", __name__, url_prefix="/webhook/v1")
+files = Blueprint("files", __name__, url_prefix="/files")
 
 
 def hub_of(app: Flask) -> Hub:
@@ -110,12 +118,20 @@ def _read_body(limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _body(model: type[M], limit: int | None = None) -> M:
-    """The JSON body parsed as `model`: 415 not JSON, 400 malformed, 422 invalid, 413 big."""
+def _json_bytes(limit: int | None = None) -> bytes:
+    """The raw JSON body: 415 when the Content-Type is not JSON, 413 when too big."""
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise HubError(415, "JSON expected", f"Content-Type is {mimetype}")
-    data = _read_body(limit or _hub().config.max_json_bytes)
+    return _read_body(limit or _hub().config.max_json_bytes)
+
+
+def _body(model: type[M], limit: int | None = None) -> M:
+    """The JSON body parsed as `model`: 415 not JSON, 400 malformed, 422 invalid, 413 big."""
+    return _parse(model, _json_bytes(limit))
+
+
+def _parse(model: type[M], data: bytes) -> M:
     try:
         return model.model_validate_json(data)
     except ValidationError as exc:
@@ -221,6 +237,36 @@ def commit(upload_id: str) -> Response:
     return _json(_hub().commit(g.node, upload_id, _body(CommitRequest)))
 
 
+@node_api.post("/files")
+def register_file() -> Response:
+    upload, created = _hub().register_file(g.node, _body(FileRegistration))
+    location = f"{API_PREFIX}/files/{upload.file_id}"
+    return _json(upload, 201 if created else 200, {"Location": location})
+
+
+@node_api.get("/files/<file_id>")
+def file_state(file_id: str) -> Response:
+    return _json(_hub().file_state(g.node, file_id))
+
+
+@node_api.put("/files/<file_id>/parts/<int:n>")
+def put_file_part(file_id: str, n: int) -> Response:
+    ack = _hub().put_file_part(
+        g.node,
+        file_id,
+        n,
+        _read_body,
+        request.headers.get("Content-Encoding", "identity"),
+        request.headers.get("X-Medix-Part-SHA256", ""),
+    )
+    return _json(ack)
+
+
+@node_api.post("/files/<file_id>/commit")
+def commit_file(file_id: str) -> Response:
+    return _json(_hub().commit_file(g.node, file_id, _body(FileCommit)))
+
+
 @node_api.get("/commands")
 def poll_commands() -> Response:
     text = request.args.get("wait", "0")
@@ -309,6 +355,17 @@ def list_webhooks() -> Response:
     return _json(_hub().webhooks())
 
 
+@admin.post("/webhooks/fail-next")
+def fail_next_webhooks() -> Response:
+    order = _body(schemas.WebhookFailNext)
+    return _json(_hub().fail_webhooks(order.count, order.status))
+
+
+@admin.get("/files")
+def list_files() -> Response:
+    return _json(_hub().files())
+
+
 # -- patient, inbox, webhook -----------------------------------------------------------------
 
 
@@ -357,13 +414,32 @@ def physician_inbox(physician: str) -> Response:
     )
 
 
+@files.get("/<file_id>/<name>")
+def saved_file(file_id: str, name: str) -> Response:
+    path, media_type = _hub().saved_file(file_id, name)
+    response = send_file(
+        path, mimetype=media_type, as_attachment=True, download_name=name, conditional=True
+    )
+    # The URL is the capability: keep it (and the file) out of shared caches and referrers.
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
 @webhook.post("/<vendor>")
 def webhook_progress(vendor: str) -> Response:
     if not VENDOR_PATTERN.match(vendor):
         raise HubError(404, "No such vendor", "vendor names are letters, digits, . _ -")
-    progress = _body(WebhookProgress, MAX_WEBHOOK_BYTES)
-    _hub().record_webhook(vendor, progress, dict(request.headers), _address())
+    # The signature covers the bytes as sent: keep them beside the parsed body.
+    data = _json_bytes(MAX_WEBHOOK_BYTES)
+    progress = _parse(WebhookProgress, data)
+    _hub().record_webhook(vendor, progress, dict(request.headers), _address(), data)
     return _no_content()
+
+
+@webhook_tools.route("/redirect", methods=["GET", "POST", "PUT"])
+def webhook_redirect() -> Response:
+    """A webhook target that redirects to the metadata address: a node must not follow."""
+    return Response(status=302, headers={"Location": REDIRECT_TARGET})
 
 
 # -- the application -------------------------------------------------------------------------
@@ -397,7 +473,7 @@ def create_hub(config: HubConfig | None = None, *, clock: Clock | None = None) -
     # Bodies are bounded per route (_read_body); this is only the outer fence.
     app.config["MAX_CONTENT_LENGTH"] = max(config.max_json_bytes, compressed_limit(MAX_PART_SIZE))
     app.extensions[EXTENSION] = hub
-    for blueprint in (node_api, admin, patient, inbox, webhook):
+    for blueprint in (node_api, admin, patient, inbox, files, webhook, webhook_tools):
         app.register_blueprint(blueprint)
 
     @app.get("/")

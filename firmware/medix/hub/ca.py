@@ -213,7 +213,7 @@ class HubCA:
         subject: x509.Name,
         public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
         validity: dt.timedelta,
-        usage: x509.ObjectIdentifier,
+        usage: x509.ObjectIdentifier | list[x509.ObjectIdentifier],
         names: list[x509.GeneralName] | None = None,
     ) -> x509.Certificate:
         now = _now()
@@ -242,7 +242,10 @@ class HubCA:
                 ),
                 critical=True,
             )
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage(usage if isinstance(usage, list) else [usage]),
+                critical=False,
+            )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski.value),
@@ -289,7 +292,9 @@ class HubCA:
     # -- nodes and receipts ----------------------------------------------------------------
 
     def sign_csr(self, csr_pem: str, node_id: str) -> str:
-        """A one-year client certificate (CN=node_id) for the key in a CSR whose signature holds.
+        """A one-year certificate (CN and DNS name = node_id) for the key in a CSR whose
+        signature holds: the node's client certificate, and the server certificate of its own
+        HTTP API (the hub verifies that against its CA and the node id, not an address).
 
         The subject the node asked for is ignored: the hub names its nodes.
         """
@@ -298,7 +303,13 @@ class HubCA:
         public_key = csr.public_key()
         if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
             raise CSRError("only EC (P-256) and RSA keys are accepted")
-        cert = self._issue(subject, public_key, NODE_VALIDITY, ExtendedKeyUsageOID.CLIENT_AUTH)
+        cert = self._issue(
+            subject,
+            public_key,
+            NODE_VALIDITY,
+            [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
+            [x509.DNSName(node_id)],
+        )
         return cert.public_bytes(serialization.Encoding.PEM).decode()
 
     @staticmethod

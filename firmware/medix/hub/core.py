@@ -1,5 +1,6 @@
-"""The hub's behaviour, without HTTP: enrolment, heartbeats, uploads and receipts, commands,
-the patient and physician views, the webhook log and policy.
+"""The hub's behaviour, without HTTP: enrolment, heartbeats, uploads and receipts, files
+nodes prepare for the hub's users, commands, the patient and physician views, the webhook log
+(with signature checks and fault injection) and policy.
 
 `Hub` owns the store, the CA and the long-poll condition; the Flask layer (medix.hub.app)
 parses requests, calls one method and renders the answer. Every refusal is a `HubError`
@@ -9,13 +10,16 @@ direct helpers.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import io
+import itertools
 import json
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -36,7 +40,9 @@ from medix.hub import schemas
 from medix.hub.ca import CSRError, HubCA, fingerprint, receipt_fields, write_private
 from medix.hub.store import (
     COMMITTED,
+    SAVED,
     CommandRow,
+    FileRow,
     HubStore,
     InstanceRow,
     NodeRow,
@@ -46,6 +52,9 @@ from medix.hub.store import (
     write_atomic,
 )
 from medix.models import (
+    NODE_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     Command,
     CommandBatch,
     CommandResult,
@@ -54,6 +63,10 @@ from medix.models import (
     DownloadStatus,
     EnrolRequest,
     EnrolResponse,
+    FileCommit,
+    FileRegistration,
+    FileSaved,
+    FileUpload,
     Heartbeat,
     HeartbeatResponse,
     PartAck,
@@ -64,6 +77,7 @@ from medix.models import (
     ReportStatusRequest,
     StudyRegistration,
     WebhookProgress,
+    webhook_signature,
 )
 
 log = logging.getLogger(__name__)
@@ -93,6 +107,15 @@ _SEPARATORS = frozenset(" \t\r\n\u00a0-.\u2010\u2011\u2012\u2013\u2014\u2212_/")
 _ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 PAIRING_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 PAIRING_LENGTH = 12
+WEBHOOK_KEY_BYTES = 32
+API_TOKEN_BYTES = 32
+# A signed webhook post is accepted this far from the hub's clock, either way: enough for
+# clock skew and retries in flight, short enough that a captured post soon goes stale.
+WEBHOOK_MAX_SKEW_S = 300
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+# A file id is the capability in the hub user's download URL: 192 random bits.
+FILE_ID_BYTES = 24
+MISSING_SHOWN = 100
 
 
 class Clock(Protocol):
@@ -236,6 +259,55 @@ def decode_part(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
+def receive_part(
+    n: int,
+    read_body: Callable[[int], bytes],
+    encoding: str,
+    sha256_header: str,
+    part_size: int,
+    too_large_status: int = 413,
+) -> tuple[bytes, str]:
+    """Part `n` of an upload (study or file), uncompressed and checked against its claimed hash:
+    (bytes, sha256 hex). 400 without a usable hash header, 415 for an unknown encoding (both
+    before the body is read), `too_large_status` when it inflates beyond `part_size`, 422 when
+    the hash differs."""
+    claimed = sha256_header.strip().lower()
+    if len(claimed) != 64 or any(c not in "0123456789abcdef" for c in claimed):
+        raise HubError(400, "Missing part hash", "X-Medix-Part-SHA256 must be 64 hex digits")
+    encoding = (encoding or "identity").strip().lower()
+    if encoding not in ENCODINGS:
+        # Refused before the body is read: there is nothing useful to do with it.
+        raise _unsupported_encoding(encoding)
+    body = read_body(compressed_limit(part_size))
+    try:
+        data = decode_part(body, encoding, part_size)
+    except HubError as exc:
+        if exc.status != 413 or too_large_status == 413:
+            raise
+        raise HubError(too_large_status, exc.title, exc.detail) from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != claimed:
+        raise HubError(422, "Part hash mismatch", f"part {n} hashes to {digest}, not {claimed}")
+    return data, digest
+
+
+def _missing_detail(held: set[int], parts: int) -> str:
+    """`missing parts: 2, 3` (the first MISSING_SHOWN, then how many more)."""
+    missing_count = parts - sum(1 for n in held if n < parts)
+    missing = itertools.islice((n for n in range(parts) if n not in held), MISSING_SHOWN)
+    shown = ", ".join(str(n) for n in missing)
+    more = f" and {missing_count - MISSING_SHOWN} more" if missing_count > MISSING_SHOWN else ""
+    return f"missing parts: {shown}{more}"
+
+
+def _header(headers: dict[str, str], name: str) -> str:
+    lowered = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lowered:
+            return value.strip()
+    return ""
+
+
 class Hub:
     """One reference hub's state and rules; thread-safe; `close()` when done."""
 
@@ -255,6 +327,10 @@ class Hub:
         self._commands = threading.Condition()
         self._closing = threading.Event()
         self._upload_locks = tuple(threading.Lock() for _ in range(UPLOAD_LOCK_STRIPES))
+        # Webhook fault injection (admin fail-next): how many posts still fail, and how.
+        self._faults_lock = threading.Lock()
+        self._fail_count = 0
+        self._fail_status = 503
         if self.store.latest_policy() is None:
             self.store.add_policy(0, Policy(version=0).model_dump_json(), self.clock.time())
 
@@ -329,6 +405,8 @@ class Hub:
                 403, "Pairing code refused", "the code is wrong, expired or already used"
             )
         certificate_pem = self.ca.sign_csr(request.csr_pem, node_id)
+        webhook_key = base64.b64encode(secrets.token_bytes(WEBHOOK_KEY_BYTES)).decode("ascii")
+        api_token = secrets.token_urlsafe(API_TOKEN_BYTES)
         self.store.add_node(
             node_id,
             request.node_name,
@@ -337,6 +415,8 @@ class Hub:
             request.software_version,
             address,
             now,
+            webhook_key=webhook_key,
+            api_token=api_token,
         )
         log.info("enrolled %s (%s) from %s", node_id, request.node_name, address)
         return EnrolResponse(
@@ -344,7 +424,18 @@ class Hub:
             certificate_pem=certificate_pem,
             ca_pem=self.ca.ca_pem,
             policy=self.policy(),
+            webhook_key=webhook_key,
+            node_api_token=api_token,
         )
+
+    def node_api_token(self, node_id: str) -> str:
+        """The bearer token the hub presents to `node_id`'s HTTP API (404 when it has none)."""
+        node = self.store.node(node_id)
+        if node is None:
+            raise HubError(404, "No such node", node_id)
+        if not node.api_token:
+            raise HubError(404, "No API token", f"{node_id} was enrolled before tokens existed")
+        return node.api_token
 
     def node_for_certificate(self, certificate_pem: str | None) -> NodeRow:
         """The enrolled, unrevoked node a client certificate names; 401 otherwise."""
@@ -463,18 +554,7 @@ class Hub:
         reg = StudyRegistration.model_validate_json(upload.registration_json)
         if not 0 <= n < reg.parts:
             raise HubError(422, "No such part", f"parts are numbered 0..{reg.parts - 1}")
-        claimed = sha256_header.strip().lower()
-        if len(claimed) != 64 or any(c not in "0123456789abcdef" for c in claimed):
-            raise HubError(400, "Missing part hash", "X-Medix-Part-SHA256 must be 64 hex digits")
-        encoding = (encoding or "identity").strip().lower()
-        if encoding not in ENCODINGS:
-            # Refused before the body is read: there is nothing useful to do with it.
-            raise _unsupported_encoding(encoding)
-        body = read_body(compressed_limit(reg.part_size))
-        data = decode_part(body, encoding, reg.part_size)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != claimed:
-            raise HubError(422, "Part hash mismatch", f"part {n} hashes to {digest}, not {claimed}")
+        data, digest = receive_part(n, read_body, encoding, sha256_header, reg.part_size)
         expected = _expected_part_size(reg, n)
         if len(data) != expected:
             raise HubError(
@@ -507,11 +587,8 @@ class Hub:
                 return receipt
             reg = StudyRegistration.model_validate_json(upload.registration_json)
             held = {p.n for p in self.store.parts(upload_id)}
-            missing = [n for n in range(reg.parts) if n not in held]
-            if missing:
-                shown = ", ".join(str(n) for n in missing[:100])
-                more = f" and {len(missing) - 100} more" if len(missing) > 100 else ""
-                raise HubError(409, "Parts missing", f"missing parts: {shown}{more}")
+            if any(n not in held for n in range(reg.parts)):
+                raise HubError(409, "Parts missing", _missing_detail(held, reg.parts))
             self._check_manifest(reg, request)
             instances = self._split(upload_id, reg, request)
             now = self.clock.time()
@@ -665,6 +742,216 @@ class Hub:
         if row is None:
             raise HubError(404, "No such instance", f"{upload_id}/{sop_instance_uid}")
         return (self.config.data_dir / row.path).read_bytes()
+
+    # -- files (a prepared download, node -> hub -> the hub's user) -------------------------
+
+    def _own_file(self, node: NodeRow, file_id: str) -> FileRow:
+        row = self.store.file(file_id)
+        # Like uploads: another node's file is absent, not forbidden.
+        if row is None or row.node_id != node.id:
+            raise HubError(404, "No such file", file_id)
+        return row
+
+    def file_url(self, file_id: str, name: str) -> str:
+        """Where the hub's user downloads a saved file (absolute when public_url is known)."""
+        return f"{self.public_url}/files/{file_id}/{name}"
+
+    def _file_saved(self, row: FileRow) -> FileSaved | None:
+        if row.state != SAVED or row.size is None or row.sha256 is None or row.saved_at is None:
+            return None
+        return FileSaved(
+            file_id=row.file_id,
+            url=self.file_url(row.file_id, row.name),
+            size=row.size,
+            sha256=row.sha256,
+            saved_at=row.saved_at,
+        )
+
+    def _file_upload(self, row: FileRow) -> FileUpload:
+        return FileUpload(
+            file_id=row.file_id,
+            state="saved" if row.state == SAVED else "open",
+            received_parts=tuple(p.n for p in self.store.file_parts(row.file_id)),
+            saved=self._file_saved(row),
+        )
+
+    def _max_file_parts(self, part_size: int) -> int:
+        return math.ceil(self.config.max_stream_bytes / part_size)
+
+    def register_file(self, node: NodeRow, reg: FileRegistration) -> tuple[FileUpload, bool]:
+        """The file for a node's job: (upload, True) when newly made; 409 when the job already
+        has a file with a different name, type or part size."""
+        body = _canonical(reg)
+        row, created = self.store.add_file(
+            secrets.token_urlsafe(FILE_ID_BYTES),
+            node.id,
+            reg.job_id,
+            reg.name,
+            body,
+            reg.part_size,
+            self.clock.time(),
+        )
+        if row.registration_json != body:
+            raise HubError(
+                409,
+                "File registration conflict",
+                f"job {reg.job_id} already has file {row.file_id} registered with a "
+                "different name, media type or part size",
+            )
+        return self._file_upload(row), created
+
+    def file_state(self, node: NodeRow, file_id: str) -> FileUpload:
+        return self._file_upload(self._own_file(node, file_id))
+
+    def put_file_part(
+        self,
+        node: NodeRow,
+        file_id: str,
+        n: int,
+        read_body: Callable[[int], bytes],
+        encoding: str,
+        sha256_header: str,
+    ) -> PartAck:
+        """Hold part `n` of a file. Its size is checked at commit (the last part is the only
+        short one, and which part is last is known only then); here it must not exceed
+        part_size (422) and must hash as claimed (422)."""
+        row = self._own_file(node, file_id)
+        if row.state == SAVED:
+            raise HubError(409, "File saved", f"{file_id} is already saved")
+        limit = self._max_file_parts(row.part_size)
+        if not 0 <= n < limit:
+            raise HubError(422, "No such part", f"parts are numbered 0..{limit - 1}")
+        data, digest = receive_part(
+            n, read_body, encoding, sha256_header, row.part_size, too_large_status=422
+        )
+        if not data:
+            raise HubError(422, "Empty part", f"part {n} has no bytes")
+        with self._upload_lock(file_id):
+            row = self._own_file(node, file_id)
+            if row.state == SAVED:
+                raise HubError(409, "File saved", f"{file_id} is already saved")
+            held = {p.n: p for p in self.store.file_parts(file_id)}
+            if n not in held or held[n].sha256 != digest:
+                part_dir = self.store.file_part_dir(file_id)
+                part_dir.mkdir(mode=0o700, exist_ok=True)
+                write_atomic(self.store.file_part_path(file_id, n), [data])
+                self.store.put_file_part(file_id, n, digest, len(data), self.clock.time())
+            return PartAck(part=n, received_parts=len(self.store.file_parts(file_id)))
+
+    def commit_file(self, node: NodeRow, file_id: str, request: FileCommit) -> FileSaved:
+        """Assemble a file from its parts, check it and keep it; the same commit again gets
+        the same answer."""
+        with self._upload_lock(file_id):
+            row = self._own_file(node, file_id)
+            saved = self._file_saved(row)
+            if saved is not None:
+                if (row.size, row.sha256, row.parts) != (
+                    request.size,
+                    request.sha256,
+                    request.parts,
+                ):
+                    raise HubError(
+                        409,
+                        "File saved",
+                        f"{file_id} was saved with {row.parts} parts, {row.size} bytes, "
+                        f"SHA-256 {row.sha256}",
+                    )
+                return saved
+            if request.size > self.config.max_stream_bytes:
+                raise HubError(
+                    413,
+                    "File too large",
+                    f"size {request.size} exceeds {self.config.max_stream_bytes}",
+                )
+            expected_parts = math.ceil(request.size / row.part_size)
+            if request.parts != expected_parts:
+                raise HubError(
+                    422,
+                    "Inconsistent part count",
+                    f"{request.size} bytes in parts of {row.part_size} make {expected_parts} "
+                    f"parts, not {request.parts}",
+                )
+            held = {p.n: p for p in self.store.file_parts(file_id)}
+            if any(n not in held for n in range(request.parts)):
+                raise HubError(409, "Parts missing", _missing_detail(set(held), request.parts))
+            for n in range(request.parts - 1):
+                if held[n].size != row.part_size:
+                    raise HubError(
+                        422,
+                        "Wrong part size",
+                        f"part {n} is {held[n].size} bytes; every part but the last must be "
+                        f"part_size ({row.part_size})",
+                    )
+            total = sum(held[n].size for n in range(request.parts))
+            if total != request.size:
+                raise HubError(
+                    422,
+                    "Size mismatch",
+                    f"the parts add up to {total} bytes, the commit says {request.size}",
+                )
+            path = self._assemble_file(row, request)
+            now = self.clock.time()
+            if not self.store.save_file(file_id, request.size, request.sha256, request.parts, now):
+                raise HubError(409, "File saved", f"{file_id} changed state")
+            # Parts past the last (from an earlier, longer attempt) go with the rest.
+            shutil.rmtree(self.store.file_part_dir(file_id), ignore_errors=True)
+            log.info(
+                "saved file %s (%s, job %s of %s): %d bytes at %s",
+                file_id,
+                row.name,
+                row.job_id,
+                node.id,
+                request.size,
+                path,
+            )
+            stored = self.store.file(file_id)
+            answer = None if stored is None else self._file_saved(stored)
+            if answer is None:
+                raise HubError(500, "File lost", f"{file_id} vanished while being saved")
+            return answer
+
+    def _assemble_file(self, row: FileRow, request: FileCommit) -> Path:
+        """Concatenate parts 0..parts-1 into the file (streamed, fsynced); 422 when the whole
+        hashes differently from the commit (the parts stay, for the node to re-send)."""
+        directory = self.store.file_dir(row.file_id)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        fsync_dir(self.store.files_dir)
+        final = directory / row.name
+        staging = directory / f".{row.name}.tmp"
+        digest = hashlib.sha256()
+        try:
+            with open(staging, "wb") as out:
+                for n in range(request.parts):
+                    with open(self.store.file_part_path(row.file_id, n), "rb") as part:
+                        while chunk := part.read(COPY_CHUNK):
+                            digest.update(chunk)
+                            out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if digest.hexdigest() != request.sha256:
+                raise HubError(
+                    422,
+                    "File hash mismatch",
+                    f"the parts assemble to SHA-256 {digest.hexdigest()}, the commit says "
+                    f"{request.sha256}",
+                )
+            os.replace(staging, final)
+            fsync_dir(directory)
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
+        return final
+
+    def saved_file(self, file_id: str, name: str) -> tuple[Path, str]:
+        """A saved file's path and media type, by its capability URL's parts (404 otherwise)."""
+        row = self.store.file(file_id)
+        if row is None or row.state != SAVED or row.name != name:
+            raise HubError(404, "No such file", "the link is not valid")
+        path = self.store.file_dir(file_id) / row.name
+        if not path.is_file():
+            raise HubError(410, "File gone", "the hub no longer holds this file")
+        media_type = FileRegistration.model_validate_json(row.registration_json).media_type
+        return path, media_type
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -840,17 +1127,85 @@ class Hub:
     # -- webhook -----------------------------------------------------------------------------
 
     def record_webhook(
-        self, vendor: str, progress: WebhookProgress, headers: dict[str, str], address: str
-    ) -> None:
+        self,
+        vendor: str,
+        progress: WebhookProgress,
+        headers: dict[str, str],
+        address: str,
+        body: bytes,
+    ) -> bool:
+        """Log a progress post (`body` as received); True when its signature verified.
+
+        A post signed by a node (X-Medix-Node, X-Medix-Timestamp, X-Medix-Signature) must
+        verify with that node's webhook key within WEBHOOK_MAX_SKEW_S, else 401 and nothing is
+        logged; an unsigned post is logged as unverified. While fail-next is armed the post is
+        logged as a failed attempt and answered with the injected status."""
+        node_id, verified = self._check_signature(headers, body)
         try:
             DownloadStatus(int(progress.Status))
         except ValueError as exc:
             raise HubError(
                 422, "Unknown status", f"Status {progress.Status!r} is not a download status"
             ) from exc
+        fault = self._take_webhook_fault()
         self.store.add_webhook(
-            vendor, self.clock.time(), address, headers, progress.model_dump(mode="json")
+            vendor,
+            self.clock.time(),
+            address,
+            headers,
+            progress.model_dump(mode="json"),
+            node_id=node_id,
+            verified=verified,
+            answered=fault or 204,
         )
+        if fault:
+            raise HubError(fault, "Injected failure", "the hub was told to fail this post")
+        return verified
+
+    def _check_signature(self, headers: dict[str, str], body: bytes) -> tuple[str, bool]:
+        node_id = _header(headers, NODE_HEADER)
+        signature = _header(headers, SIGNATURE_HEADER)
+        if not signature:
+            return node_id, False
+        timestamp = _header(headers, TIMESTAMP_HEADER)
+        if not node_id or not timestamp:
+            raise HubError(
+                401,
+                "Signature incomplete",
+                f"a signed post names its node ({NODE_HEADER}) and time ({TIMESTAMP_HEADER})",
+            )
+        node = self.store.node(node_id)
+        if node is None or node.revoked or not node.webhook_key:
+            raise HubError(401, "Unknown signer", f"{node_id} has no webhook key at this hub")
+        if not _TIMESTAMP.fullmatch(timestamp):
+            raise HubError(401, "Bad timestamp", f"{TIMESTAMP_HEADER} is Unix seconds")
+        skew = abs(self.clock.time() - int(timestamp))
+        if skew > WEBHOOK_MAX_SKEW_S:
+            raise HubError(
+                401,
+                "Stale signature",
+                f"{TIMESTAMP_HEADER} is {int(skew)} s from the hub's clock "
+                f"(at most {WEBHOOK_MAX_SKEW_S} s)",
+            )
+        expected = webhook_signature(node.webhook_key, timestamp, body)
+        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+            raise HubError(401, "Bad signature", f"{SIGNATURE_HEADER} does not match the body")
+        return node_id, True
+
+    def fail_webhooks(self, count: int, status: int = 503) -> schemas.WebhookFailNext:
+        """Answer the next `count` webhook posts with `status` (0 cancels)."""
+        armed = schemas.WebhookFailNext(count=count, status=status)
+        with self._faults_lock:
+            self._fail_count = armed.count
+            self._fail_status = armed.status
+        return armed
+
+    def _take_webhook_fault(self) -> int:
+        with self._faults_lock:
+            if self._fail_count <= 0:
+                return 0
+            self._fail_count -= 1
+            return self._fail_status
 
     # -- admin views -------------------------------------------------------------------------
 
@@ -874,6 +1229,8 @@ class Hub:
                     policy_version=row.policy_version,
                     revoked=row.revoked,
                     commands_waiting=self.store.waiting_commands(row.id),
+                    has_webhook_key=bool(row.webhook_key),
+                    has_api_token=bool(row.api_token),
                 )
             )
         return schemas.NodeList(nodes=tuple(infos))
@@ -916,10 +1273,41 @@ class Hub:
                     address=row.address,
                     headers=json.loads(row.headers_json),
                     body=json.loads(row.body_json),
+                    node_id=row.node_id,
+                    verified=row.verified,
+                    outcome="recorded" if row.answered < 300 else "failed",
+                    answered=row.answered,
                 )
                 for row in self.store.webhooks()
             )
         )
+
+    def files(self) -> schemas.FileList:
+        infos = []
+        for row in self.store.files():
+            saved = self._file_saved(row)
+            reg = FileRegistration.model_validate_json(row.registration_json)
+            infos.append(
+                schemas.FileInfo(
+                    file_id=row.file_id,
+                    node_id=row.node_id,
+                    job_id=row.job_id,
+                    name=row.name,
+                    media_type=reg.media_type,
+                    state="saved" if saved is not None else "open",
+                    part_size=row.part_size,
+                    received_parts=len(self.store.file_parts(row.file_id)),
+                    size=row.size,
+                    sha256=row.sha256,
+                    url=None if saved is None else saved.url,
+                    path=None
+                    if saved is None
+                    else str(self.store.file_dir(row.file_id) / row.name),
+                    created_at=row.created_at,
+                    saved_at=row.saved_at,
+                )
+            )
+        return schemas.FileList(files=tuple(infos))
 
 
 def _check_command_args(order: schemas.CommandOrder) -> None:

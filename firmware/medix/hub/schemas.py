@@ -7,6 +7,8 @@ reference hub's operator (a person, a test, a PACS vendor's script) sends and ge
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from medix.models import CommandType, Policy, QueueStats, Receipt
@@ -63,6 +65,12 @@ class NodeInfo(AdminMessage):
     policy_version: int | None
     revoked: bool
     commands_waiting: int
+    has_webhook_key: bool = Field(
+        description="the node got a webhook signing key at enrolment (the key is never shown)"
+    )
+    has_api_token: bool = Field(
+        description="the hub holds a token for the node's HTTP API (never shown)"
+    )
 
 
 class NodeList(AdminMessage):
@@ -100,10 +108,48 @@ class WebhookEntry(AdminMessage):
     address: str
     headers: dict[str, str]
     body: dict[str, object]
+    node_id: str = Field(
+        "", description="X-Medix-Node as sent (empty when absent); trust it only when verified"
+    )
+    verified: bool = Field(
+        False, description="X-Medix-Signature checked out with that node's webhook key"
+    )
+    outcome: Literal["recorded", "failed"] = Field(
+        "recorded", description="failed: answered with an error injected by fail-next"
+    )
+    answered: int = Field(204, description="the HTTP status the hub answered")
 
 
 class WebhookList(AdminMessage):
     webhooks: tuple[WebhookEntry, ...]
+
+
+class WebhookFailNext(AdminMessage):
+    """Fault injection: the next `count` webhook posts are answered with `status`."""
+
+    count: int = Field(ge=0, le=1000, description="0 cancels what is still pending")
+    status: int = Field(503, ge=400, le=599)
+
+
+class FileInfo(AdminMessage):
+    file_id: str
+    node_id: str
+    job_id: str
+    name: str
+    media_type: str
+    state: Literal["open", "saved"]
+    part_size: int
+    received_parts: int
+    size: int | None = Field(description="bytes, once saved")
+    sha256: str | None = Field(description="SHA-256 of the saved file")
+    url: str | None = Field(description="where the hub's user downloads it, once saved")
+    path: str | None = Field(description="the saved file on the hub's disk")
+    created_at: float
+    saved_at: float | None
+
+
+class FileList(AdminMessage):
+    files: tuple[FileInfo, ...]
 
 
 ADMIN_MODELS: tuple[type[BaseModel], ...] = (
@@ -114,5 +160,7 @@ ADMIN_MODELS: tuple[type[BaseModel], ...] = (
     NodeList,
     StudyList,
     WebhookList,
+    WebhookFailNext,
+    FileList,
     Policy,
 )

@@ -10,19 +10,18 @@ fails the handshake.
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import threading
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from medix.hub.app import create_hub, hub_of
 from medix.hub.core import Clock, HubConfig
 from medix.models import Policy
+from medix.serving import LoggingServer
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +33,7 @@ CONNECTION_TIMEOUT_S = 90  # above the longest long poll (60 s)
 SELECT_INTERVAL_S = 0.1
 
 
-class _Server(wsgi.Server):
-    """cheroot's server, logging through `logging` instead of writing to stderr."""
-
-    def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
-        log.log(level, "cheroot: %s", msg, exc_info=traceback)
-
-    @classmethod
-    def prepare_socket(
-        cls,
-        bind_addr: Any,
-        family: Any,
-        type: Any,
-        proto: Any,
-        nodelay: Any,
-        ssl_adapter: Any,
-        reuse_port: bool = False,
-    ) -> Any:
-        sock = super().prepare_socket(
-            bind_addr, family, type, proto, nodelay, ssl_adapter, reuse_port
-        )
-        # cheroot leaves SO_REUSEADDR off for port 0. The connections a listener accepts
-        # inherit the flag, and without it their TIME_WAIT keeps a restarted hub from
-        # binding its port again for a minute.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        return sock
+_Server = LoggingServer
 
 
 class HubServer:
@@ -186,6 +161,14 @@ class HubServer:
     def admin_token(self) -> str:
         return self.hub.admin_token
 
+    def webhook_url(self, vendor: str = "afra") -> str:
+        """The absolute URL nodes post download progress to (WebhookUri)."""
+        return f"{self.url}/webhook/v1/pacs/{vendor}"
+
+    def webhook_redirect_url(self) -> str:
+        """A webhook URL answering 302 to the cloud metadata address (must not be followed)."""
+        return f"{self.url}/webhook/v1/redirect"
+
     # -- what tests and demos do without HTTP ------------------------------------------------
 
     def new_pairing_code(self) -> str:
@@ -204,7 +187,24 @@ class HubServer:
         return [node.model_dump(mode="json") for node in self.hub.nodes().nodes]
 
     def webhooks(self) -> list[dict[str, Any]]:
+        """The webhook log, oldest first: vendor, headers, body, node_id, verified, outcome
+        ("recorded" or "failed" by fail-next) and the status answered."""
         return [entry.model_dump(mode="json") for entry in self.hub.webhooks().webhooks]
+
+    def fail_webhooks(self, count: int, status: int = 503) -> None:
+        """Answer the next `count` webhook posts with `status` (logged as failed attempts)."""
+        self.hub.fail_webhooks(count, status)
+
+    def node_api_token(self, node_id: str) -> str:
+        """The bearer token the hub presents to the node's HTTP API (issued at enrolment)."""
+        return self.hub.node_api_token(node_id)
+
+    def files(self) -> list[dict[str, Any]]:
+        """Saved files, oldest first: file_id, node_id, job_id, name, size, sha256, url and
+        path (where the hub holds it)."""
+        return [
+            info.model_dump(mode="json") for info in self.hub.files().files if info.state == "saved"
+        ]
 
     def instance_bytes(self, upload_id: str, sop_instance_uid: str) -> bytes:
         return self.hub.instance_bytes(upload_id, sop_instance_uid)

@@ -3,9 +3,16 @@
 Tables: nodes, pairing codes (SHA-256 hashes only) and failed pairings per address, uploads
 (one per node, study and revision), their parts, the instances of committed studies, Medis
 code attempts on the patient page, commands for nodes, the webhook log and published
-policies. Part bytes live in `uploads/<upload_id>/<n>.part`; a committed study's instance
+policies; files nodes prepared for the hub's users (a study zip per download job) and
+their parts. Part bytes live in `uploads/<upload_id>/<n>.part`; a committed study's instance
 files in `studies/<upload_id>/<sha256 of the SOP Instance UID>.dcm` with `manifest.json`.
-Every statement is a named constant with `?` parameters; one lock serialises the connection.
+A file's parts live in `file-parts/<file_id>/<n>.part` until it is saved as
+`files/<file_id>/<name>`. Every statement is a named constant with `?` parameters; one lock
+serialises the connection.
+
+Schema changes only add: new tables (CREATE TABLE IF NOT EXISTS) and new columns with
+defaults (ADDED_COLUMNS, added by ALTER TABLE when a database from an older hub is opened),
+so a hub keeps its nodes, studies and log across an upgrade.
 """
 
 from __future__ import annotations
@@ -16,11 +23,11 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,7 +43,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     health TEXT NOT NULL DEFAULT '',
     queue_json TEXT NOT NULL DEFAULT '{}',
     policy_version INTEGER,
-    revoked INTEGER NOT NULL DEFAULT 0
+    revoked INTEGER NOT NULL DEFAULT 0,
+    webhook_key TEXT NOT NULL DEFAULT '',
+    api_token TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS pairing_codes (
     code_hash TEXT PRIMARY KEY,
@@ -115,17 +124,55 @@ CREATE TABLE IF NOT EXISTS webhooks (
     received_at REAL NOT NULL,
     address TEXT NOT NULL,
     headers_json TEXT NOT NULL,
-    body_json TEXT NOT NULL
+    body_json TEXT NOT NULL,
+    node_id TEXT NOT NULL DEFAULT '',
+    verified INTEGER NOT NULL DEFAULT 0,
+    answered INTEGER NOT NULL DEFAULT 204
 );
 CREATE TABLE IF NOT EXISTS policies (
     version INTEGER PRIMARY KEY,
     policy_json TEXT NOT NULL,
     published_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS files (
+    file_id TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL REFERENCES nodes (id),
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    registration_json TEXT NOT NULL,
+    part_size INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    size INTEGER,
+    sha256 TEXT,
+    parts INTEGER,
+    saved_at REAL,
+    UNIQUE (node_id, job_id)
+);
+CREATE TABLE IF NOT EXISTS file_parts (
+    file_id TEXT NOT NULL REFERENCES files (file_id),
+    n INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (file_id, n)
+);
 """
+
+# Columns added after their table first shipped: (table, column, declaration). A database
+# made by an older hub gets them on open; its rows take the default.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("nodes", "webhook_key", "TEXT NOT NULL DEFAULT ''"),
+    ("nodes", "api_token", "TEXT NOT NULL DEFAULT ''"),
+    ("webhooks", "node_id", "TEXT NOT NULL DEFAULT ''"),
+    ("webhooks", "verified", "INTEGER NOT NULL DEFAULT 0"),
+    ("webhooks", "answered", "INTEGER NOT NULL DEFAULT 204"),
+)
+SQL_TABLE_COLUMNS = "SELECT name FROM pragma_table_info(?)"
 
 OPEN = "open"
 COMMITTED = "committed"
+SAVED = "saved"
 PENDING = "pending"
 DELIVERED = "delivered"
 DONE = "done"
@@ -136,12 +183,12 @@ SQL_GET_META = "SELECT value FROM meta WHERE key = ?"
 
 _NODE_COLUMNS = (
     "id, name, fingerprint, certificate_pem, software_version, address, enrolled_at, "
-    "last_heartbeat, health, queue_json, policy_version, revoked"
+    "last_heartbeat, health, queue_json, policy_version, revoked, webhook_key, api_token"
 )
 SQL_INSERT_NODE = """
 INSERT INTO nodes (id, name, fingerprint, certificate_pem, software_version, address,
-    enrolled_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+    enrolled_at, webhook_key, api_token)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 SQL_NODE_BY_FINGERPRINT = f"SELECT {_NODE_COLUMNS} FROM nodes WHERE fingerprint = ?"
 SQL_NODE_BY_ID = f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?"
@@ -242,11 +289,38 @@ WHERE id = ? AND state IN ('pending', 'delivered')
 """
 
 SQL_INSERT_WEBHOOK = """
-INSERT INTO webhooks (vendor, received_at, address, headers_json, body_json) VALUES (?, ?, ?, ?, ?)
+INSERT INTO webhooks (vendor, received_at, address, headers_json, body_json, node_id, verified,
+    answered)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 SQL_LIST_WEBHOOKS = """
-SELECT id, vendor, received_at, address, headers_json, body_json FROM webhooks ORDER BY id
+SELECT id, vendor, received_at, address, headers_json, body_json, node_id, verified, answered
+FROM webhooks ORDER BY id
 """
+
+_FILE_COLUMNS = (
+    "file_id, node_id, job_id, name, registration_json, part_size, state, created_at, size, "
+    "sha256, parts, saved_at"
+)
+SQL_INSERT_FILE = """
+INSERT INTO files (file_id, node_id, job_id, name, registration_json, part_size, state,
+    created_at)
+VALUES (?, ?, ?, ?, ?, ?, 'open', ?)
+"""
+SQL_FILE_BY_KEY = f"SELECT {_FILE_COLUMNS} FROM files WHERE node_id = ? AND job_id = ?"
+SQL_FILE_BY_ID = f"SELECT {_FILE_COLUMNS} FROM files WHERE file_id = ?"
+SQL_LIST_FILES = f"SELECT {_FILE_COLUMNS} FROM files ORDER BY created_at, file_id"
+SQL_SAVE_FILE = """
+UPDATE files SET state = 'saved', size = ?, sha256 = ?, parts = ?, saved_at = ?
+WHERE file_id = ? AND state = 'open'
+"""
+SQL_UPSERT_FILE_PART = """
+INSERT INTO file_parts (file_id, n, sha256, size, received_at) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (file_id, n) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,
+    received_at = excluded.received_at
+"""
+SQL_LIST_FILE_PARTS = "SELECT n, sha256, size FROM file_parts WHERE file_id = ? ORDER BY n"
+SQL_DROP_FILE_PARTS_FROM = "DELETE FROM file_parts WHERE file_id = ? AND n >= ?"
 
 SQL_LATEST_POLICY = "SELECT version, policy_json FROM policies ORDER BY version DESC LIMIT 1"
 SQL_INSERT_POLICY = "INSERT INTO policies (version, policy_json, published_at) VALUES (?, ?, ?)"
@@ -270,6 +344,10 @@ class NodeRow:
     queue_json: str
     policy_version: int | None
     revoked: bool
+    # Secrets the node got at enrolment ('' for a node enrolled by an older hub); kept out
+    # of reprs so a logged row does not leak them.
+    webhook_key: str = field(repr=False)
+    api_token: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -329,12 +407,37 @@ class WebhookRow:
     address: str
     headers_json: str
     body_json: str
+    node_id: str
+    verified: bool
+    answered: int
+
+
+@dataclass(frozen=True)
+class FileRow:
+    file_id: str
+    node_id: str
+    job_id: str
+    name: str
+    registration_json: str
+    part_size: int
+    state: str
+    created_at: float
+    size: int | None
+    sha256: str | None
+    parts: int | None
+    saved_at: float | None
 
 
 def _node(row: Any) -> NodeRow:
     values = list(row)
     values[11] = bool(values[11])
     return NodeRow(*values)
+
+
+def _webhook(row: Any) -> WebhookRow:
+    values = list(row)
+    values[7] = bool(values[7])
+    return WebhookRow(*values)
 
 
 def _command(row: Any) -> CommandRow:
@@ -373,7 +476,15 @@ class HubStore:
         self.data_dir = data_dir
         self.uploads_dir = data_dir / "uploads"
         self.studies_dir = data_dir / "studies"
-        for directory in (data_dir, self.uploads_dir, self.studies_dir):
+        self.file_parts_dir = data_dir / "file-parts"
+        self.files_dir = data_dir / "files"
+        for directory in (
+            data_dir,
+            self.uploads_dir,
+            self.studies_dir,
+            self.file_parts_dir,
+            self.files_dir,
+        ):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(data_dir / "hub.sqlite3", check_same_thread=False)
@@ -383,7 +494,16 @@ class HubStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._db:
             self._db.executescript(SCHEMA)
+            self._add_columns()
             self._db.execute(SQL_SET_META, ("schema_version", str(SCHEMA_VERSION)))
+
+    def _add_columns(self) -> None:
+        """Bring tables made by an older hub up to date (ADDED_COLUMNS)."""
+        for table, column, declaration in ADDED_COLUMNS:
+            present = {row[0] for row in self._db.execute(SQL_TABLE_COLUMNS, (table,))}
+            if column not in present:
+                # Names come from the constant above, never from input.
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -418,6 +538,15 @@ class HubStore:
     def study_dir(self, upload_id: str) -> Path:
         return self.studies_dir / upload_id
 
+    def file_part_dir(self, file_id: str) -> Path:
+        return self.file_parts_dir / file_id
+
+    def file_part_path(self, file_id: str, n: int) -> Path:
+        return self.file_part_dir(file_id) / f"{n}.part"
+
+    def file_dir(self, file_id: str) -> Path:
+        return self.files_dir / file_id
+
     # -- nodes -------------------------------------------------------------------------------
 
     def add_node(
@@ -429,11 +558,23 @@ class HubStore:
         software_version: str,
         address: str,
         at: float,
+        webhook_key: str = "",
+        api_token: str = "",
     ) -> None:
         with self._tx() as db:
             db.execute(
                 SQL_INSERT_NODE,
-                (node_id, name, fingerprint, certificate_pem, software_version, address, at),
+                (
+                    node_id,
+                    name,
+                    fingerprint,
+                    certificate_pem,
+                    software_version,
+                    address,
+                    at,
+                    webhook_key,
+                    api_token,
+                ),
             )
 
     def node_by_fingerprint(self, fingerprint: str) -> NodeRow | None:
@@ -632,16 +773,81 @@ class HubStore:
     # -- webhook log -------------------------------------------------------------------------
 
     def add_webhook(
-        self, vendor: str, at: float, address: str, headers: dict[str, str], body: object
+        self,
+        vendor: str,
+        at: float,
+        address: str,
+        headers: dict[str, str],
+        body: object,
+        *,
+        node_id: str = "",
+        verified: bool = False,
+        answered: int = 204,
     ) -> None:
         with self._tx() as db:
             db.execute(
                 SQL_INSERT_WEBHOOK,
-                (vendor, at, address, json.dumps(headers), json.dumps(body)),
+                (
+                    vendor,
+                    at,
+                    address,
+                    json.dumps(headers),
+                    json.dumps(body),
+                    node_id,
+                    int(verified),
+                    answered,
+                ),
             )
 
     def webhooks(self) -> list[WebhookRow]:
-        return [WebhookRow(*row) for row in self._all(SQL_LIST_WEBHOOKS)]
+        return [_webhook(row) for row in self._all(SQL_LIST_WEBHOOKS)]
+
+    # -- files -------------------------------------------------------------------------------
+
+    def add_file(
+        self,
+        file_id: str,
+        node_id: str,
+        job_id: str,
+        name: str,
+        registration_json: str,
+        part_size: int,
+        at: float,
+    ) -> tuple[FileRow, bool]:
+        """Insert a file, or find the one already under (node, job_id); True when inserted."""
+        with self._tx() as db:
+            row = db.execute(SQL_FILE_BY_KEY, (node_id, job_id)).fetchone()
+            created = row is None
+            if created:
+                db.execute(
+                    SQL_INSERT_FILE,
+                    (file_id, node_id, job_id, name, registration_json, part_size, at),
+                )
+                row = db.execute(SQL_FILE_BY_ID, (file_id,)).fetchone()
+            return FileRow(*row), created
+
+    def file(self, file_id: str) -> FileRow | None:
+        row = self._one(SQL_FILE_BY_ID, (file_id,))
+        return None if row is None else FileRow(*row)
+
+    def files(self) -> list[FileRow]:
+        return [FileRow(*row) for row in self._all(SQL_LIST_FILES)]
+
+    def put_file_part(self, file_id: str, n: int, sha256: str, size: int, at: float) -> None:
+        with self._tx() as db:
+            db.execute(SQL_UPSERT_FILE_PART, (file_id, n, sha256, size, at))
+
+    def file_parts(self, file_id: str) -> list[PartRow]:
+        return [PartRow(*row) for row in self._all(SQL_LIST_FILE_PARTS, (file_id,))]
+
+    def save_file(self, file_id: str, size: int, sha256: str, parts: int, at: float) -> bool:
+        """Mark a file saved (forgetting parts numbered `parts` and above); False unless open."""
+        with self._tx() as db:
+            cursor = db.execute(SQL_SAVE_FILE, (size, sha256, parts, at, file_id))
+            if cursor.rowcount != 1:
+                return False
+            db.execute(SQL_DROP_FILE_PARTS_FROM, (file_id, parts))
+            return True
 
     # -- policy ------------------------------------------------------------------------------
 
