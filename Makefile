@@ -4,10 +4,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := dcmtk orthanc
+DEBS := dcmtk orthanc chromium chromium-driver
 RUN_DIR ?= data/emulation
 
-.PHONY: run test lint typecheck pytest system-deps venv bench-ingest bench-memory bench-uplink clean
+.PHONY: run test lint typecheck pytest system-deps venv bench-ingest bench-memory bench-uplink bench-download clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Debian 12: apt-get install python3 python3-venv)"; exit 1; }
@@ -24,6 +24,8 @@ system-deps:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install$$missing"; exit 1; fi; \
@@ -34,11 +36,12 @@ system-deps:
 run: $(STAMP)
 	@mkdir -p $(RUN_DIR)
 	@echo "Starting AFRA in emulation with a local reference hub (data in $(RUN_DIR)); Ctrl-C stops it."
+	@echo "Setup wizard and dashboard: open http://127.0.0.1:8080/ and claim the box with the setup code printed below."
 	$(BIN)/afra --config etc/emulation.toml --set box.data_dir=\"$(RUN_DIR)\" emulate
 
 lint: $(STAMP)
-	$(BIN)/ruff check firmware tests bench
-	$(BIN)/ruff format --check firmware tests bench
+	$(BIN)/ruff check firmware web-setup tests bench
+	$(BIN)/ruff format --check firmware web-setup tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -57,6 +60,11 @@ bench-memory: system-deps $(STAMP)
 bench-uplink: system-deps $(STAMP)
 	@command -v curl >/dev/null || apt-get install -y -q curl
 	$(BIN)/python bench/uplink.py
+
+bench-download: system-deps $(STAMP)
+	@command -v curl >/dev/null || apt-get install -y -q curl
+	@command -v zip >/dev/null || apt-get install -y -q zip
+	$(BIN)/python bench/download.py
 
 clean:
 	rm -rf $(VENV) data build bench/out *.egg-info

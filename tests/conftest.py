@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,12 @@ from tests.peers import Orthanc, free_port
 
 LOOPBACK = "127.0.0.1"
 
+# No test advertises over mDNS on this machine's own network: the `afra run` processes tests
+# start inherit this; tests/mdns advertises only inside network namespaces it makes.
+os.environ["AFRA__MDNS__ENABLED"] = "false"
+# `afra run` processes tests start serve their setup page on a free port, not on port 80.
+os.environ["AFRA__WEB__PORT"] = "0"
+
 
 def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
     """A valid Config on loopback; sections override key by key."""
@@ -24,6 +31,9 @@ def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
         "dicom": {"bind": LOOPBACK, "port": 0, "allow_any_peer": True, "network_timeout": 30},
         "storage": {"min_free_mb": 0},
         "study": {"stable_age": 60, "pacs_count_wait": 300},
+        # No multicast outside the namespaces tests/mdns makes; mock GPIO pins everywhere.
+        "mdns": {"enabled": False},
+        "panel": {"pin_factory": "mock"},
     }
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}

@@ -47,6 +47,7 @@ __all__ = [
     "make_ct_series",
     "make_instance",
     "make_large_object",
+    "make_report",
     "no_write_validation",
     "sha256_of",
 ]
@@ -355,6 +356,67 @@ def _write(path: Path, ds: Dataset, ts: UID) -> None:
         dcmwrite(path, ds, enforce_file_format=True)
     else:  # unknown/private syntax: encode as explicit VR little endian
         dcmwrite(path, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
+
+
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
+def make_report(
+    path: Path,
+    *,
+    study_uid: str,
+    kind: str = "SR",
+    patient_id: str = "SYN0001",
+    content_date: str = "20240116",
+    content_time: str = "093000",
+    seed: int | None = 0,
+) -> Path:
+    """A report in a study: a Basic Text SR (`kind="SR"`) or an encapsulated PDF ("PDF")."""
+    sop_class = BASIC_TEXT_SR if kind == "SR" else ENCAPSULATED_PDF
+    uid = _uid(seed, "report", kind, study_uid)
+    ds = Dataset()
+    ds.file_meta = _file_meta(sop_class, uid, ExplicitVRLittleEndian)
+    _patient_study(
+        ds,
+        patient_id=patient_id,
+        patient_name="Synthetic^Patient",
+        study_uid=study_uid,
+        series_uid=_uid(seed, "report-series", kind, study_uid),
+        accession_number="ACC0001",
+        modality="SR" if kind == "SR" else "DOC",
+    )
+    ds.SOPClassUID = UID(sop_class)
+    ds.SOPInstanceUID = uid
+    ds.SeriesNumber = 90 if kind == "SR" else 91
+    ds.InstanceNumber = 1
+    ds.ContentDate = content_date
+    ds.ContentTime = content_time
+    if kind == "SR":
+        concept = Dataset()
+        concept.CodeValue = "18748-4"
+        concept.CodingSchemeDesignator = "LN"
+        concept.CodeMeaning = "Diagnostic imaging report"
+        text = Dataset()
+        text.RelationshipType = "CONTAINS"
+        text.ValueType = "TEXT"
+        text.TextValue = "No acute findings (synthetic)."
+        ds.ValueType = "CONTAINER"
+        ds.ContinuityOfContent = "SEPARATE"
+        ds.ConceptNameCodeSequence = [concept]
+        ds.CompletionFlag = "COMPLETE"
+        ds.VerificationFlag = "UNVERIFIED"
+        ds.ContentSequence = [text]
+    else:
+        ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+        ds.DocumentTitle = "Synthetic report"
+        ds.BurnedInAnnotation = "YES"
+        ds.ConceptNameCodeSequence = []
+        pdf = b"%PDF-1.4\n% synthetic\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+        ds.EncapsulatedDocument = pdf + b"\0" * (len(pdf) % 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write(path, ds, ExplicitVRLittleEndian)
+    return path
 
 
 def make_large_object(path: Path, size_bytes: int, *, seed: int | None = 0) -> Path:

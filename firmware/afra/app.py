@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from afra.clock import Clock, SystemClock
 from afra.config import Config
@@ -22,13 +24,30 @@ from afra.dicom.receive import Receiver
 from afra.dicom.scu import PacsClient, configure_pynetdicom
 from afra.dicom.spool import Spool
 from afra.errors import AfraError, InvalidInstanceError, StorageError
+from afra.health import STATUS_FILE, Health, HealthMonitor, StatusPart, appliance_probes
+from afra.mdns import MdnsAdvertiser, advert_for, interface_addresses
+from afra.node import diagnostics
+from afra.node.api import create_node_api, tls_adapter
+from afra.node.diagnostics import LogRing
+from afra.node.jobs import DownloadManager
+from afra.node.reports import ReportStatusService
+from afra.node.webhook import WebhookGuard, WebhookPoster
+from afra.panel import Panel, SetupWindow, load_layout, locate_handler
+from afra.panel.reset import factory_reset
 from afra.store.completion import StudyCompletion
 from afra.store.index import Index
 from afra.uplink.client import HubClient
-from afra.uplink.commands import CommandChannel, apply_policy_handler
+from afra.uplink.commands import (
+    CommandChannel,
+    apply_policy_handler,
+    diagnostics_handler,
+    download_handler,
+    report_status_handler,
+)
 from afra.uplink.identity import NodeIdentity
 from afra.uplink.policy import PolicyStore
 from afra.uplink.worker import Uplink, UplinkSettings
+from afra.wsgi import WsgiServer
 
 LOG = logging.getLogger("afra")
 
@@ -55,8 +74,20 @@ class Appliance:
     policy: PolicyStore
     uplink: Uplink
     commands: CommandChannel | None = None
+    downloads: DownloadManager | None = None
+    reports: ReportStatusService | None = None
+    node_api: WsgiServer | None = None
+    log_ring: LogRing = field(default_factory=LogRing)
     pin_factory: Any = None
     hub: HubClient | None = None
+    # Front panel, health and mDNS (issue 5); built by build_appliance.
+    health: Health = field(default_factory=lambda: Health(SystemClock()))
+    setup_window: SetupWindow | None = None
+    panel: Panel | None = None
+    mdns: MdnsAdvertiser | None = None
+    monitor: HealthMonitor | None = None
+    restart_requested: threading.Event = field(default_factory=threading.Event)
+    on_restart: list[Callable[[], None]] = field(default_factory=list)
     startup: StartupReport = field(default_factory=StartupReport)
     _started: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -65,29 +96,77 @@ class Appliance:
         with self._lock:
             if self._started:
                 return
+            logging.getLogger("afra").addHandler(self.log_ring)
             self.startup = recover(self.spool, self.index, self.clock)
             self.identity.ensure_key()
             self.dicom.start()
             self.completion.start()
             self.uplink.start()
+            if self.downloads is not None:
+                self.downloads.start()
+            if self.node_api is not None:
+                self.node_api.start()
             if self.commands is not None:
                 self.commands.start()
+            for part in (self.monitor, self.panel, self.mdns):
+                if part is not None:
+                    part.start()
             self._started = True
 
     def stop(self) -> None:
         with self._lock:
             if not self._started:
                 return
-            self.dicom.stop()
-            self.completion.stop()
-            self.uplink.stop()
+            for part in (self.mdns, self.panel, self.monitor):  # mDNS says goodbye first
+                if part is not None:
+                    part.stop()
             if self.commands is not None:
                 self.commands.stop()
+            if self.node_api is not None:
+                self.node_api.stop()
+            self.dicom.stop()
+            if self.downloads is not None:
+                self.downloads.stop()
+            self.completion.stop()
+            self.uplink.stop()
+            logging.getLogger("afra").removeHandler(self.log_ring)
             self._started = False
+
+    def announce(self) -> None:
+        """The button's short press: say where the box is (log, mDNS again; the panel blinks)."""
+        names = ", ".join(self.mdns.names.values()) if self.mdns is not None else "off"
+        LOG.info(
+            "announce: addresses %s, mDNS %s, DICOM AE %s port %d",
+            ", ".join(interface_addresses(self.config.mdns.interfaces)) or "none",
+            names,
+            self.config.dicom.ae_title,
+            self.dicom.port,
+        )
+        if self.mdns is not None:
+            self.mdns.announce()
+
+    def factory_reset(self) -> list[str]:
+        """The button's long hold: forget configuration and credentials (never studies),
+        then restart so nothing keeps using them."""
+        removed = factory_reset(self.spool.root)
+        self.health.set("unclaimed", True, "factory reset: set the box up again")
+        self.request_restart()
+        return removed
+
+    def request_restart(self) -> None:
+        self.restart_requested.set()
+        for hook in list(self.on_restart):
+            hook()
+
+    def diagnostics(self) -> dict[str, Any]:
+        """The diagnostics bundle (afra.node.diagnostics)."""
+        return diagnostics.collect(self, self.log_ring)
 
     def close(self) -> None:
         self.stop()
         self.uplink.close()
+        if self.downloads is not None:
+            self.downloads.close()
         if self.hub is not None:
             self.hub.close()
         self.index.close()
@@ -141,8 +220,26 @@ def build_appliance(
         raise StorageError(f"storage root {root} is not usable: {exc}") from exc
     configure_pynetdicom(spool.tmp_dir)
     index = Index(root / "index.sqlite")
+    health = Health(clock)
+    health.set("booting", True)
+    setup_window = SetupWindow(health, clock=clock, duration=config.panel.setup_window)
+    panel = None
+    if config.panel.enabled:
+        panel = Panel(
+            load_layout(config.panel.layout),
+            health,
+            clock=clock,
+            setup_window=setup_window,
+            pin_factory=pin_factory,
+            pin_choice=config.panel.pin_factory,
+        )
+    activity = panel.activity if panel is not None else None
     receiver = Receiver(
-        spool, index, min_free_bytes=config.storage.min_free_mb * 2**20, clock=clock
+        spool,
+        index,
+        min_free_bytes=config.storage.min_free_mb * 2**20,
+        clock=clock,
+        on_activity=activity,
     )
     pacs = PacsClient(config.pacs, config.dicom, receiver=receiver) if config.pacs else None
     identity = NodeIdentity(root / "identity")
@@ -165,24 +262,115 @@ def build_appliance(
             retry_cap=config.hub.retry_cap,
             heartbeat_interval=config.hub.heartbeat_interval,
         ),
+        health=lambda: health.state,
+        on_activity=activity,
     )
+    guard = WebhookGuard(
+        config.downloads,
+        hub_host=lambda: urlsplit(identity.hub_url).hostname if identity.enrolled else None,
+        policy_hosts=lambda: policy.current.webhook_hosts,
+    )
+    poster = WebhookPoster(
+        timeout=config.downloads.webhook_timeout,
+        ca_file=identity.ca_path,
+        node_id=lambda: identity.node_id if identity.enrolled else "",
+        key=lambda: identity.webhook_key,
+    )
+    downloads = DownloadManager(
+        config.downloads,
+        data_dir=root,
+        index=index,
+        spool=spool,
+        receiver=receiver,
+        pacs=pacs,
+        hub=hub,
+        guard=guard,
+        poster=poster,
+        clock=clock,
+        part_size=config.hub.part_size_kb * 1024,
+        compression_level=config.hub.compression_level,
+        zip_level=config.downloads.zip_level,
+    )
+    reports = ReportStatusService(index, spool, pacs)
+    node_api = None
+    if config.node_api.enabled and identity.enrolled:
+        node_api = WsgiServer(
+            create_node_api(identity, downloads, reports),
+            bind=config.node_api.bind,
+            port=config.node_api.port,
+            name="afra-node-api",
+            ssl_adapter=tls_adapter(identity) if config.node_api.tls else None,
+            what="the node API (node_api.bind, node_api.port)",
+        )
     commands = None
     if hub is not None:
         commands = CommandChannel(hub, clock=clock, wait_s=config.hub.command_poll_s)
         commands.register("apply_policy", apply_policy_handler(policy))
-    return Appliance(
+        commands.register("download", download_handler(downloads))
+        commands.register("report_status", report_status_handler(reports))
+        if panel is not None:
+            commands.register("locate", locate_handler(panel))
+    dicom = Acceptor(config.dicom, receiver)
+    mdns = None
+    if config.mdns.enabled:
+        mdns = MdnsAdvertiser(
+            lambda: advert_for(config, key_path=identity.key_path, dicom_port=lambda: dicom.port),
+            clock=clock,
+            interfaces=config.mdns.interfaces,
+            check_interval=config.mdns.address_check_interval,
+        )
+    if panel is not None:
+        panel.address = (
+            mdns.primary_address
+            if mdns is not None
+            else lambda: next(iter(interface_addresses(config.mdns.interfaces)), None)
+        )
+    parts: dict[str, StatusPart] = {"panel": panel} if panel is not None else {}
+    if mdns is not None:
+        parts["mdns"] = mdns
+    monitor = HealthMonitor(
+        health,
+        appliance_probes(
+            config,
+            root=root,
+            identity=identity,
+            uplink=uplink,
+            index=index,
+            stale_after_s=lambda: policy.current.stale_queue_hours * 3600.0,
+            pacs_echo=pacs.echo if pacs is not None else None,
+            clock=clock,
+        ),
+        clock=clock,
+        status_path=root / STATUS_FILE,
+        parts=parts,
+    )
+    box = Appliance(
         config=config,
         clock=clock,
         spool=spool,
         index=index,
         receiver=receiver,
-        dicom=Acceptor(config.dicom, receiver),
+        dicom=dicom,
         completion=StudyCompletion(index, config.study, clock=clock, pacs=pacs),
         pacs=pacs,
         identity=identity,
         policy=policy,
         uplink=uplink,
         commands=commands,
+        downloads=downloads,
+        reports=reports,
+        node_api=node_api,
         pin_factory=pin_factory,
         hub=hub,
+        health=health,
+        setup_window=setup_window,
+        panel=panel,
+        mdns=mdns,
+        monitor=monitor,
     )
+    if panel is not None:
+        panel.on_announce = box.announce
+        panel.on_factory_reset = box.factory_reset
+    if commands is not None:
+        commands.register("diagnostics", diagnostics_handler(box.diagnostics))
+    return box

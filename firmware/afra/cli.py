@@ -10,14 +10,18 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from afra import __version__
 from afra.config import Config, PacsSettings, load_config
 from afra.errors import AfraError, ConfigError
+from medix.models import DownloadStatus
 
 LOG = logging.getLogger("afra")
+
+EXIT_RESTART = 75  # EX_TEMPFAIL: the unit's Restart=on-failure starts the box again
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--hub-port", type=int, default=8443, help="the reference hub's port")
     sub.add_parser("check-config", help="validate the configuration and print it")
+    sp = sub.add_parser("status", help="the running box's health and its front panel, now")
+    sp.add_argument("--json", action="store_true")
+    sp = sub.add_parser("discover", help="list AFRA boxes and DICOM services on the LAN (mDNS)")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--timeout", type=float, default=3.0, help="seconds to listen (default 3)")
+    sp.add_argument(
+        "--interface",
+        action="append",
+        default=[],
+        help="listen on this interface name or IPv4 address only (repeatable)",
+    )
 
     def pacs_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--host", help="PACS host (default: [pacs] host)")
@@ -77,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--hub", help="the hub's https URL (default: hub.url)")
     sp.add_argument("--ca", type=Path, required=True, help="the hub's CA certificate (PEM)")
     sp.add_argument("--code", required=True, help="the pairing code from the hub's portal")
+    sp = sub.add_parser("jobs", help="list the hub's download jobs and their timelines")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--limit", type=int, default=20)
+    sub.add_parser("diagnostics", help="run the diagnostics and print the bundle (JSON)")
+    sp = sub.add_parser("report-status", help="say which studies have reports (as the hub asks)")
+    sp.add_argument("study_uid", nargs="+")
+    sp = sub.add_parser(
+        "setup-code", help="make the box's setup code (image build): print it for the label"
+    )
+    sp.add_argument("--force", action="store_true", help="replace an existing setup code")
     sp = sub.add_parser("slip", help="print a study's patient slip (HTML) for the reception desk")
     sp.add_argument("study", help="the study's Medis code or Study Instance UID")
     sp.add_argument("--out", type=Path, help="write to this file instead of standard output")
@@ -138,9 +163,59 @@ def cmd_emulate(config: Config, hub_port: int) -> int:
             f" admin token in {config.box.data_dir / 'hub' / 'admin-token'})",
             flush=True,
         )
+        _emulated_label(config, hub)
         return cmd_run(config)
     finally:
         hub.stop()
+
+
+def _emulated_label(config: Config, hub: Any) -> None:
+    """An emulated box has no label: until its wizard has a password, each run makes a fresh
+    setup code and prints it (with a pairing code for the wizard's hub step)."""
+    if not config.web.enabled:
+        return
+    from afra_web.state import admin_password_set, new_setup_code
+
+    if admin_password_set(config.box.data_dir):
+        print("Setup wizard: sign in with the admin password you chose", flush=True)
+        return
+    code = new_setup_code(config.box.data_dir, force=True)
+    print(
+        f"Setup code (the label of a real box): {code}; for the wizard's hub step: pairing code "
+        f"{hub.new_pairing_code()}, CA file {hub.ca_pem_path}",
+        flush=True,
+    )
+
+
+def _start_web(appliance: Any) -> Any:
+    """The setup wizard and dashboard (web-setup/), when `web.enabled`."""
+    if not appliance.config.web.enabled:
+        return None
+    try:
+        from afra_web.server import start_web, urls
+
+        server = start_web(appliance)
+    except AfraError as exc:  # the box still receives and uploads without its web page
+        LOG.error("%s", exc)
+        return None
+    except Exception:  # e.g. out of file descriptors while loading it: the same, logged
+        LOG.exception("the setup and dashboard page could not start; the box runs without it")
+        return None
+    for url in urls(appliance.config.web.bind, server.port):
+        print(f"Setup wizard and dashboard: open {url}", flush=True)
+    return server
+
+
+def cmd_setup_code(config: Config, force: bool) -> int:
+    """At image-build time: make the box's setup code, print it for the label, keep its hash."""
+    from afra_web.state import new_setup_code
+
+    try:
+        code = new_setup_code(config.box.data_dir, force=force)
+    except FileExistsError as exc:
+        raise ConfigError(str(exc)) from None
+    print(code)
+    return 0
 
 
 def cmd_run(config: Config) -> int:
@@ -154,6 +229,7 @@ def cmd_run(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    appliance.on_restart.append(stop.set)  # factory reset: exit, systemd starts us afresh
     appliance.start()
     d = config.dicom
     print(
@@ -161,11 +237,49 @@ def cmd_run(config: Config) -> int:
         f"data in {config.box.data_dir}",
         flush=True,
     )
+    web = None
     try:
+        web = _start_web(appliance)
         stop.wait()
     finally:
+        if web is not None:
+            web.stop()
         appliance.close()
+    if appliance.restart_requested.is_set():
+        print("AFRA stopped for a restart (factory reset)", flush=True)
+        return EXIT_RESTART
     print("AFRA stopped", flush=True)
+    return 0
+
+
+def cmd_status(config: Config, as_json: bool) -> int:
+    import time
+
+    from afra.health import box_running, read_status
+    from afra.panel.virtual import render_status, status_now
+
+    doc = read_status(config.box.data_dir)
+    if doc is None:
+        if as_json:
+            print(json.dumps({"running": False}))
+        else:
+            print(f"AFRA is not running (no status in {config.box.data_dir})")
+        return 3
+    now = time.time()
+    running = box_running(doc, now)
+    doc = status_now(doc, now, running=running)
+    print(json.dumps(doc, indent=2) if as_json else render_status(doc, now))
+    return 0 if running else 3
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from afra.mdns import discover, found_as_dict, render_found
+
+    found = discover(args.timeout, args.interface)
+    if args.json:
+        print(json.dumps([found_as_dict(f) for f in found], indent=2))
+    else:
+        print(render_found(found))
     return 0
 
 
@@ -245,6 +359,54 @@ def _open_pacs(config: Config, with_receiver: bool) -> Any:
     return PacsClient(config.pacs, config.dicom, receiver=receiver)
 
 
+def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
+    from afra.node.jobs import JobStore
+
+    path = config.box.data_dir / "jobs.sqlite"
+    if not path.exists():
+        print("no download jobs yet")
+        return 0
+    store = JobStore(path)
+    try:
+        jobs = store.jobs(args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([job.as_dict() for job in jobs], indent=2))
+        return 0
+    for job in jobs:
+        print(
+            f"{job.id}  {job.state:<7}  {DownloadStatus(job.status).name:<16}  {job.subject}  "
+            f"user={job.userid}  via {job.source}"
+        )
+        for event in job.events:
+            when = datetime.fromtimestamp(event.at).strftime("%H:%M:%S")
+            print(f"    {when}  {event.status:>3} {event.name:<16} {event.detail}")
+        if job.file_url:
+            print(f"    file: {job.file_url}")
+    if not jobs:
+        print("no download jobs yet")
+    return 0
+
+
+def cmd_node(config: Config, args: argparse.Namespace) -> int:
+    """Diagnostics and report status, from a box built on the same data (not started)."""
+    from afra.app import build_appliance
+    from medix.models import ReportStatusRequest
+
+    box = build_appliance(config)
+    try:
+        if args.command == "diagnostics":
+            print(json.dumps(box.diagnostics(), indent=2))
+            return 0
+        assert box.reports is not None
+        answer = box.reports.answer(ReportStatusRequest(StudyInstanceUIDs=tuple(args.study_uid)))
+        print(answer.model_dump_json(indent=2))
+        return 0
+    finally:
+        box.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -254,6 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(config)
         if args.command == "emulate":
             return cmd_emulate(config, args.hub_port)
+        if args.command == "status":
+            return cmd_status(config, args.json)
+        if args.command == "discover":
+            return cmd_discover(args)
         if args.command == "check-config":
             print(json.dumps(config.model_dump(mode="json"), indent=2))
             return 0
@@ -286,6 +452,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_enrol(config, args)
         if args.command == "slip":
             return cmd_slip(config, args)
+        if args.command == "setup-code":
+            return cmd_setup_code(config, args.force)
+        if args.command == "jobs":
+            return cmd_jobs(config, args)
+        if args.command in ("diagnostics", "report-status"):
+            return cmd_node(config, args)
         if args.command in ("studies", "quarantine", "conflicts"):
             from afra.store.index import Index
 

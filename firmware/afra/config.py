@@ -123,6 +123,101 @@ class HubSettings(Section):
     retry_cap: Seconds = 900.0
 
 
+class DownloadSettings(Section):
+    """Study downloads the hub asks for (docs/medix.md) and the webhook they report to."""
+
+    max_running: int = Field(2, ge=1, le=8)
+    # Webhook targets: https only, unless the emulation profile allows plain http.
+    allow_http: bool = False
+    # Hosts a webhook may name besides the enrolled hub's host and the policy's list.
+    webhook_hosts: tuple[str, ...] = ()
+    # Addresses normally refused (loopback, private, link-local, metadata) that are allowed
+    # here explicitly, e.g. a hub on the center's own network.
+    allow_addresses: tuple[Network, ...] = ()
+    webhook_timeout: Seconds = 15.0
+    webhook_retry_base: Seconds = 1.0
+    webhook_retry_cap: Seconds = 60.0
+    webhook_give_up_s: Seconds = 3600.0
+    # Deflate level of the zip's entries (0 stores them); compressed pixel data is stored.
+    zip_level: int = Field(1, ge=0, le=9)
+    # A finished job's zip is removed once the hub holds it; its record is kept this long.
+    keep_jobs_days: int = Field(30, ge=1, le=3650)
+
+
+class NodeApiSettings(Section):
+    """The node-side HTTP API of the seed (/api/study/...): for a hub that can reach the box.
+
+    Served over TLS with the node's enrolment certificate; the hub authenticates with the
+    bearer token it gave at enrolment. Off by default: behind the center's firewall the hub
+    sends the same requests as commands on the node's long poll."""
+
+    enabled: bool = False
+    bind: str = "0.0.0.0"  # noqa: S104 - reachable from the LAN when enabled
+    port: ListenPort = 8444
+    tls: bool = True
+
+
+class WebSettings(Section):
+    """The setup wizard and dashboard (web-setup/): where it listens, which names it answers."""
+
+    enabled: bool = True
+    bind: str = "0.0.0.0"  # noqa: S104 - the technician's phone is on the center's LAN
+    port: ListenPort = 80
+    # Host names served besides loopback, the box's hostname (and .local) and its addresses:
+    # any other Host header is refused (DNS rebinding).
+    hostnames: tuple[str, ...] = ()
+    session_idle_minutes: int = Field(30, ge=1, le=1440)
+    # "system": read the OS and apply a static address through NetworkManager (nmcli);
+    # "emulated": read the OS, keep requested changes in data_dir/web/network.json only.
+    network: str = Field("system", pattern="^(system|emulated)$")
+
+
+class HealthSettings(Section):
+    """The health checks (afra.health): how often they run and where warnings start."""
+
+    check_interval: Seconds = 10.0
+    disk_warning_percent: int = Field(90, ge=1, le=100)
+    pacs_echo_interval: Seconds = 300.0
+    cert_warning_days: int = Field(14, ge=0, le=365)
+
+
+class PanelSettings(Section):
+    """The front panel (afra.panel): LEDs and button on the GPIO header."""
+
+    enabled: bool = True
+    # "auto": gpiozero's default (real pins on a Pi; mock pins, logged, elsewhere); "mock".
+    pin_factory: str = Field("auto", pattern="^(auto|mock)$")
+    # Another panel file (pins, patterns); empty: the one shipped (hardware/panel.toml).
+    layout: Path | None = None
+    # How long the button's 3 s hold opens the setup window (proof of physical presence).
+    setup_window: Seconds = 600.0
+
+
+def check_mdns_name(value: str) -> str:
+    """An instance name template: text with {name}, {id} and {ae} only."""
+    try:
+        value.format(name="n", id="i", ae="a")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"{value!r} is not a name template: use text with {{name}}, {{id}} and {{ae}} only "
+            f"({exc})"
+        ) from None
+    if not value.strip():
+        raise ValueError("the name template cannot be empty")
+    return value
+
+
+class MdnsSettings(Section):
+    """mDNS / DNS-SD (afra.mdns): how the box shows up on the LAN."""
+
+    enabled: bool = True
+    # Instance name; {name} = box.name, {id} = the box's short id, {ae} = dicom.ae_title.
+    name: Annotated[str, AfterValidator(check_mdns_name)] = Field("{name}-{id}", max_length=63)
+    # Interface names or IPv4 addresses to advertise on; empty: every one except loopback.
+    interfaces: tuple[str, ...] = ()
+    address_check_interval: Seconds = 10.0
+
+
 class Config(Section):
     box: BoxSettings = BoxSettings()
     dicom: DicomSettings = DicomSettings()
@@ -130,6 +225,12 @@ class Config(Section):
     storage: StorageSettings = StorageSettings()
     study: StudySettings = StudySettings()
     hub: HubSettings = HubSettings()
+    web: WebSettings = WebSettings()
+    downloads: DownloadSettings = DownloadSettings()
+    node_api: NodeApiSettings = NodeApiSettings()
+    health: HealthSettings = HealthSettings()
+    panel: PanelSettings = PanelSettings()
+    mdns: MdnsSettings = MdnsSettings()
 
 
 def _describe(exc: ValidationError, source: str) -> str:
@@ -192,6 +293,26 @@ def overrides_from_cli(assignments: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+OVERLAY_NAME = "settings.toml"
+
+
+def _read_overlay(data: Mapping[str, Any]) -> tuple[dict[str, Any], Path]:
+    """The settings the setup wizard saved in `<data_dir>/settings.toml` (above the file,
+    below the environment and the command line); empty when there are none."""
+    box = data.get("box")
+    data_dir = box.get("data_dir") if isinstance(box, Mapping) else None
+    path = Path(str(data_dir) if data_dir else BoxSettings().data_dir) / OVERLAY_NAME
+    try:
+        overlay = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, path
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"saved settings {path} cannot be read: {exc}") from None
+    if "box" in overlay and "data_dir" in overlay["box"]:
+        raise ConfigError(f"saved settings {path} cannot move box.data_dir")
+    return overlay, path
+
+
 def load_config(
     path: Path | None = None,
     *,
@@ -220,7 +341,10 @@ def load_config(
         source += " + environment"
     if cli:
         source += " + command line"
-    data = _merge(_merge(data, env), cli)
+    overlay, overlay_path = _read_overlay(_merge(_merge(data, env), cli))
+    if overlay:
+        source += f" + {overlay_path}"
+    data = _merge(_merge(_merge(data, overlay), env), cli)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

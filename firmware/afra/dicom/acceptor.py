@@ -45,6 +45,7 @@ from afra.config import DicomSettings
 from afra.dicom import dimse
 from afra.dicom.header import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES
 from afra.dicom.receive import Receiver, StoreRequest
+from afra.dicom.sightings import PeerSightings
 from afra.dicom.spool import start_writeback
 from afra.errors import ServiceError
 
@@ -455,6 +456,7 @@ class _Association:
             self._send_command(
                 message.context_id, dimse.encode_response(command, dimse.C_ECHO_RSP, 0x0000)
             )
+            self.server.sightings.echo(self.calling_ae, self.address)
             return
         if command.command_field == dimse.C_CANCEL_RQ or command.command_field & 0x8000:
             self._discard(message)  # nothing of ours to cancel; responses are not expected
@@ -491,12 +493,15 @@ class _Association:
                     head=bytes(message.head),
                     data_size=message.data_size,
                     transfer_syntax=transfer_syntax,
+                    move_originator_ae=command.move_originator_ae,
+                    move_originator_id=command.move_originator_message_id,
                 ),
             )
         finally:
             message.path.unlink(missing_ok=True)  # still here only if it was not kept
         if status == 0:
             self.stored += 1
+            self.server.sightings.store(self.calling_ae, self.address)
         return status
 
     def _discard(self, message: _Message) -> None:
@@ -550,9 +555,17 @@ class _Association:
 class Acceptor:
     """The listening Verification + Storage SCP."""
 
-    def __init__(self, settings: DicomSettings, receiver: Receiver) -> None:
+    def __init__(
+        self,
+        settings: DicomSettings,
+        receiver: Receiver,
+        *,
+        sightings: PeerSightings | None = None,
+    ) -> None:
         self.settings = settings
         self.receiver = receiver
+        # Who echoed or stored lately (the wizard shows it); kept across a reconfiguration.
+        self.sightings = sightings or PeerSightings(receiver.clock)
         self.policy = PeerPolicy.from_settings(settings)
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from afra.clock import Clock
 from afra.dicom.header import (
@@ -47,6 +49,19 @@ class StoreRequest:
     head: bytes = b""
     data_size: int = -1
     transfer_syntax: str = ""
+    # A C-STORE sub-operation of a C-MOVE names the move's originator (PS3.7 9.3.1.1).
+    move_originator_ae: str = ""
+    move_originator_id: int = 0
+
+
+class StoreSink(Protocol):
+    """Somewhere else a received object may go: a download job's own folder.
+
+    `store` answers a storage status, or None when the object is not for it (it then takes
+    the normal path into the spool and the index).
+    """
+
+    def store(self, tmp: Path, request: StoreRequest) -> int | None: ...
 
 
 def _header(tmp: Path, request: StoreRequest) -> InstanceHeader:
@@ -62,22 +77,50 @@ def _header(tmp: Path, request: StoreRequest) -> InstanceHeader:
 class Receiver:
     """Turns received temp files into durable, indexed instances."""
 
-    def __init__(self, spool: Spool, index: Index, *, min_free_bytes: int, clock: Clock) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        index: Index,
+        *,
+        min_free_bytes: int,
+        clock: Clock,
+        on_activity: Callable[[], None] | None = None,
+    ) -> None:
         self.spool = spool
         self.index = index
         self.min_free_bytes = min_free_bytes
         self.clock = clock
+        # The front panel's activity LED: one cheap call per received object.
+        self.on_activity = on_activity
         # Two associations delivering the same SOP Instance UID at once must not race.
         self._uid_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._warned_full = False
         self._parse_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="header")
+        # C-MOVEs the box itself started for a download job, by (originator AE, message id).
+        self._diverts: dict[tuple[str, int], StoreSink] = {}
+
+    def divert(self, ae_title: str, message_id: int, sink: StoreSink | None) -> None:
+        """Send the sub-operations of the box's own C-MOVE `message_id` to `sink` (None: stop)."""
+        key = (ae_title.strip(), message_id)
+        if sink is None:
+            self._diverts.pop(key, None)
+        else:
+            self._diverts[key] = sink
 
     def has_room(self) -> bool:
         """Whether free space is above the floor (checked again when the object is stored)."""
         return self.spool.free_bytes() >= self.min_free_bytes
 
     def store(self, tmp: Path, request: StoreRequest) -> int:
+        if self.on_activity is not None:
+            self.on_activity()
         sender = f"{request.calling_ae!r} ({request.peer_address})"
+        if request.move_originator_id and self._diverts:
+            sink = self._diverts.get((request.move_originator_ae, request.move_originator_id))
+            if sink is not None:
+                status = sink.store(tmp, request)
+                if status is not None:
+                    return status
         try:
             return self._store(tmp, request, sender)
         except InvalidInstanceError as exc:

@@ -29,7 +29,7 @@ from afra.config import DicomSettings, PacsSettings
 from afra.dicom.acceptor import TRANSFER_SYNTAXES
 from afra.dicom.dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from afra.dicom.header import is_valid_uid
-from afra.dicom.receive import Receiver, StoreRequest
+from afra.dicom.receive import Receiver, StoreRequest, StoreSink
 from afra.errors import AfraError, AssociationFailedError, PeerReplyError
 
 LOG = logging.getLogger("afra.scu")
@@ -238,8 +238,13 @@ class PacsClient:
                 return _bounded(value, "NumberOfStudyRelatedInstances")
         return None
 
-    def move(self, study_uid: str, destination: str | None = None) -> RetrieveResult:
-        """C-MOVE a study to the box's own AE (or `destination`)."""
+    def move(
+        self, study_uid: str, destination: str | None = None, *, msg_id: int = 1
+    ) -> RetrieveResult:
+        """C-MOVE a study to the box's own AE (or `destination`).
+
+        `msg_id` comes back in each C-STORE sub-operation as the Move Originator Message ID,
+        which lets the receiver route them (Receiver.divert)."""
         if not is_valid_uid(study_uid):
             raise ValueError(f"{study_uid!r} is not a valid Study Instance UID")
         query = Dataset()
@@ -251,13 +256,15 @@ class PacsClient:
                 query,
                 destination or self.local.ae_title,
                 StudyRootQueryRetrieveInformationModelMove,
+                msg_id=msg_id,
             )
             _collect(responses, result)
         return result
 
-    def get(self, study_uid: str) -> RetrieveResult:
-        """C-GET a study over one association, storing what arrives through the Receiver."""
-        if self.receiver is None:
+    def get(self, study_uid: str, *, sink: StoreSink | None = None) -> RetrieveResult:
+        """C-GET a study over one association, storing what arrives through the Receiver
+        (or into `sink`, for what the sink takes)."""
+        if self.receiver is None and sink is None:
             raise RuntimeError("C-GET needs a receiver to store into")
         if not is_valid_uid(study_uid):
             raise ValueError(f"{study_uid!r} is not a valid Study Instance UID")
@@ -267,7 +274,7 @@ class PacsClient:
         storage = self._study_sop_classes(study_uid)
         roles = [build_role(uid, scp_role=True) for uid in storage]
         receiver = self.receiver
-        handler: Callable[[Any], int] = lambda event: _store_from_get(event, receiver)  # noqa: E731
+        handler: Callable[[Any], int] = lambda event: _store_from_get(event, receiver, sink)  # noqa: E731
         result = RetrieveResult(method="C-GET", status=0xC000)
         with self._associate(
             [StudyRootQueryRetrieveInformationModelGet],
@@ -279,17 +286,19 @@ class PacsClient:
             _collect(responses, result)
         return result
 
-    def retrieve(self, study_uid: str) -> RetrieveResult:
+    def retrieve(
+        self, study_uid: str, *, msg_id: int = 1, sink: StoreSink | None = None
+    ) -> RetrieveResult:
         """C-MOVE to the box; when the PACS cannot move to it, C-GET instead."""
         try:
-            moved = self.move(study_uid)
+            moved = self.move(study_uid, msg_id=msg_id)
         except AssociationFailedError as exc:
             moved = RetrieveResult(method="C-MOVE", status=0xC000, notes=[str(exc)])
-        if moved.ok or self.receiver is None:
+        if moved.ok or (self.receiver is None and sink is None):
             return moved
         if moved.status in _MOVE_GET_FALLBACK or moved.status >= 0xC000:
             LOG.info("C-MOVE failed (0x%04X); trying C-GET", moved.status)
-            got = self.get(study_uid)
+            got = self.get(study_uid, sink=sink)
             got.notes = [f"C-MOVE answered 0x{moved.status:04X}", *moved.notes, *got.notes]
             return got
         return moved
@@ -311,15 +320,20 @@ def _collect(responses: Iterator[tuple[Dataset, Dataset | None]], result: Retrie
                 setattr(result, attr, _bounded(status.get(name), name))
 
 
-def _store_from_get(event: Any, receiver: Receiver) -> int:
+def _store_from_get(event: Any, receiver: Receiver | None, sink: StoreSink | None) -> int:
     assoc = event.assoc
-    return receiver.store(
-        Path(event.dataset_path),
-        StoreRequest(
-            sop_class_uid=str(event.request.AffectedSOPClassUID or ""),
-            sop_instance_uid=str(event.request.AffectedSOPInstanceUID or ""),
-            context_abstract_syntax=str(event.context.abstract_syntax),
-            calling_ae=str(assoc.acceptor.ae_title).strip(),
-            peer_address=str(assoc.acceptor.address),
-        ),
+    tmp = Path(event.dataset_path)
+    request = StoreRequest(
+        sop_class_uid=str(event.request.AffectedSOPClassUID or ""),
+        sop_instance_uid=str(event.request.AffectedSOPInstanceUID or ""),
+        context_abstract_syntax=str(event.context.abstract_syntax),
+        calling_ae=str(assoc.acceptor.ae_title).strip(),
+        peer_address=str(assoc.acceptor.address),
     )
+    if sink is not None:
+        status = sink.store(tmp, request)
+        if status is not None:
+            return status
+    if receiver is None:
+        return 0xA900  # not the study asked for, and nowhere else to keep it
+    return receiver.store(tmp, request)

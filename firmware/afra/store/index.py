@@ -226,6 +226,10 @@ SQL_QUEUE_STATS = """
 SELECT COUNT(*), COALESCE(MIN(completed_at), 0), COALESCE(SUM(bytes), 0)
 FROM studies WHERE state IN ('complete', 'queued', 'uploading')
 """
+SQL_RECENT_INSTANCES = "SELECT received_at, size FROM instances ORDER BY rowid DESC"
+SQL_DELIVERED_SINCE = """
+SELECT delivered_at, bytes FROM studies WHERE state = 'delivered' AND delivered_at >= ?
+"""
 SQL_LIST_CONFLICTS = """
 SELECT id, sop_instance_uid, path, size, received_at, calling_ae FROM conflicts ORDER BY id
 """
@@ -309,6 +313,48 @@ class UploadStudy:
     instance_count: int
     bytes: int
     completed_at: float | None
+
+
+SQL_HELD_INSTANCES = """
+SELECT i.sop_instance_uid, i.series_uid, i.sop_class_uid, i.modality, i.path, i.size, i.sha256
+FROM instances i JOIN studies s ON s.id = i.study_id
+WHERE s.study_uid = ? AND s.purged_at IS NULL ORDER BY i.series_uid, i.path
+"""
+SQL_STUDY_HOLDING = """
+SELECT COUNT(*), SUM(state = 'received'), SUM(purged_at IS NOT NULL) FROM studies
+WHERE study_uid = ?
+"""
+SQL_REPORT_INSTANCES = """
+SELECT i.sop_class_uid, i.path, i.received_at, s.purged_at IS NOT NULL
+FROM instances i JOIN studies s ON s.id = i.study_id
+WHERE s.study_uid = ? AND (i.sop_class_uid LIKE '1.2.840.10008.5.1.4.1.1.88.%'
+    OR i.sop_class_uid = '1.2.840.10008.5.1.4.1.1.104.1')
+"""
+SQL_STUDIES_OF_PATIENT = """
+SELECT DISTINCT study_uid FROM studies WHERE patient_id = ? ORDER BY first_received_at
+"""
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What the box holds of a study, over all its revisions."""
+
+    revisions: int
+    receiving: int  # revisions still receiving
+    purged: int  # revisions whose local copy was removed after delivery
+
+    @property
+    def whole(self) -> bool:
+        """Every revision is complete and on disk."""
+        return self.revisions > 0 and not self.receiving and not self.purged
+
+
+@dataclass(frozen=True)
+class ReportInstance:
+    sop_class_uid: str
+    path: str
+    received_at: float
+    purged: bool
 
 
 @dataclass(frozen=True)
@@ -614,8 +660,56 @@ class Index:
         with self._transaction() as db:
             return db.execute(SQL_MARK_DELIVERED, (receipt_json, now, study_id)).rowcount == 1
 
+    # -- node side (downloads, report status) --------------------------------------------
+
+    def holding(self, study_uid: str) -> Holding:
+        with self._lock:
+            count, receiving, purged = self._db.execute(SQL_STUDY_HOLDING, (study_uid,)).fetchone()
+        return Holding(int(count), int(receiving or 0), int(purged or 0))
+
+    def held_instances(self, study_uid: str) -> list[UploadInstance]:
+        """Every instance of a study (all revisions) whose file is on the box."""
+        with self._lock:
+            rows = self._db.execute(SQL_HELD_INSTANCES, (study_uid,)).fetchall()
+        return [UploadInstance(*row) for row in rows]
+
+    def report_instances(self, study_uid: str) -> list[ReportInstance]:
+        """The study's structured reports and encapsulated PDFs the box received."""
+        with self._lock:
+            rows = self._db.execute(SQL_REPORT_INSTANCES, (study_uid,)).fetchall()
+        return [ReportInstance(str(r[0]), str(r[1]), float(r[2]), bool(r[3])) for r in rows]
+
+    def studies_of_patient(self, patient_id: str) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(SQL_STUDIES_OF_PATIENT, (patient_id,)).fetchall()
+        return [str(r[0]) for r in rows]
+
     def queue_stats(self, now: float) -> tuple[int, float, int]:
         """Studies not yet delivered: how many, the oldest one's age (s), their bytes."""
         with self._lock:
             count, oldest, size = self._db.execute(SQL_QUEUE_STATS).fetchone()
         return int(count), (now - float(oldest)) if count and oldest else 0.0, int(size)
+
+    # -- the dashboard ----------------------------------------------------------------
+
+    def received_since(self, since: float) -> list[tuple[float, int]]:
+        """(received_at, size) of the instances received at or after `since`.
+
+        Rows are read newest first by rowid (insertion order) and the walk stops at the first
+        older one, so only the recent rows are read and the hot path keeps one index less."""
+        found: list[tuple[float, int]] = []
+        with self._lock:
+            cursor = self._db.execute(SQL_RECENT_INSTANCES)
+            while rows := cursor.fetchmany(512):
+                for received_at, size in rows:
+                    if received_at < since:
+                        cursor.close()
+                        return found
+                    found.append((float(received_at), int(size)))
+        return found
+
+    def delivered_since(self, since: float) -> list[tuple[float, int]]:
+        """(delivered_at, bytes) of every study revision delivered at or after `since`."""
+        with self._lock:
+            rows = self._db.execute(SQL_DELIVERED_SINCE, (since,)).fetchall()
+        return [(float(r[0]), int(r[1])) for r in rows]

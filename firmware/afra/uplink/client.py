@@ -26,6 +26,10 @@ from medix.models import (
     CommitRequest,
     EnrolRequest,
     EnrolResponse,
+    FileCommit,
+    FileRegistration,
+    FileSaved,
+    FileUpload,
     Heartbeat,
     HeartbeatResponse,
     PartAck,
@@ -147,6 +151,8 @@ def enrol(
         hub_url=hub_url,
         cert_pem=answer.certificate_pem,
         ca_pem=answer.ca_pem,
+        webhook_key=answer.webhook_key,
+        node_api_token=answer.node_api_token,
     )
     LOG.info("enrolled with the hub at %s as node %s", hub_url, answer.node_id)
     return answer.node_id
@@ -205,10 +211,13 @@ class HubClient:
     def put_part(
         self, upload_id: str, number: int, body: bytes, *, sha256: str, encoding: str
     ) -> PartAck:
+        return self._put_part(f"/uploads/{upload_id}/parts/{number}", body, sha256, encoding)
+
+    def _put_part(self, path: str, body: bytes, sha256: str, encoding: str) -> PartAck:
         response = _send(
             self._session,
             "PUT",
-            f"{self.base}/uploads/{upload_id}/parts/{number}",
+            self.base + path,
             data=body,
             headers={
                 "Content-Encoding": encoding,
@@ -221,6 +230,22 @@ class HubClient:
 
     def commit(self, upload_id: str, request: CommitRequest) -> Receipt:
         return self._json("POST", f"/uploads/{upload_id}/commit", request, Receipt)
+
+    # -- files (a prepared download) --------------------------------------------------------
+
+    def register_file(self, registration: FileRegistration) -> FileUpload:
+        return self._json("POST", "/files", registration, FileUpload)
+
+    def file_status(self, file_id: str) -> FileUpload:
+        return self._json("GET", f"/files/{file_id}", None, FileUpload)
+
+    def put_file_part(
+        self, file_id: str, number: int, body: bytes, *, sha256: str, encoding: str
+    ) -> PartAck:
+        return self._put_part(f"/files/{file_id}/parts/{number}", body, sha256, encoding)
+
+    def commit_file(self, file_id: str, request: FileCommit) -> FileSaved:
+        return self._json("POST", f"/files/{file_id}/commit", request, FileSaved)
 
     def commands(self, wait: int) -> CommandBatch:
         response = _send(

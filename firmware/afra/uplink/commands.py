@@ -12,13 +12,24 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from afra.clock import Clock
 from afra.uplink.client import HubClient, HubError
+
+if TYPE_CHECKING:
+    from afra.node.jobs import DownloadManager
+    from afra.node.reports import ReportStatusService
 from afra.uplink.policy import PolicyStore
-from medix.models import Command, CommandResult, Policy
+from medix.models import (
+    Command,
+    CommandResult,
+    DownloadRequest,
+    Policy,
+    ReportStatusRequest,
+)
 
 LOG = logging.getLogger("afra.commands")
 
@@ -93,5 +104,32 @@ def apply_policy_handler(policy: PolicyStore) -> Handler:
     def handle(args: dict[str, object]) -> dict[str, object]:
         policy.apply(Policy.model_validate(args))
         return {"version": policy.current.version}
+
+    return handle
+
+
+def download_handler(downloads: DownloadManager) -> Handler:
+    """`download`: a DownloadRequest; answers DownloadAccepted (progress goes to the webhook)."""
+
+    def handle(args: dict[str, object]) -> dict[str, object]:
+        accepted = downloads.submit(DownloadRequest.model_validate(args), source="command")
+        return accepted.model_dump(mode="json")
+
+    return handle
+
+
+def report_status_handler(reports: ReportStatusService) -> Handler:
+    def handle(args: dict[str, object]) -> dict[str, object]:
+        answer = reports.answer(ReportStatusRequest.model_validate(args))
+        return answer.model_dump(mode="json")
+
+    return handle
+
+
+def diagnostics_handler(collect: Callable[[], dict[str, object]]) -> Handler:
+    """`diagnostics`: the bundle itself is the command's result (the hub keeps it)."""
+
+    def handle(args: dict[str, object]) -> dict[str, object]:
+        return collect()
 
     return handle

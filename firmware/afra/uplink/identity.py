@@ -7,6 +7,8 @@ verified against it and nothing else) and `enrolment.json` (node id, hub URL).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from pathlib import Path
 
@@ -30,6 +32,8 @@ class NodeIdentity:
         self.cert_path = directory / "node.crt"
         self.ca_path = directory / "hub-ca.pem"
         self.meta_path = directory / "enrolment.json"
+        self.webhook_key_path = directory / "webhook.key"
+        self.api_token_path = directory / "node-api-token.sha256"
 
     def ensure_key(self) -> None:
         """Make the node's key pair on first start; keep it ever after."""
@@ -62,12 +66,26 @@ class NodeIdentity:
         )
         return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
-    def save_enrolment(self, *, node_id: str, hub_url: str, cert_pem: str, ca_pem: str) -> None:
+    def save_enrolment(
+        self,
+        *,
+        node_id: str,
+        hub_url: str,
+        cert_pem: str,
+        ca_pem: str,
+        webhook_key: str = "",
+        node_api_token: str = "",
+    ) -> None:
         cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
         if cert.public_key() != self._key().public_key():
             raise IdentityError("the hub returned a certificate for another key")
         write_public(self.cert_path, cert_pem.encode("ascii"))
         write_public(self.ca_path, ca_pem.encode("ascii"))
+        if webhook_key:
+            write_private(self.webhook_key_path, webhook_key.encode("ascii"))
+        if node_api_token:  # only its hash is kept: a stolen card cannot call the API
+            digest = hashlib.sha256(node_api_token.encode("utf-8")).hexdigest()
+            write_private(self.api_token_path, digest.encode("ascii"))
         meta = {"node_id": node_id, "hub_url": hub_url.rstrip("/")}
         write_public(self.meta_path, json.dumps(meta, indent=2).encode("utf-8"))
 
@@ -91,3 +109,20 @@ class NodeIdentity:
     @property
     def hub_url(self) -> str:
         return self._meta()["hub_url"]
+
+    @property
+    def webhook_key(self) -> str:
+        """The HMAC key download progress is signed with; empty if the hub gave none."""
+        try:
+            return self.webhook_key_path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return ""
+
+    def api_token_ok(self, token: str) -> bool:
+        """Whether `token` is the bearer token the hub received at enrolment."""
+        try:
+            expected = self.api_token_path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return False
+        given = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        return bool(expected) and hmac.compare_digest(given, expected)

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import random
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -95,7 +96,12 @@ class Uplink:
         clock: Clock,
         settings: UplinkSettings | None = None,
         codes: CodeIssuer | None = None,
+        health: Callable[[], str] | None = None,
+        on_activity: Callable[[], None] | None = None,
     ) -> None:
+        # The heartbeat reports health() (afra.health); on_activity() flickers the panel's LED.
+        self.health = health
+        self.on_activity = on_activity
         self.index = index
         self.spool = spool
         self.client = client
@@ -149,7 +155,7 @@ class Uplink:
         beat = Heartbeat(
             software_version=__version__,
             policy_version=self.policy.current.version,
-            health="healthy",
+            health=self.health() if self.health is not None else "healthy",
             queue=QueueStats(studies_waiting=count, oldest_waiting_s=oldest, bytes_waiting=size),
         )
         try:
@@ -255,6 +261,8 @@ class Uplink:
             body, encoding = raw, "identity"
         self.throttle.take(len(body), self.policy.current.bandwidth_cap_kbps, self._stop)
         self.client.put_part(upload_id, number, body, sha256=digest, encoding=encoding)
+        if self.on_activity is not None:
+            self.on_activity()
         with self._count_lock:
             self.bytes_sent += len(body)
 

@@ -1,0 +1,168 @@
+"""The diagnostics bundle: what a hub operator or IT person needs to see why a box struggles.
+
+C-ECHO of the PACS, DNS and TLS to the hub (against the pinned CA, with the hub's own
+clock for the skew), disk, the node certificate's expiry, the queue, the policy version and
+the recent log. Each check is timed and never raises: a failing check is a result. The log
+excerpt comes from a ring buffer of the last lines at INFO and above; the box's log names
+studies by UID and peers by AE title, never patients.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import shutil
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+
+from afra import __version__
+from afra.uplink.client import HubError
+from medix.models import Heartbeat, QueueStats
+
+if TYPE_CHECKING:
+    from afra.app import Appliance
+
+RING_LINES = 200
+
+
+class LogRing(logging.Handler):
+    """Keeps the last log lines in memory for the bundle."""
+
+    def __init__(self, size: int = RING_LINES) -> None:
+        super().__init__(logging.INFO)
+        self.lines: collections.deque[str] = collections.deque(maxlen=size)
+        self._ring_lock = threading.Lock()
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # a broken record must not break logging
+            return
+        with self._ring_lock:
+            self.lines.append(line[:1000])
+
+    def recent(self) -> list[str]:
+        with self._ring_lock:
+            return list(self.lines)
+
+
+def _timed(check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    start = time.monotonic()
+    try:
+        result = check()
+        result.setdefault("ok", True)
+    except Exception as exc:
+        result = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
+    result["ms"] = round((time.monotonic() - start) * 1000, 1)
+    return result
+
+
+def collect(box: Appliance, ring: LogRing | None = None) -> dict[str, Any]:
+    """The bundle as JSON-ready data."""
+    bundle: dict[str, Any] = {
+        "software_version": __version__,
+        "box_name": box.config.box.name,
+        "generated_at": datetime.fromtimestamp(box.clock.time(), UTC).isoformat(),
+        "policy_version": box.policy.current.version,
+    }
+    identity = box.identity
+    enrolled = identity.enrolled
+    bundle["node_id"] = identity.node_id if enrolled else None
+
+    def pacs() -> dict[str, Any]:
+        if box.pacs is None:
+            return {"ok": False, "error": "no PACS configured"}
+        status = box.pacs.echo()
+        return {
+            "ok": status == 0,
+            "status": f"0x{status:04X}",
+            "peer": f"{box.pacs.pacs.ae_title}@{box.pacs.pacs.host}:{box.pacs.pacs.port}",
+        }
+
+    def hub_dns() -> dict[str, Any]:
+        host = urlsplit(identity.hub_url).hostname or ""
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        return {"host": host, "addresses": sorted({str(i[4][0]) for i in infos})}
+
+    def hub_tls() -> dict[str, Any]:
+        parts = urlsplit(identity.hub_url)
+        host, port = parts.hostname or "", parts.port or 443
+        context = ssl.create_default_context(cafile=str(identity.ca_path))
+        with (
+            socket.create_connection((host, port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+            version = tls.version()
+        cert = x509.load_der_x509_certificate(der or b"")
+        return {
+            "protocol": version,
+            "verified_against": "the CA pinned at enrolment",
+            "subject": cert.subject.rfc4514_string(),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+        }
+
+    def clock() -> dict[str, Any]:
+        if box.hub is None:
+            return {"ok": False, "error": "not enrolled"}
+        count, oldest, size = box.index.queue_stats(box.clock.time())
+        health = getattr(getattr(box, "health", None), "state", "healthy")
+        beat = Heartbeat(
+            software_version=__version__,
+            policy_version=box.policy.current.version,
+            health=str(getattr(health, "value", health))[:32],
+            queue=QueueStats(studies_waiting=count, oldest_waiting_s=oldest, bytes_waiting=size),
+        )
+        before = box.clock.time()
+        try:
+            answer = box.hub.heartbeat(beat)
+        except HubError as exc:
+            return {"ok": False, "error": str(exc)}
+        after = box.clock.time()
+        skew = answer.hub_time - (before + after) / 2
+        return {"ok": abs(skew) < 60, "skew_s": round(skew, 3)}
+
+    def certificate() -> dict[str, Any]:
+        cert = x509.load_pem_x509_certificate(identity.cert_path.read_bytes())
+        left = cert.not_valid_after_utc.timestamp() - box.clock.time()
+        return {
+            "ok": left > 14 * 86400,
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "days_left": round(left / 86400, 1),
+        }
+
+    def disk() -> dict[str, Any]:
+        usage = shutil.disk_usage(box.spool.root)
+        floor = box.config.storage.min_free_mb * 2**20
+        return {
+            "ok": usage.free > floor,
+            "total_mb": usage.total // 2**20,
+            "free_mb": usage.free // 2**20,
+            "floor_mb": floor // 2**20,
+        }
+
+    def queue() -> dict[str, Any]:
+        count, oldest, size = box.index.queue_stats(box.clock.time())
+        return {"studies_waiting": count, "oldest_waiting_s": round(oldest), "bytes": size}
+
+    bundle["pacs_echo"] = _timed(pacs)
+    if enrolled:
+        bundle["hub_dns"] = _timed(hub_dns)
+        bundle["hub_tls"] = _timed(hub_tls)
+        bundle["clock"] = _timed(clock)
+        bundle["certificate"] = _timed(certificate)
+    else:
+        bundle["hub"] = {"ok": False, "error": "not enrolled with a hub"}
+    bundle["disk"] = _timed(disk)
+    bundle["queue"] = _timed(queue)
+    bundle["recent_log"] = ring.recent() if ring is not None else []
+    return bundle

@@ -1,0 +1,733 @@
+"""Study downloads the hub asks for: a job per request, its timeline, its webhook posts.
+
+A request (HTTP API or command) is checked, then answered at once with a job id; the job runs
+on its own thread (at most `downloads.max_running` at a time):
+
+    ProcessStarted 0 [MergeStarted 8] -> per study not on the box: RequestSent 1 (C-MOVE,
+    C-GET fallback) or RequestFailed -4 -> ExportStarted 2 (or ExportFailed -3) ->
+    CompressStarted 3 -> CompressFinished 4 -> ExportCompleted 5 [MergeCompleted 10, or
+    MergeFailed -1] -> DownloadStarted 6 -> DownloadSaved 7 (File = the hub's URL) or
+    DownloadFailed -2.
+
+The statuses keep that order, but the work overlaps: instances go into the zip as they
+arrive from the PACS, and the zip's parts go to the hub while it is still being written.
+Instances retrieved for a download go to the job's own folder (routed by the C-MOVE's
+Move Originator Message ID), not into the spool: a download is an export, not an intake,
+so it issues no Medis code and uploads nothing as a new study. The folder is removed when
+the job ends.
+
+Every status is an event in `jobs.sqlite`; each webhook subscriber has its own thread that
+posts the events in order, retrying with capped backoff, and resumes after a restart. A
+repeated request for the same studies and user joins the running job (a new webhook target
+is added as a subscriber and is sent the timeline from the start). A job cut by a restart
+is ended with the failure status of the step it was in, so nobody waits for it forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Empty, Queue
+from urllib.parse import urlsplit
+
+from afra.clock import Clock
+from afra.config import DownloadSettings
+from afra.dicom.header import read_header
+from afra.dicom.receive import Receiver, StoreRequest
+from afra.dicom.scu import PacsClient, RetrieveResult
+from afra.dicom.spool import Spool
+from afra.errors import AfraError
+from afra.node.export import ExportError, FileUploader, StudyZip, UploadError
+from afra.node.webhook import PostResult, Target, WebhookGuard, WebhookPoster, WebhookRefused
+from afra.store.index import Index
+from afra.uplink.client import HubClient, HubError
+from medix.models import DownloadAccepted, DownloadRequest, DownloadStatus, WebhookProgress
+
+LOG = logging.getLogger("afra.jobs")
+
+S = DownloadStatus
+TERMINAL = {S.RequestFailed, S.ExportFailed, S.DownloadFailed, S.MergeFailed, S.DownloadSaved}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    join_key TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    userid TEXT NOT NULL,
+    source TEXT NOT NULL,
+    state TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    file_url TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_running ON jobs (state, join_key);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    at REAL NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    file TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE IF NOT EXISTS subscribers (
+    id INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    headers_json TEXT NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'active',
+    last_error TEXT NOT NULL DEFAULT ''
+);
+"""
+
+RUNNING, SAVED, FAILED = "running", "saved", "failed"
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    status: int
+    at: float
+    detail: str
+    file: str
+
+    @property
+    def name(self) -> str:
+        return DownloadStatus(self.status).name
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    subject: str
+    userid: str
+    source: str
+    state: str
+    status: int
+    file_url: str
+    error: str
+    created_at: float
+    updated_at: float
+    events: tuple[Event, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "job_id": self.id,
+            "subject": self.subject,
+            "userid": self.userid,
+            "source": self.source,
+            "state": self.state,
+            "status": self.status,
+            "status_name": DownloadStatus(self.status).name,
+            "file": self.file_url,
+            "error": self.error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "timeline": [
+                {"status": e.status, "name": e.name, "at": e.at, "detail": e.detail}
+                for e in self.events
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    id: int
+    job_id: str
+    uri: str
+    headers: dict[str, str]
+    delivered: int
+    state: str
+
+
+class JobStore:
+    """The jobs' record (SQLite, WAL): jobs, their events, their webhook subscribers."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        path.chmod(0o600)  # it holds the hub's authorization headers
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def running_with_key(self, join_key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id FROM jobs WHERE state = 'running' AND join_key = ?", (join_key,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def add_job(
+        self, job_id: str, join_key: str, subject: str, userid: str, source: str, now: float
+    ) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO jobs (id, join_key, subject, userid, source, state, status, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'running', 0, ?, ?)",
+                (job_id, join_key, subject, userid, source, now, now),
+            )
+
+    def add_subscriber(self, job_id: str, uri: str, headers: dict[str, str]) -> int | None:
+        """A webhook target for the job; None when the same target is already subscribed."""
+        encoded = json.dumps(headers, sort_keys=True)
+        with self.tx() as db:
+            row = db.execute(
+                "SELECT id FROM subscribers WHERE job_id = ? AND uri = ? AND headers_json = ?",
+                (job_id, uri, encoded),
+            ).fetchone()
+            if row is not None:
+                return None
+            cur = db.execute(
+                "INSERT INTO subscribers (job_id, uri, headers_json) VALUES (?, ?, ?)",
+                (job_id, uri, encoded),
+            )
+            return int(cur.lastrowid or 0)
+
+    def add_event(
+        self, job_id: str, status: DownloadStatus, now: float, detail: str = "", file: str = ""
+    ) -> None:
+        with self.tx() as db:
+            seq = db.execute(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE job_id = ?", (job_id,)
+            ).fetchone()[0]
+            db.execute(
+                "INSERT INTO events (job_id, seq, status, at, detail, file) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, seq, int(status), now, detail[:500], file),
+            )
+            state = RUNNING
+            if status == S.DownloadSaved:
+                state = SAVED
+            elif status in TERMINAL:
+                state = FAILED
+            db.execute(
+                "UPDATE jobs SET status = ?, state = ?, updated_at = ?, "
+                "file_url = CASE WHEN ? != '' THEN ? ELSE file_url END, "
+                "error = CASE WHEN ? = 'failed' THEN ? ELSE error END WHERE id = ?",
+                (int(status), state, now, file, file, state, detail[:500], job_id),
+            )
+
+    def events(self, job_id: str) -> list[Event]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, status, at, detail, file FROM events WHERE job_id = ? ORDER BY seq",
+                (job_id,),
+            ).fetchall()
+        return [Event(int(r[0]), int(r[1]), float(r[2]), str(r[3]), str(r[4])) for r in rows]
+
+    def _job(self, row: tuple[object, ...], with_events: bool) -> Job:
+        job = Job(*row)  # type: ignore[arg-type]
+        if with_events:
+            job = Job(*row, events=tuple(self.events(job.id)))  # type: ignore[arg-type, misc]
+        return job
+
+    _COLUMNS = "id, subject, userid, source, state, status, file_url, error, created_at, updated_at"
+
+    def job(self, job_id: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        return None if row is None else self._job(row, True)
+
+    def jobs(self, limit: int = 50) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [self._job(row, True) for row in rows]
+
+    def running(self) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM jobs WHERE state = 'running'"
+            ).fetchall()
+        return [self._job(row, True) for row in rows]
+
+    def subscribers(self, job_id: str | None = None, active: bool = False) -> list[Subscriber]:
+        sql = "SELECT id, job_id, uri, headers_json, delivered, state FROM subscribers"
+        where, params = [], []
+        if job_id is not None:
+            where.append("job_id = ?")
+            params.append(job_id)
+        if active:
+            where.append("state = 'active'")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._lock:
+            rows = self._db.execute(sql, params).fetchall()
+        return [
+            Subscriber(int(r[0]), str(r[1]), str(r[2]), json.loads(r[3]), int(r[4]), str(r[5]))
+            for r in rows
+        ]
+
+    def delivered(self, subscriber_id: int, count: int) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE subscribers SET delivered = ?, last_error = '' WHERE id = ?",
+                (count, subscriber_id),
+            )
+
+    def end_subscriber(self, subscriber_id: int, state: str, error: str = "") -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE subscribers SET state = ?, last_error = ? WHERE id = ?",
+                (state, error[:500], subscriber_id),
+            )
+
+    def subscriber_error(self, subscriber_id: int, error: str) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE subscribers SET last_error = ? WHERE id = ?", (error[:500], subscriber_id)
+            )
+
+    def forget_before(self, when: float) -> int:
+        with self.tx() as db:
+            old = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM jobs WHERE state != 'running' AND updated_at < ?", (when,)
+                )
+            ]
+            for job_id in old:
+                for table in ("events", "subscribers"):
+                    db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+                db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return len(old)
+
+
+class _JobSink:
+    """Where the C-STORE sub-operations of a job's own C-MOVE (or C-GET) go."""
+
+    def __init__(self, folder: Path, study_uid: str, arrived: Queue[Path | None]) -> None:
+        self.folder = folder
+        self.study_uid = study_uid
+        self.arrived = arrived
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def store(self, tmp: Path, request: StoreRequest) -> int | None:
+        try:
+            header = read_header(tmp)
+        except AfraError:
+            return None  # let the receiver refuse and quarantine it as usual
+        if header.study_uid != self.study_uid:
+            return None  # not what the job asked for: the normal path keeps it
+        with self._lock:
+            self.count += 1
+            target = self.folder / f"{self.count:08d}.dcm"
+        try:
+            tmp.replace(target)
+        except OSError as exc:
+            LOG.error("could not keep a retrieved instance for a download: %s", exc)
+            return 0xA700
+        self.arrived.put(target)
+        return 0x0000
+
+
+class DownloadManager:
+    def __init__(
+        self,
+        settings: DownloadSettings,
+        *,
+        data_dir: Path,
+        index: Index,
+        spool: Spool,
+        receiver: Receiver,
+        pacs: PacsClient | None,
+        hub: HubClient | None,
+        guard: WebhookGuard,
+        poster: WebhookPoster,
+        clock: Clock,
+        part_size: int = 2 * 1048576,
+        compression_level: int = 3,
+        zip_level: int = 1,
+    ) -> None:
+        self.settings = settings
+        self.folder = data_dir / "jobs"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(data_dir / "jobs.sqlite")
+        self.index = index
+        self.spool = spool
+        self.receiver = receiver
+        self.pacs = pacs
+        self.hub = hub
+        self.guard = guard
+        self.poster = poster
+        self.clock = clock
+        self.part_size = part_size
+        self.compression_level = compression_level
+        self.zip_level = zip_level
+        self._accept_lock = threading.Lock()
+        self._slots = threading.Semaphore(settings.max_running)
+        self._stop = threading.Event()
+        self._wake = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._senders: dict[int, threading.Thread] = {}
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """End jobs a restart cut short, and resume their undelivered webhook posts."""
+        self._stop.clear()
+        self._started = True
+        for job in self.store.running():
+            self._cut_short(job)
+        self.store.forget_before(self.clock.time() - self.settings.keep_jobs_days * 86400)
+        for sub in self.store.subscribers(active=True):
+            self._start_sender(sub)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        for thread in [*self._threads, *self._senders.values()]:
+            thread.join(timeout=30)
+        self._threads.clear()
+        self._senders.clear()
+        self._started = False
+
+    def close(self) -> None:
+        self.stop()
+        self.store.close()
+
+    def _cut_short(self, job: Job) -> None:
+        last = job.status
+        if last in (S.ProcessStarted, S.MergeStarted, S.RequestSent):
+            failure = S.RequestFailed
+        elif last in (S.ExportStarted, S.CompressStarted, S.CompressFinished):
+            failure = S.ExportFailed
+        else:
+            failure = S.DownloadFailed
+        detail = "the box restarted during the job; ask for the download again"
+        self._emit(job.id, failure, detail)
+        if job.subject.startswith(("patient:", "studies:")):
+            self._emit(job.id, S.MergeFailed, detail)
+        shutil.rmtree(self.folder / job.id, ignore_errors=True)
+
+    # -- accepting -------------------------------------------------------------------------
+
+    def submit(self, request: DownloadRequest, source: str = "command") -> DownloadAccepted:
+        """Check a request and start (or join) its job; WebhookRefused when the target is bad."""
+        target = self.guard.check(request.WebhookUri)
+        headers = {str(k): str(v) for k, v in request.WebhookHeaders.model_dump().items()}
+        if request.PatientID is not None:
+            subject = f"patient:{request.PatientID}"
+        elif isinstance(request.StudyInstanceUID, tuple):
+            uids = sorted(set(request.StudyInstanceUID))
+            subject = uids[0] if len(uids) == 1 else "studies:" + ",".join(uids)
+        else:
+            subject = str(request.StudyInstanceUID)
+        join_key = hashlib.sha256(f"{subject}\n{headers['userid']}".encode()).hexdigest()
+        with self._accept_lock:
+            job_id = self.store.running_with_key(join_key)
+            joined = job_id is not None
+            if job_id is None:
+                job_id = secrets.token_hex(8)
+                self.store.add_job(
+                    job_id, join_key, subject, headers["userid"], source, self.clock.time()
+                )
+                LOG.info("download job %s accepted (%s, from %s)", job_id, subject, source)
+            sub_id = self.store.add_subscriber(job_id, target.url, headers)
+            if not joined:
+                self._emit(job_id, S.ProcessStarted)
+                thread = threading.Thread(
+                    target=self._run, args=(job_id, subject), name=f"job-{job_id}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            else:
+                LOG.info("download request joined running job %s", job_id)
+        if sub_id is not None:
+            for sub in self.store.subscribers(job_id):
+                if sub.id == sub_id:
+                    self._start_sender(sub, target)
+        job = self.store.job(job_id)
+        status = job.status if job is not None else 0
+        return DownloadAccepted(job_id=job_id, joined=joined, Status=str(status))
+
+    def jobs(self, limit: int = 50) -> list[Job]:
+        return self.store.jobs(limit)
+
+    def job(self, job_id: str) -> Job | None:
+        return self.store.job(job_id)
+
+    # -- the job -----------------------------------------------------------------------------
+
+    def _emit(self, job_id: str, status: DownloadStatus, detail: str = "", file: str = "") -> None:
+        self.store.add_event(job_id, status, self.clock.time(), detail, file)
+        LOG.info("job %s: %s%s", job_id, status.name, f" ({detail})" if detail else "")
+        with self._wake:
+            self._wake.notify_all()
+
+    def _run(self, job_id: str, subject: str) -> None:
+        with self._slots:
+            folder = self.folder / job_id
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                self._work(job_id, subject, folder)
+            except Exception as exc:
+                LOG.exception("download job %s failed unexpectedly", job_id)
+                self._emit(job_id, S.ExportFailed, f"unexpected error: {exc}")
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _studies(self, subject: str) -> list[str]:
+        if subject.startswith("studies:"):
+            return subject.removeprefix("studies:").split(",")
+        if not subject.startswith("patient:"):
+            return [subject]
+        patient_id = subject.removeprefix("patient:")
+        uids = self.index.studies_of_patient(patient_id)
+        if self.pacs is not None:
+            try:
+                for match in self.pacs.find("STUDY", {"PatientID": patient_id}):
+                    uid = str(match.get("StudyInstanceUID", ""))
+                    if uid and match.get("PatientID", patient_id) == patient_id:
+                        uids.append(uid)
+            except (AfraError, OSError, ValueError) as exc:
+                LOG.warning("PACS could not list the patient's studies: %s", exc)
+        return list(dict.fromkeys(uids))
+
+    def _work(self, job_id: str, subject: str, folder: Path) -> None:
+        merge = subject.startswith(("patient:", "studies:"))
+        if merge:
+            self._emit(job_id, S.MergeStarted)
+        studies = self._studies(subject)
+        if not studies:
+            self._emit(job_id, S.RequestFailed, "no study found for the patient")
+            self._emit(job_id, S.MergeFailed, "nothing to merge")
+            return
+        if self.hub is None:
+            self._fail(job_id, merge, S.DownloadFailed, "the box is not enrolled with a hub")
+            return
+        study_zip = StudyZip(folder / "study.zip", level=self.zip_level)
+        name = f"{'studies' if merge else 'study'}-{job_id}.zip"
+        uploader = FileUploader(
+            self.hub,
+            job_id=job_id,
+            name=name,
+            path=study_zip.path,
+            part_size=self.part_size,
+            clock=self.clock,
+            stop=self._stop,
+            compression_level=self.compression_level,
+        )
+        try:
+            uploader.open()
+            study_zip.listeners.append(uploader.grown)
+        except HubError as exc:
+            LOG.warning("job %s: the hub is not taking files now (%s); zipping first", job_id, exc)
+        try:
+            for uid in studies:
+                if not self._gather(job_id, uid, study_zip, folder):
+                    study_zip.abandon()
+                    uploader.abandon()
+                    if merge:
+                        self._emit(job_id, S.MergeFailed, f"study {uid} could not be retrieved")
+                    return
+            self._emit(job_id, S.ExportStarted, f"{study_zip.count} instance(s)")
+            self._emit(job_id, S.CompressStarted)
+            size, digest = study_zip.close()
+        except ExportError as exc:
+            study_zip.abandon()
+            uploader.abandon()
+            self._fail(job_id, merge, S.ExportFailed, str(exc))
+            return
+        self._emit(job_id, S.CompressFinished, f"{size} bytes")
+        self._emit(job_id, S.ExportCompleted)
+        if merge:
+            self._emit(job_id, S.MergeCompleted, f"{len(studies)} studies")
+        self._emit(job_id, S.DownloadStarted)
+        try:
+            if not uploader.file_id:
+                uploader.open()
+                uploader.grown(size)
+            saved = uploader.finish(size, digest)
+        except (UploadError, HubError) as exc:
+            uploader.abandon()
+            self._emit(job_id, S.DownloadFailed, str(exc))
+            return
+        if saved.sha256 != digest or saved.size != size:
+            self._emit(job_id, S.DownloadFailed, "the hub holds a different file than was sent")
+            return
+        self._emit(job_id, S.DownloadSaved, f"{size} bytes", file=saved.url)
+
+    def _fail(self, job_id: str, merge: bool, status: DownloadStatus, detail: str) -> None:
+        self._emit(job_id, status, detail)
+        if merge:
+            self._emit(job_id, S.MergeFailed, detail)
+
+    def _gather(self, job_id: str, study_uid: str, study_zip: StudyZip, folder: Path) -> bool:
+        """Put one study's instances into the zip, retrieving them when the box lacks them."""
+        if self.index.holding(study_uid).whole:
+            for instance in self.index.held_instances(study_uid):
+                study_zip.add(self.spool.absolute(instance.path))
+            return True
+        if self.pacs is None:
+            self._emit(job_id, S.RequestFailed, f"{study_uid} is not on the box and no PACS is set")
+            return False
+        incoming = folder / f"in-{study_uid[-16:]}"
+        incoming.mkdir(parents=True, exist_ok=True)
+        arrived: Queue[Path | None] = Queue()
+        sink = _JobSink(incoming, study_uid, arrived)
+        msg_id = secrets.randbelow(0xFFFE) + 1
+        ae = self.pacs.local.ae_title
+        self.receiver.divert(ae, msg_id, sink)
+        outcome: dict[str, object] = {}
+
+        def retrieve() -> None:
+            assert self.pacs is not None
+            try:
+                outcome["result"] = self.pacs.retrieve(study_uid, msg_id=msg_id, sink=sink)
+            except (AfraError, OSError, ValueError, RuntimeError) as exc:
+                outcome["error"] = exc
+            finally:
+                arrived.put(None)
+
+        self._emit(job_id, S.RequestSent, study_uid)
+        mover = threading.Thread(target=retrieve, name=f"job-{job_id}-move", daemon=True)
+        mover.start()
+        try:
+            while True:
+                try:
+                    path = arrived.get(timeout=0.5)
+                except Empty:
+                    if self._stop.is_set():
+                        return False
+                    continue
+                if path is None:
+                    break
+                study_zip.add(path)
+                path.unlink(missing_ok=True)  # in the zip now; keep the disk free
+            mover.join()
+        finally:
+            self.receiver.divert(ae, msg_id, None)
+        while not arrived.empty():  # stored just before the divert ended
+            late = arrived.get_nowait()
+            if late is not None:
+                study_zip.add(late)
+        error = outcome.get("error")
+        result = outcome.get("result")
+        assert result is None or isinstance(result, RetrieveResult)
+        if sink.count == 0:
+            # A PACS that leaves the Move Originator out sends to the normal path instead.
+            held = self.index.held_instances(study_uid)
+            for instance in held:
+                study_zip.add(self.spool.absolute(instance.path))
+            if held:
+                return True
+            why = str(error) if error else f"{result.status if result else 0xC000:#06x}"
+            self._emit(job_id, S.RequestFailed, f"{study_uid}: the PACS sent nothing ({why})")
+            return False
+        if error is not None or (result is not None and result.failed):
+            self._emit(job_id, S.RequestFailed, f"{study_uid}: retrieve incomplete ({error})")
+            return False
+        return True
+
+    # -- webhook senders ------------------------------------------------------------------
+
+    def _start_sender(self, sub: Subscriber, target: Target | None = None) -> None:
+        if not self._started or sub.id in self._senders:
+            return
+        thread = threading.Thread(
+            target=self._send_loop, args=(sub, target), name=f"webhook-{sub.id}", daemon=True
+        )
+        self._senders[sub.id] = thread
+        thread.start()
+
+    def _send_loop(self, sub: Subscriber, target: Target | None) -> None:
+        if target is None:
+            try:
+                target = self.guard.check(sub.uri)
+            except WebhookRefused as exc:
+                self.store.end_subscriber(sub.id, "refused", str(exc))
+                LOG.warning("webhook of job %s refused after restart: %s", sub.job_id, exc)
+                return
+        delivered = sub.delivered
+        failing_since: float | None = None
+        attempts = 0
+        while not self._stop.is_set():
+            events = self.store.events(sub.job_id)
+            if delivered >= len(events):
+                if events and events[-1].status in TERMINAL:
+                    self.store.end_subscriber(sub.id, "done")
+                    return
+                with self._wake:
+                    self._wake.wait(0.5)
+                continue
+            event = events[delivered]
+            body = (
+                WebhookProgress(Status=str(event.status), headers=sub.headers, File=event.file)
+                .model_dump_json()
+                .encode("utf-8")
+            )
+            result = self.poster.post(target, body)
+            if result.ok:
+                delivered += 1
+                attempts, failing_since = 0, None
+                self.store.delivered(sub.id, delivered)
+                continue
+            attempts += 1
+            now = self.clock.monotonic()
+            failing_since = now if failing_since is None else failing_since
+            self._log_failure(sub, event, result, attempts)
+            if not result.retry:
+                self.store.end_subscriber(sub.id, "refused", result.detail)
+                return
+            if now - failing_since > self.settings.webhook_give_up_s:
+                self.store.end_subscriber(sub.id, "abandoned", result.detail)
+                LOG.error("webhook of job %s abandoned after %d attempts", sub.job_id, attempts)
+                return
+            self.store.subscriber_error(sub.id, result.detail)
+            delay = min(
+                self.settings.webhook_retry_cap,
+                self.settings.webhook_retry_base * 2 ** (attempts - 1),
+            )
+            due = now + delay
+            while self.clock.monotonic() < due:
+                if self.clock.sleep(min(0.5, due - self.clock.monotonic()), self._stop):
+                    return
+
+    def _log_failure(
+        self, sub: Subscriber, event: Event, result: PostResult, attempts: int
+    ) -> None:
+        level = logging.WARNING if attempts <= 2 or not result.retry else logging.DEBUG
+        LOG.log(
+            level,
+            "webhook post of job %s status %s to host %s failed (attempt %d): %s",
+            sub.job_id,
+            event.name,
+            urlsplit(sub.uri).hostname or "?",
+            attempts,
+            result.detail,
+        )

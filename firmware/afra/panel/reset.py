@@ -1,0 +1,54 @@
+"""Factory reset: what the button's long hold erases, and nothing else.
+
+Configuration and credentials go: the node's identity (key, certificate, pinned hub CA,
+enrolment), the wizard's state (`web/`: admin password and progress), the wizard's settings
+overlay (`settings.toml`) and the policy received from the old hub (`policy.json`). The spool,
+the index and every study not yet delivered stay: the list below is the whole list, and a
+test checks that received studies survive. The label's setup code (`web/setup-code.hash`,
+written when the image was made) stays too: it is printed on the box, and after a reset it is
+how the box is claimed again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from afra.dicom.spool import fsync_dir
+
+LOG = logging.getLogger("afra.panel")
+
+RESET_ENTRIES = ("identity", "web", "settings.toml", "policy.json")
+KEPT = {"web": ("setup-code.hash",)}  # inside a reset entry, what stays
+
+
+def factory_reset(data_dir: Path) -> list[str]:
+    """Remove the reset entries under `data_dir`; returns the names that were there."""
+    removed: list[str] = []
+    for name in RESET_ENTRIES:
+        path = data_dir / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            kept = KEPT.get(name, ())
+            if not kept:
+                shutil.rmtree(path)
+            for child in path.iterdir() if kept else ():
+                if child.name in kept:
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        fsync_dir(data_dir)
+    LOG.warning(
+        "factory reset: removed %s from %s; studies not yet delivered are kept",
+        ", ".join(removed) or "nothing (already clean)",
+        data_dir,
+    )
+    return removed

@@ -1,0 +1,265 @@
+"""The dashboard, once setup is finished: health and the virtual front panel, the queue, recent
+studies (Medis codes masked until revealed; revealing and printing are audited), download
+jobs, disk, hub, PACS echo, the audit log and its export, the diagnostics bundle, settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+
+from afra.medis.codes import format_code
+from afra.medis.slip import render_slip
+from afra_web import Web, current, security, status
+from afra_web.echo import echo
+from afra_web.forms import Errors, Msg, check_password
+from afra_web.i18n import notify, translate
+
+bp = Blueprint("dashboard", __name__)
+
+RECENT_STUDIES = 25
+TOO_MANY = Msg("Too many wrong attempts. Try again later.")
+
+
+@bp.before_request
+def setup_finished() -> Any:
+    # The JSON status also serves the wizard's "seen from the PACS" panel.
+    if request.endpoint in ("dashboard.api_status", "dashboard.settings", "dashboard.reopen"):
+        return None
+    if g.progress.finished_at is None:
+        return redirect(url_for("wizard.step", name=g.progress.next_step))
+    return None
+
+
+def masked(code: str | None) -> str:
+    return "••••-••••-••••" if code else ""
+
+
+@bp.get("/dashboard")
+def index() -> str:
+    web = current()
+    appliance = web.appliance
+    snap = status.snapshot(appliance)
+    flow = status.throughput(appliance)
+    return render_template(
+        "dashboard/index.html",
+        snap=snap,
+        flow=flow,
+        chart=status.chart_svg(
+            flow["bins"],
+            translate("Objects received per 5 minutes over the last hour (newest on the right)."),
+        ),
+        studies=appliance.index.studies(RECENT_STUDIES),
+        jobs=status.jobs(appliance),
+        masked=masked,
+        pacs=appliance.config.pacs,
+        dicom=appliance.config.dicom,
+        address=web.network.read().ip,
+    )
+
+
+@bp.get("/api/status")
+def api_status() -> Response:
+    web = current()
+    snap = status.snapshot(web.appliance)
+    # Words in the page's language, so the page can show them as they change.
+    snap["health"]["label"] = translate(snap["health"]["state"])
+    snap["health"]["summary"] = translate(snap["health"]["summary"])
+    snap["health"]["reasons"] = [translate(r) for r in snap["health"]["reasons"]]
+    for led in snap["leds"]:
+        led["label"] = translate(led["pattern"])
+    if request.args.get("chart"):
+        flow = status.throughput(web.appliance)
+        snap["throughput"] = flow
+        snap["chart"] = status.chart_svg(
+            flow["bins"],
+            translate("Objects received per 5 minutes over the last hour (newest on the right)."),
+        )
+    return jsonify(snap)
+
+
+def _study(web: Web, study_id: int) -> Any:
+    study = web.appliance.index.upload_study(study_id)
+    if study is None:
+        abort(404)
+    return study
+
+
+@bp.post("/studies/<int:study_id>/reveal")
+def reveal(study_id: int) -> str:
+    web = current()
+    study = _study(web, study_id)
+    if not study.medis_code:
+        abort(404)
+    web.record(
+        "code revealed",
+        study_uid=study.study_uid,
+        patient_name=study.patient_name,
+        code=study.medis_code,
+    )
+    return render_template("dashboard/study.html", study=study, code=format_code(study.medis_code))
+
+
+def _patient_url(web: Web) -> str:
+    config = web.appliance.config
+    info = status.hub(web.appliance)
+    hub_url = info["url"] or config.hub.url
+    return config.hub.patient_url or (f"{hub_url}/patient" if hub_url else "")
+
+
+_STYLE = re.compile(r"<style>(.*?)</style>", re.S)
+
+
+@bp.post("/studies/<int:study_id>/slip")
+def slip(study_id: int) -> Any:
+    web = current()
+    study = _study(web, study_id)
+    patient_url = _patient_url(web)
+    if not study.medis_code or not patient_url:
+        return render_template(
+            "error.html", message=Msg("No slip yet: the study has no code or the box no hub.")
+        ), 409
+    page = render_slip(
+        code=study.medis_code,
+        patient_name=study.patient_name.replace("^", " ").strip(),
+        study_date=study.study_date,
+        study_description=study.study_description,
+        center_name=web.appliance.config.box.name,
+        hub_patient_url=patient_url,
+    )
+    web.record(
+        "slip printed",
+        study_uid=study.study_uid,
+        patient_name=study.patient_name,
+        code=study.medis_code,
+    )
+    # The slip is one self-contained page; its one <style> is allowed by hash, nothing inline
+    # else. A small script of ours opens the print dialog.
+    page = page.replace(
+        "</body>", f'<script src="{url_for("static", filename="print.js")}"></script>\n</body>'
+    )
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(m.encode()).digest()).decode() + "'"
+        for m in _STYLE.findall(page)
+    )
+    response = Response(page, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = security.CSP.replace(
+        "style-src 'self'", f"style-src 'self' {hashes}"
+    )
+    return response
+
+
+@bp.post("/pacs/echo")
+def pacs_echo() -> Any:
+    web = current()
+    config = web.appliance.config
+    if config.pacs is None:
+        notify(Msg("No PACS is set up yet."))
+        return redirect(url_for(".index") + "#pacs")
+    ok, message = echo(config.pacs, config.dicom)
+    notify(message)
+    web.record("PACS echo", detail=f"{config.pacs.ae_title}: {'ok' if ok else 'failed'}")
+    return redirect(url_for(".index") + "#pacs")
+
+
+@bp.get("/audit")
+def audit() -> str:
+    return render_template("dashboard/audit.html", entries=current().audit.entries(500))
+
+
+@bp.get("/audit.csv")
+def audit_csv() -> Response:
+    web = current()
+    web.record("audit log exported")
+    return Response(
+        web.audit.csv(),
+        mimetype="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="afra-audit.csv"'},
+    )
+
+
+@bp.get("/diagnostics")
+def diagnostics() -> Response:
+    web = current()
+    data = status.diagnostics_bundle(web.appliance)
+    web.record("diagnostics downloaded")
+    return Response(
+        data,
+        mimetype="application/zip",
+        headers={"Content-Disposition": 'attachment; filename="afra-diagnostics.zip"'},
+    )
+
+
+@bp.get("/settings")
+def settings() -> str:
+    return _settings_page(200, {})[0]
+
+
+def _settings_page(code: int, errors: Errors) -> tuple[str, int]:
+    web = current()
+    return (
+        render_template(
+            "dashboard/settings.html",
+            config=web.appliance.config,
+            errors=errors,
+            window=status.setup_window(web.appliance),
+            info=web.network.read(),
+        ),
+        code,
+    )
+
+
+@bp.post("/settings/password")
+def change_password() -> Any:
+    web = current()
+    form = request.form
+    errors: Errors = {}
+    if web.state.lockout.remaining():
+        errors["current"] = TOO_MANY
+    elif not web.state.check_password(form.get("current", "")):
+        web.state.lockout.failure()
+        errors["current"] = Msg("This password is wrong.")
+    errors.update(
+        check_password(
+            form.get("password", ""),
+            form.get("confirm", ""),
+            avoid=(web.appliance.config.box.name, g.operator.name),
+        )
+    )
+    if errors:
+        return _settings_page(400, errors)
+    web.state.set_password(form["password"])
+    op = g.operator
+    security.sign_in(op.name, op.by, web.now(), web.state.progress().epoch)
+    web.record("password changed")
+    notify(Msg("Password changed. Other signed-in devices are signed out."))
+    return redirect(url_for(".settings"))
+
+
+@bp.post("/settings/reopen")
+def reopen() -> Any:
+    web = current()
+    if web.state.lockout.remaining():
+        return _settings_page(400, {"reopen_password": TOO_MANY})
+    if not web.state.check_password(request.form.get("reopen_password", "")):
+        web.state.lockout.failure()
+        web.record("setup reopen refused", detail="wrong password")
+        return _settings_page(400, {"reopen_password": Msg("This password is wrong.")})
+    web.state.lockout.success()
+    web.state.reopen()
+    web.record("setup reopened", detail="by password")
+    return redirect(url_for("wizard.step", name="summary"))

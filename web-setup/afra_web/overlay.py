@@ -1,0 +1,197 @@
+"""Settings the wizard changes: saved in `<data_dir>/settings.toml`, applied to the running box.
+
+The file is an overlay that `afra.config.load_config` reads on top of the main configuration
+(and below the environment and the command line), so a reboot starts with what the wizard
+saved. A change is checked against the whole configuration before it is written: a box never
+stops starting because of a wizard change. Applying is done live, on the running appliance:
+the DICOM service is restarted on its new AE title and port, the PACS client replaced, and
+after an enrolment the hub client attached so uploads start without a restart.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from afra.app import Appliance
+from afra.config import OVERLAY_NAME, Config
+from afra.dicom.acceptor import Acceptor
+from afra.dicom.scu import PacsClient
+from afra.uplink import commands as commands_module
+from afra.uplink.client import HubClient
+from afra.uplink.commands import CommandChannel, apply_policy_handler
+from afra_web.state import write_private
+
+LOG = logging.getLogger("afra.web")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # JSON's string escapes (\" \\ \n \uXXXX) are all valid in a TOML basic string.
+        return json.dumps(value, ensure_ascii=True)
+    if isinstance(value, list | tuple) and all(not isinstance(v, dict) for v in value):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to the settings file")
+
+
+def to_toml(data: dict[str, dict[str, Any]]) -> str:
+    """The overlay's small TOML: sections of scalars, lists, and lists of tables."""
+    lines = ["# Saved by the setup wizard. Read on top of the main configuration at start.", ""]
+    for name, section in data.items():
+        lines.append(f"[{name}]")
+        tables = {
+            k: v
+            for k, v in section.items()
+            if isinstance(v, list) and v and all(isinstance(t, dict) for t in v)
+        }
+        for key, value in section.items():
+            if key not in tables:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+        for key, rows in tables.items():
+            for row in rows:
+                lines.append(f"[[{name}.{key}]]")
+                lines.extend(f"{k} = {_toml_value(v)}" for k, v in row.items())
+                lines.append("")
+    return "\n".join(lines)
+
+
+class SettingsOverlay:
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / OVERLAY_NAME
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        try:
+            return tomllib.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+
+    @staticmethod
+    def merged(current: Config, changes: dict[str, dict[str, Any] | None]) -> Config:
+        """The effective configuration with `changes` (a section set to None is removed);
+        ValidationError if the result would not be a valid configuration."""
+        effective = current.model_dump(mode="json")
+        for section, values in changes.items():
+            if values is None:
+                effective[section] = None
+            else:
+                effective[section] = {**(effective.get(section) or {}), **values}
+        return Config.model_validate(effective)
+
+    def write(self, changes: dict[str, dict[str, Any] | None]) -> None:
+        """Merge `changes` into the saved overlay (after `merged` accepted them)."""
+        overlay = self.read()
+        for section, values in changes.items():
+            if values is None:
+                overlay.pop(section, None)
+            else:
+                overlay[section] = {**overlay.get(section, {}), **values}
+        text = to_toml(overlay)
+        tomllib.loads(text)  # what is written must read back
+        write_private(self.path, text.encode("utf-8"))
+
+
+def _running(acceptor: Acceptor) -> bool:
+    try:
+        acceptor.port  # noqa: B018 - raises when the service is not listening
+    except RuntimeError:
+        return False
+    return True
+
+
+def apply_dicom(appliance: Appliance, config: Config) -> None:
+    """Serve DICOM with `config.dicom` and query `config.pacs` from now on.
+
+    A new port is opened before the old one closes, so a port already in use leaves the box
+    serving as before (ServiceError); the same port is closed first, then reopened."""
+    old = appliance.dicom
+    new = Acceptor(config.dicom, appliance.receiver, sightings=old.sightings)
+    if _running(old):
+        same_socket = (old.settings.bind, old.settings.port) == (
+            config.dicom.bind,
+            config.dicom.port,
+        ) and config.dicom.port != 0
+        if same_socket:
+            old.stop()
+            try:
+                new.start()
+            except Exception:
+                old.start()
+                raise
+        else:
+            new.start()
+            old.stop()
+    appliance.dicom = new
+    pacs = (
+        PacsClient(config.pacs, config.dicom, receiver=appliance.receiver) if config.pacs else None
+    )
+    appliance.pacs = pacs
+    appliance.completion.pacs = pacs
+    # Issue 4's downloads and report status ask the PACS too (read by name: optional parts).
+    for part in (getattr(appliance, "downloads", None), getattr(appliance, "reports", None)):
+        if part is not None and hasattr(part, "pacs"):
+            part.pacs = pacs
+    appliance.config = config
+    LOG.info("DICOM settings applied: AE %r, port %d", config.dicom.ae_title, config.dicom.port)
+
+
+def attach_hub(appliance: Appliance) -> None:
+    """After an enrolment: talk to the (new) hub from now on, without a restart.
+
+    Uploads, heartbeats, downloads and the hub's commands switch at once; the node's inbound
+    API, which is only built for an enrolled box, starts at the next restart."""
+    client = HubClient(appliance.identity, timeout=appliance.config.hub.request_timeout)
+    old = appliance.hub
+    appliance.hub = client
+    appliance.uplink.client = client
+    appliance.uplink.hub_reachable = None
+    downloads = getattr(appliance, "downloads", None)
+    if downloads is not None and hasattr(downloads, "hub"):
+        downloads.hub = client
+    if appliance.commands is not None:
+        appliance.commands.client = client  # the next long poll goes to the new hub
+    else:
+        channel = CommandChannel(
+            client, clock=appliance.clock, wait_s=appliance.config.hub.command_poll_s
+        )
+        _register_commands(appliance, channel)
+        appliance.commands = channel
+        if appliance._started:
+            channel.start()
+    if old is not None and old is not client:
+        old.close()
+
+
+def _register_commands(appliance: Appliance, channel: CommandChannel) -> None:
+    """The handlers `build_appliance` registers for an enrolled box (by name: the set grows)."""
+    channel.register("apply_policy", apply_policy_handler(appliance.policy))
+    for command, factory_name, attribute in (
+        ("download", "download_handler", "downloads"),
+        ("report_status", "report_status_handler", "reports"),
+        ("diagnostics", "diagnostics_handler", "diagnostics"),
+    ):
+        factory = getattr(commands_module, factory_name, None)
+        target = getattr(appliance, attribute, None)
+        if factory is not None and target is not None:
+            channel.register(command, factory(target))
+    panel = getattr(appliance, "panel", None)
+    locate = getattr(importlib.import_module("afra.panel"), "locate_handler", None)
+    if panel is not None and locate is not None:
+        channel.register("locate", locate(panel))
+
+
+def overlay_error(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )

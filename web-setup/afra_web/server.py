@@ -1,0 +1,49 @@
+"""Serving the wizard and dashboard: `start_web(appliance)` on cheroot (`afra.wsgi.WsgiServer`).
+
+Plain HTTP on the LAN: the box has no name a public CA would certify, and a self-signed
+certificate teaches technicians to click through warnings. What HTTP leaves open is covered
+where it matters: the claim needs physical presence, sessions are short, every form carries a
+CSRF token and only the box's own Host names are served.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from afra.app import Appliance
+from afra.wsgi import WsgiServer
+from afra_web import create_app
+from afra_web.network import NetworkAdapter
+
+LOG = logging.getLogger("afra.web")
+
+THREADS = 8  # a few phones and their status polls; enrolment and C-ECHO block one each
+
+
+def start_web(appliance: Appliance, *, network: NetworkAdapter | None = None) -> WsgiServer:
+    """Serve the wizard and dashboard for a built appliance; ServiceError if the port is taken."""
+    settings = appliance.config.web
+    server = WsgiServer(
+        create_app(appliance, network=network),
+        bind=settings.bind,
+        port=settings.port,
+        name="afra-web",
+        threads=THREADS,
+        what="the setup and dashboard page (web.bind, web.port)",
+    )
+    server.start()
+    LOG.info("setup and dashboard page on %s:%d", settings.bind, server.port)
+    return server
+
+
+def urls(bind: str, port: int) -> list[str]:
+    """Where a person opens the page: by name on the LAN, or on loopback in emulation."""
+    suffix = "" if port == 80 else f":{port}"
+    if bind in ("127.0.0.1", "::1", "localhost"):
+        return [f"http://127.0.0.1{suffix}/"]
+    name = socket.gethostname()
+    found = [f"http://{name}.local{suffix}/"]
+    if bind not in ("0.0.0.0", "::", ""):  # noqa: S104
+        found.append(f"http://{bind}{suffix}/")
+    return found
