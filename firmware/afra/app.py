@@ -132,6 +132,43 @@ class Appliance:
             logging.getLogger("afra").removeHandler(self.log_ring)
             self._started = False
 
+    def command_channel(self, client: HubClient) -> CommandChannel:
+        """The long poll for the hub's commands, with every handler the box has."""
+        channel = CommandChannel(client, clock=self.clock, wait_s=self.config.hub.command_poll_s)
+        channel.register("apply_policy", apply_policy_handler(self.policy))
+        channel.register("diagnostics", diagnostics_handler(self.diagnostics))
+        if self.downloads is not None:
+            channel.register("download", download_handler(self.downloads))
+        if self.reports is not None:
+            channel.register("report_status", report_status_handler(self.reports))
+        if self.panel is not None:
+            channel.register("locate", locate_handler(self.panel))
+        return channel
+
+    def attach_hub(self, client: HubClient) -> None:
+        """After an enrolment (the wizard's hub step): use this hub from now on, no restart.
+
+        Uploads, heartbeats, downloads and the command poll switch at once; the node API
+        starts now if it is enabled and was not running."""
+        old = self.hub
+        self.hub = client
+        self.uplink.client = client
+        self.uplink.hub_reachable = None
+        if self.downloads is not None:
+            self.downloads.hub = client
+        if self.commands is not None:
+            self.commands.client = client  # the next long poll goes to the new hub
+        else:
+            self.commands = self.command_channel(client)
+            if self._started:
+                self.commands.start()
+        if self.node_api is None and self.config.node_api.enabled and self.downloads is not None:
+            self.node_api = _node_api(self.config, self.identity, self.downloads, self.reports)
+            if self._started and self.node_api is not None:
+                self.node_api.start()
+        if old is not None and old is not client:
+            old.close()
+
     def announce(self) -> None:
         """The button's short press: say where the box is (log, mDNS again; the panel blinks)."""
         names = ", ".join(self.mdns.names.values()) if self.mdns is not None else "off"
@@ -201,6 +238,25 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
             report.indexed_orphans,
         )
     return report
+
+
+def _node_api(
+    config: Config,
+    identity: NodeIdentity,
+    downloads: DownloadManager,
+    reports: ReportStatusService | None,
+) -> WsgiServer | None:
+    """The node-side HTTP API, when enabled and the box is enrolled (it needs the token)."""
+    if not (config.node_api.enabled and identity.enrolled) or reports is None:
+        return None
+    return WsgiServer(
+        create_node_api(identity, downloads, reports),
+        bind=config.node_api.bind,
+        port=config.node_api.port,
+        name="afra-node-api",
+        ssl_adapter=tls_adapter(identity) if config.node_api.tls else None,
+        what="the node API (node_api.bind, node_api.port)",
+    )
 
 
 def build_appliance(
@@ -292,29 +348,31 @@ def build_appliance(
         zip_level=config.downloads.zip_level,
     )
     reports = ReportStatusService(index, spool, pacs)
-    node_api = None
-    if config.node_api.enabled and identity.enrolled:
-        node_api = WsgiServer(
-            create_node_api(identity, downloads, reports),
-            bind=config.node_api.bind,
-            port=config.node_api.port,
-            name="afra-node-api",
-            ssl_adapter=tls_adapter(identity) if config.node_api.tls else None,
-            what="the node API (node_api.bind, node_api.port)",
-        )
-    commands = None
-    if hub is not None:
-        commands = CommandChannel(hub, clock=clock, wait_s=config.hub.command_poll_s)
-        commands.register("apply_policy", apply_policy_handler(policy))
-        commands.register("download", download_handler(downloads))
-        commands.register("report_status", report_status_handler(reports))
-        if panel is not None:
-            commands.register("locate", locate_handler(panel))
+    node_api = _node_api(config, identity, downloads, reports)
     dicom = Acceptor(config.dicom, receiver)
+    # The wizard can replace the DICOM service and the PACS while the box runs: the advert
+    # and the PACS check read the appliance as it is now, not as it was built.
+    built: list[Appliance] = []
+
+    def advert() -> Any:
+        now = built[0] if built else None
+        return advert_for(
+            now.config if now else config,
+            key_path=identity.key_path,
+            dicom_port=lambda: (now.dicom if now else dicom).port,
+        )
+
+    def current_pacs() -> tuple[Callable[[], int], str] | None:
+        now = built[0] if built else None
+        client, settings = (now.pacs, now.config.pacs) if now else (pacs, config.pacs)
+        if client is None or settings is None:
+            return None
+        return client.echo, f"{settings.ae_title}@{settings.host}:{settings.port}"
+
     mdns = None
     if config.mdns.enabled:
         mdns = MdnsAdvertiser(
-            lambda: advert_for(config, key_path=identity.key_path, dicom_port=lambda: dicom.port),
+            advert,
             clock=clock,
             interfaces=config.mdns.interfaces,
             check_interval=config.mdns.address_check_interval,
@@ -337,7 +395,7 @@ def build_appliance(
             uplink=uplink,
             index=index,
             stale_after_s=lambda: policy.current.stale_queue_hours * 3600.0,
-            pacs_echo=pacs.echo if pacs is not None else None,
+            pacs=current_pacs,
             clock=clock,
         ),
         clock=clock,
@@ -356,7 +414,6 @@ def build_appliance(
         identity=identity,
         policy=policy,
         uplink=uplink,
-        commands=commands,
         downloads=downloads,
         reports=reports,
         node_api=node_api,
@@ -371,6 +428,7 @@ def build_appliance(
     if panel is not None:
         panel.on_announce = box.announce
         panel.on_factory_reset = box.factory_reset
-    if commands is not None:
-        commands.register("diagnostics", diagnostics_handler(box.diagnostics))
+    built.append(box)
+    if hub is not None:
+        box.commands = box.command_channel(hub)
     return box

@@ -399,18 +399,28 @@ class UplinkProbe:
 
 
 class PacsProbe:
-    """C-ECHO the PACS; a refusal, an error status or silence is `pacs_unreachable`."""
+    """C-ECHO the PACS; a refusal, an error status or silence is `pacs_unreachable`.
+
+    `target` gives the PACS as it is now (the wizard can set or change it while the box runs):
+    its C-ECHO and a label, or None when no PACS is configured."""
 
     name = "pacs"
 
-    def __init__(self, echo: Callable[[], int], *, label: str, interval: float) -> None:
-        self.echo = echo
-        self.label = label
+    def __init__(
+        self, target: Callable[[], tuple[Callable[[], int], str] | None], *, interval: float
+    ) -> None:
+        self.target = target
         self.interval = interval
+        self.label = ""
 
     def check(self, health: Health) -> None:
+        found = self.target()
+        if found is None:
+            health.set("pacs_unreachable", False)
+            return
+        echo, self.label = found
         try:
-            status = self.echo()
+            status = echo()
         except Exception as exc:  # any failure to talk to the PACS is the same symptom
             health.set("pacs_unreachable", True, f"PACS {self.label} does not answer: {exc}")
             return
@@ -617,7 +627,7 @@ def appliance_probes(
     uplink: UplinkView,
     index: QueueView,
     stale_after_s: Callable[[], float],
-    pacs_echo: Callable[[], int] | None,
+    pacs: Callable[[], tuple[Callable[[], int], str] | None],
     clock: Clock,
 ) -> list[Probe]:
     """The checks a box runs, with their intervals from `[health]`."""
@@ -636,8 +646,5 @@ def appliance_probes(
             identity, clock=clock, warning_days=h.cert_warning_days, interval=h.check_interval
         ),
     ]
-    if pacs_echo is not None and config.pacs is not None:
-        p = config.pacs
-        label = f"{p.ae_title}@{p.host}:{p.port}"
-        probes.append(PacsProbe(pacs_echo, label=label, interval=h.pacs_echo_interval))
+    probes.append(PacsProbe(pacs, interval=h.pacs_echo_interval))
     return probes

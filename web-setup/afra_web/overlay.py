@@ -10,7 +10,6 @@ after an enrolment the hub client attached so uploads start without a restart.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import tomllib
@@ -23,9 +22,7 @@ from afra.app import Appliance
 from afra.config import OVERLAY_NAME, Config
 from afra.dicom.acceptor import Acceptor
 from afra.dicom.scu import PacsClient
-from afra.uplink import commands as commands_module
 from afra.uplink.client import HubClient
-from afra.uplink.commands import CommandChannel, apply_policy_handler
 from afra_web.state import write_private
 
 LOG = logging.getLogger("afra.web")
@@ -146,48 +143,10 @@ def apply_dicom(appliance: Appliance, config: Config) -> None:
 
 
 def attach_hub(appliance: Appliance) -> None:
-    """After an enrolment: talk to the (new) hub from now on, without a restart.
-
-    Uploads, heartbeats, downloads and the hub's commands switch at once; the node's inbound
-    API, which is only built for an enrolled box, starts at the next restart."""
-    client = HubClient(appliance.identity, timeout=appliance.config.hub.request_timeout)
-    old = appliance.hub
-    appliance.hub = client
-    appliance.uplink.client = client
-    appliance.uplink.hub_reachable = None
-    downloads = getattr(appliance, "downloads", None)
-    if downloads is not None and hasattr(downloads, "hub"):
-        downloads.hub = client
-    if appliance.commands is not None:
-        appliance.commands.client = client  # the next long poll goes to the new hub
-    else:
-        channel = CommandChannel(
-            client, clock=appliance.clock, wait_s=appliance.config.hub.command_poll_s
-        )
-        _register_commands(appliance, channel)
-        appliance.commands = channel
-        if appliance._started:
-            channel.start()
-    if old is not None and old is not client:
-        old.close()
-
-
-def _register_commands(appliance: Appliance, channel: CommandChannel) -> None:
-    """The handlers `build_appliance` registers for an enrolled box (by name: the set grows)."""
-    channel.register("apply_policy", apply_policy_handler(appliance.policy))
-    for command, factory_name, attribute in (
-        ("download", "download_handler", "downloads"),
-        ("report_status", "report_status_handler", "reports"),
-        ("diagnostics", "diagnostics_handler", "diagnostics"),
-    ):
-        factory = getattr(commands_module, factory_name, None)
-        target = getattr(appliance, attribute, None)
-        if factory is not None and target is not None:
-            channel.register(command, factory(target))
-    panel = getattr(appliance, "panel", None)
-    locate = getattr(importlib.import_module("afra.panel"), "locate_handler", None)
-    if panel is not None and locate is not None:
-        channel.register("locate", locate(panel))
+    """After an enrolment: talk to the (new) hub from now on, without a restart."""
+    appliance.attach_hub(
+        HubClient(appliance.identity, timeout=appliance.config.hub.request_timeout)
+    )
 
 
 def overlay_error(exc: ValidationError) -> str:
