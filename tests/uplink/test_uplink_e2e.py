@@ -6,6 +6,7 @@ fake clock, so the stable age and retry waits pass when the test says so, not by
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -232,6 +233,22 @@ def test_hub_commands_travel_over_the_nodes_long_poll(
     assert results["apply_policy"]["result"] == {"version": 5}
     assert results["locate"]["ok"] is True  # the front panel shows the locate pattern
     assert box.health.state == "locating"
+
+
+def test_a_box_stops_without_waiting_out_its_long_poll(
+    hub: HubServer, enrolled_box: BoxFactory
+) -> None:
+    box = enrolled_box(hub, hub={"command_poll_s": 60})
+    time.sleep(0.5)  # the long poll is open at the hub
+    started = time.monotonic()
+    box.stop()
+    # systemd allows 30 s (TimeoutStopSec); the poll alone would hold the box for 60.
+    assert time.monotonic() - started < 20
+    hub.stop()  # the hub restarting ends the old poll (it handles nothing after the stop)
+    hub.start()
+    box.start()
+    hub.queue_command(hub.nodes()[0]["id"], "apply_policy", {"version": 7})
+    wait_for(lambda: box.policy.current.version == 7, timeout=60, what="the next command")
 
 
 def test_odd_dates_do_not_block_the_queue(

@@ -36,6 +36,10 @@ LOG = logging.getLogger("afra.commands")
 Handler = Callable[[dict[str, object]], dict[str, object]]
 
 LONG_POLL_S = 25
+# How long stop() waits for the poll thread. A long poll in flight cannot be interrupted
+# (requests offers no way), so the thread is left to end when its poll returns; it then
+# handles nothing, and the hub sends those commands again (it re-delivers unanswered ones).
+STOP_WAIT_S = 2.0
 
 
 class CommandChannel:
@@ -65,36 +69,51 @@ class CommandChannel:
             LOG.exception("command %s (%s) failed", command.id, command.type)
             return CommandResult(ok=False, error=f"failed: {exc.__class__.__name__}: {exc}")
 
-    def poll_once(self, wait_s: int | None = None) -> int:
+    def poll_once(self, wait_s: int | None = None, stop: threading.Event | None = None) -> int:
         """One long poll; returns how many commands were handled."""
         batch = self.client.commands(self.wait_s if wait_s is None else wait_s)
+        if stop is not None and stop.is_set():
+            if batch.commands:
+                LOG.info(
+                    "stopping: %d hub command(s) left for the hub to send again",
+                    len(batch.commands),
+                )
+            return 0
         for command in batch.commands:
             LOG.info("hub command %s: %s", command.id, command.type)
             self.client.post_result(command.id, self.handle(command))
         return len(batch.commands)
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="hub-commands", daemon=True)
+        # Each thread has its own stop event: a thread still in its last long poll after a
+        # stop() never resumes when the channel is started again.
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name="hub-commands", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.wait_s + 5)
+            self._thread.join(timeout=STOP_WAIT_S)
             self._thread = None
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
-                self.poll_once()
+                self.poll_once(stop=stop)
             except HubError as exc:
+                if stop.is_set():
+                    return
                 LOG.debug("command poll failed: %s", exc)
-                if self.clock.sleep(self.retry_s, self._stop):
+                if self.clock.sleep(self.retry_s, stop):
                     return
             except Exception:
+                if stop.is_set():
+                    return
                 LOG.exception("command poll failed")
-                if self.clock.sleep(self.retry_s, self._stop):
+                if self.clock.sleep(self.retry_s, stop):
                     return
 
 
