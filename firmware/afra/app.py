@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from afra.clock import Clock, SystemClock
 from afra.config import Config
@@ -323,7 +322,7 @@ def build_appliance(
     )
     guard = WebhookGuard(
         config.downloads,
-        hub_host=lambda: urlsplit(identity.hub_url).hostname if identity.enrolled else None,
+        hub_url=lambda: identity.hub_url if identity.enrolled else None,
         policy_hosts=lambda: policy.current.webhook_hosts,
     )
     poster = WebhookPoster(
@@ -346,6 +345,7 @@ def build_appliance(
         part_size=config.hub.part_size_kb * 1024,
         compression_level=config.hub.compression_level,
         zip_level=config.downloads.zip_level,
+        min_free_bytes=config.storage.min_free_mb * 2**20,
     )
     reports = ReportStatusService(index, spool, pacs)
     node_api = _node_api(config, identity, downloads, reports)

@@ -134,6 +134,8 @@ class DownloadSettings(Section):
     # Addresses normally refused (loopback, private, link-local, metadata) that are allowed
     # here explicitly, e.g. a hub on the center's own network.
     allow_addresses: tuple[Network, ...] = ()
+    # Ports a webhook may use besides 443 and the enrolled hub's own port.
+    webhook_ports: tuple[Port, ...] = ()
     webhook_timeout: Seconds = 15.0
     webhook_retry_base: Seconds = 1.0
     webhook_retry_cap: Seconds = 60.0

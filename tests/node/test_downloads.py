@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import threading
 import zipfile
 from pathlib import Path
@@ -14,6 +15,8 @@ from pydicom import dcmread
 from pydicom.fileset import FileSet
 
 from afra.app import Appliance
+from afra.dicom.receive import StoreRequest
+from afra.dicom.scu import RetrieveResult
 from medix.hub.server import HubServer
 from medix.models import DownloadRequest
 from tests.dicomgen import dataset_bytes_hash, make_ct_series, sha256_of
@@ -191,7 +194,7 @@ def test_a_failing_webhook_is_retried_and_statuses_arrive_in_order(
     ("uri_of", "allow_hosts", "why"),
     [
         (lambda hub: "https://127.0.0.1:9/webhook", [], "not the enrolled hub's"),
-        (lambda hub: "https://127.0.0.1:9/webhook", ["127.0.0.1"], "loopback"),
+        (lambda hub: "https://127.0.0.1/webhook", ["127.0.0.1"], "loopback"),
         (lambda hub: "https://169.254.169.254/latest/meta-data", ["169.254.169.254"], "link-local"),
         (lambda hub: hub.webhook_url().replace("https://", "http://"), [], "must use https"),
         (lambda hub: "https://user:pw@127.0.0.2/x", [], "credentials"),
@@ -223,6 +226,10 @@ def test_webhook_targets_inward_are_refused_before_any_work(
     assert done.ok is False and why in done.error
     assert box.downloads.jobs() == []
     assert statuses(hub, "u-ssrf") == []
+    assert any(
+        "download request refused" in r.getMessage() and why in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_a_redirecting_webhook_is_not_followed(
@@ -274,3 +281,48 @@ def test_two_identical_requests_at_once_share_one_job(
     wait_for(lambda: 7 in statuses(hub, "u-twice"), what="DownloadSaved")
     assert statuses(hub, "u-twice") == HELD  # one job, one subscriber, one timeline
     assert len(hub.files()) == 1
+
+
+class PartialPacs:
+    """A PACS that sends two instances of a study and then fails the rest of the C-MOVE."""
+
+    def __init__(self, files: list[Path], spool_tmp: Path, ae_title: str) -> None:
+        self.files = files
+        self.spool_tmp = spool_tmp
+        self.local = type("Local", (), {"ae_title": ae_title})()
+
+    def retrieve(self, study_uid: str, *, msg_id: int, sink: Any) -> RetrieveResult:
+        for n, source in enumerate(self.files[:2]):
+            tmp = self.spool_tmp / f"partial-{n}.dcm"
+            shutil.copyfile(source, tmp)
+            ds = dcmread(source, stop_before_pixels=True)
+            request = StoreRequest(
+                sop_class_uid=str(ds.SOPClassUID),
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                context_abstract_syntax=str(ds.SOPClassUID),
+                calling_ae="PACS",
+                peer_address="127.0.0.1",
+            )
+            assert sink.store(tmp, request) == 0
+        # The association dropped: a failure status, and no count of failures with it.
+        return RetrieveResult(method="C-MOVE", status=0xC000, completed=2, failed=0)
+
+    def find(self, level: str, keys: dict[str, str]) -> list[Any]:
+        return []
+
+
+def test_a_retrieve_the_pacs_fails_half_way_is_request_failed_not_a_partial_zip(
+    hub: HubServer, node_box: BoxFactory, tmp_path: Path
+) -> None:
+    box = node_box(hub)
+    files = make_ct_series(tmp_path / "pacs", n=5, rows=32, cols=32, seed=81)
+    study_uid = str(dcmread(files[0]).StudyInstanceUID)
+    box.downloads.pacs = PartialPacs(files, box.spool.tmp_dir, box.config.dicom.ae_title)  # type: ignore[assignment]
+
+    box.downloads.submit(DownloadRequest.model_validate(request(hub, study_uid, "u-partial")))
+
+    wait_for(lambda: -4 in statuses(hub, "u-partial"), what="RequestFailed")
+    assert statuses(hub, "u-partial") == [0, 1, -4]
+    assert "status 0xc000" in box.downloads.jobs()[0].error
+    assert hub.files() == []  # no zip of 2 out of 5 ever reached the hub
+    assert box.index.holding(study_uid).revisions == 0

@@ -208,25 +208,43 @@ def test_diagnostics_command_sends_the_bundle(
     assert box.diagnostics()["queue"]["studies_waiting"] == 0
 
 
+@pytest.mark.parametrize(
+    ("subject", "reached", "ended"),
+    [
+        ("1.2.3.4", [0, 1], [-4]),
+        ("1.2.3.4", [0, 1, 2, 3], [-3]),
+        ("1.2.3.4", [0, 2, 3, 4, 5, 6], [-2]),
+        ("studies:1.2.3.4,1.2.3.5", [0, 8, 1], [-4, -1]),
+    ],
+)
 def test_a_restart_ends_a_cut_job_with_its_failure_status(
-    hub: HubServer, node_box: BoxFactory, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+    hub: HubServer,
+    node_box: BoxFactory,
+    clock: FakeClock,
+    capsys: pytest.CaptureFixture[str],
+    subject: str,
+    reached: list[int],
+    ended: list[int],
 ) -> None:
     box = node_box(hub)
     config = box.config
     box.close()
     store = JobStore(config.box.data_dir / "jobs.sqlite")  # as a power cut left it
-    store.add_job("cut1", "k", "1.2.3.4", "u-cut", "command", clock.time())
-    store.add_event("cut1", DownloadStatus.ProcessStarted, clock.time())
-    store.add_event("cut1", DownloadStatus.RequestSent, clock.time())
+    store.add_job("cut1", "k", subject, "u-cut", "command", clock.time())
+    for status in reached:
+        store.add_event("cut1", DownloadStatus(status), clock.time())
     store.add_subscriber(
         "cut1", hub.webhook_url(), {"authorization": "t", "userid": "u-cut", "kcode": "K"}
     )
     store.close()
+    (config.box.data_dir / "jobs" / "cut1").mkdir(parents=True)
+    (config.box.data_dir / "jobs" / "cut1" / "study.zip").write_bytes(b"half a zip")
 
     again = build_appliance(config, clock=clock)
     again.start()
     try:
-        wait_for(lambda: statuses(hub, "u-cut") == [0, 1, -4], what="the cut job's statuses")
+        wait_for(lambda: statuses(hub, "u-cut") == reached + ended, what="the cut job's statuses")
+        assert not (config.box.data_dir / "jobs" / "cut1").exists()  # no study left behind
         job = again.downloads.job("cut1")
         assert job.state == "failed" and "restarted" in job.error
     finally:
@@ -234,4 +252,20 @@ def test_a_restart_ends_a_cut_job_with_its_failure_status(
     # The technician's view of it: `afra jobs`.
     assert cli.main(["--set", f'box.data_dir="{config.box.data_dir}"', "jobs"]) == 0
     shown = capsys.readouterr().out
-    assert "cut1  failed" in shown and "-4 RequestFailed" in shown and "restarted" in shown
+    assert "cut1  failed" in shown and "restarted" in shown
+    assert f"{ended[0]:>3} {DownloadStatus(ended[0]).name}" in shown
+
+
+def test_a_repeated_request_revives_a_webhook_that_was_given_up_on(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    headers = {"authorization": "t", "userid": "u", "kcode": "K"}
+    store.add_job("j1", "k", "1.2.3", "u", "command", 0.0)
+    first = store.add_subscriber("j1", "https://hub/x", headers)
+    assert first is not None
+    assert store.add_subscriber("j1", "https://hub/x", headers) is None  # active: joined as is
+    store.end_subscriber(first, "abandoned", "hub down for an hour")
+
+    assert store.add_subscriber("j1", "https://hub/x", headers) == first
+    [sub] = store.subscribers("j1")
+    assert sub.state == "active"
+    store.close()

@@ -15,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import threading
 import time
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import zstandard
 from pydicom import dcmread
@@ -34,13 +33,16 @@ from afra.clock import Clock
 from afra.errors import AfraError
 from afra.node.dicomdir import DicomDir
 from afra.uplink.client import HubClient, HubError, HubUnavailable
-from medix.models import FileCommit, FileRegistration, FileSaved
+from medix.models import FileCommit, FileRegistration, FileSaved, FileUpload
 
 LOG = logging.getLogger("afra.export")
 
 PARTS_IN_FLIGHT = 3
 MIN_SAVING = 0.03
 PART_ATTEMPTS = 5
+HUB_ATTEMPTS = 5
+RESEND_ROUNDS = 3
+T = TypeVar("T")
 
 
 class ExportError(AfraError):
@@ -192,15 +194,29 @@ class FileUploader:
         self.file_id = ""
         self._held: set[int] = set()
         self._submitted = 0  # parts 0.._submitted-1 are sent or on their way
-        self._futures: list[Future[None]] = []
+        self._futures: list[tuple[int, Future[None]]] = []
         self._pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="file-part")
         self._lock = threading.Lock()
         self.bytes_sent = 0
 
-    def open(self) -> None:
-        upload = self.client.register_file(
-            FileRegistration(job_id=self.job_id, name=self.name, part_size=self.part_size)
-        )
+    def _hub(self, call: Callable[[], T]) -> T:
+        """A call to the hub, tried again through a short outage (HubUnavailable)."""
+        for attempt in range(1, HUB_ATTEMPTS + 1):
+            try:
+                return call()
+            except HubUnavailable:
+                if attempt == HUB_ATTEMPTS or self.stop.is_set():
+                    raise
+                self.clock.sleep(min(2.0**attempt, 30.0), self.stop)
+        raise AssertionError("unreachable")
+
+    def open(self, *, retry: bool = True) -> None:
+        def register() -> FileUpload:
+            return self.client.register_file(
+                FileRegistration(job_id=self.job_id, name=self.name, part_size=self.part_size)
+            )
+
+        upload = self._hub(register) if retry else register()
         self.file_id = upload.file_id
         self._held = set(upload.received_parts)
 
@@ -215,7 +231,7 @@ class FileUploader:
     def _submit(self, number: int) -> None:
         self._submitted = number + 1
         if number not in self._held:
-            self._futures.append(self._pool.submit(self._send, number))
+            self._futures.append((number, self._pool.submit(self._send, number)))
 
     def _send(self, number: int) -> None:
         with self.path.open("rb") as fp:
@@ -250,25 +266,41 @@ class FileUploader:
             while self._submitted < parts:
                 self._submit(self._submitted)
             futures = list(self._futures)
+        failed: list[int] = []
         try:
-            for future in futures:
-                future.result()
+            for number, future in futures:
+                try:
+                    future.result()
+                except UploadError:
+                    failed.append(number)
         finally:
             self._pool.shutdown(wait=True)
+        # Parts lost to a hub outage longer than a part's own retries: a few more rounds,
+        # minutes apart, before the whole download is given up.
+        for round_ in range(RESEND_ROUNDS):
+            if not failed:
+                break
+            LOG.warning(
+                "%d part(s) of %s did not reach the hub; sending again", len(failed), self.name
+            )
+            self.clock.sleep(10.0 * 2**round_, self.stop)
+            still = []
+            for number in failed:
+                try:
+                    self._send(number)
+                except UploadError:
+                    still.append(number)
+            failed = still
+        if failed:
+            raise UploadError(f"parts {failed[:5]} did not reach the hub")
         try:
-            return self.client.commit_file(
-                self.file_id, FileCommit(size=size, sha256=sha256, parts=parts)
+            return self._hub(
+                lambda: self.client.commit_file(
+                    self.file_id, FileCommit(size=size, sha256=sha256, parts=parts)
+                )
             )
         except HubError as exc:
             raise UploadError(f"the hub did not take the file: {exc}") from exc
 
     def abandon(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def copy_bytes(source: Path, target: Path) -> None:
-    """Used when an instance must leave the spool's folder for the job's (same device)."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)

@@ -32,7 +32,7 @@ import secrets
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,7 +204,14 @@ class JobStore:
                 (job_id, uri, encoded),
             ).fetchone()
             if row is not None:
-                return None
+                # A repeated request revives a target that had been given up on (its posts
+                # resume where they stopped); an active one is left alone.
+                revived = db.execute(
+                    "UPDATE subscribers SET state = 'active', last_error = '' "
+                    "WHERE id = ? AND state != 'active'",
+                    (row[0],),
+                ).rowcount
+                return int(row[0]) if revived else None
             cur = db.execute(
                 "INSERT INTO subscribers (job_id, uri, headers_json) VALUES (?, ?, ?)",
                 (job_id, uri, encoded),
@@ -324,14 +331,27 @@ class JobStore:
         return len(old)
 
 
+class _PatientListingError(AfraError):
+    pass
+
+
 class _JobSink:
     """Where the C-STORE sub-operations of a job's own C-MOVE (or C-GET) go."""
 
-    def __init__(self, folder: Path, study_uid: str, arrived: Queue[Path | None]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        study_uid: str,
+        arrived: Queue[Path | None],
+        *,
+        free: Callable[[int], bool] = lambda size: True,
+    ) -> None:
         self.folder = folder
         self.study_uid = study_uid
         self.arrived = arrived
+        self.free = free
         self.count = 0
+        self.refuse = False  # the job ended early: refuse the rest of its retrieve
         self._lock = threading.Lock()
 
     def store(self, tmp: Path, request: StoreRequest) -> int | None:
@@ -341,6 +361,8 @@ class _JobSink:
             return None  # let the receiver refuse and quarantine it as usual
         if header.study_uid != self.study_uid:
             return None  # not what the job asked for: the normal path keeps it
+        if self.refuse or not self.free(tmp.stat().st_size):
+            return 0xA700  # out of resources: never into the store as a new study
         with self._lock:
             self.count += 1
             target = self.folder / f"{self.count:08d}.dcm"
@@ -370,8 +392,12 @@ class DownloadManager:
         part_size: int = 2 * 1048576,
         compression_level: int = 3,
         zip_level: int = 1,
+        min_free_bytes: int = 0,
     ) -> None:
         self.settings = settings
+        self.min_free_bytes = min_free_bytes
+        self._msg_lock = threading.Lock()
+        self._msg_ids: set[int] = set()
         self.folder = data_dir / "jobs"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(data_dir / "jobs.sqlite")
@@ -402,6 +428,10 @@ class DownloadManager:
         self._started = True
         for job in self.store.running():
             self._cut_short(job)
+        for leftover in self.folder.iterdir():  # a crash between a job's end and its cleanup
+            shutil.rmtree(leftover, ignore_errors=True)
+            if leftover.exists():
+                LOG.error("could not remove %s (a download's files); remove it by hand", leftover)
         self.store.forget_before(self.clock.time() - self.settings.keep_jobs_days * 86400)
         for sub in self.store.subscribers(active=True):
             self._start_sender(sub)
@@ -410,7 +440,9 @@ class DownloadManager:
         self._stop.set()
         with self._wake:
             self._wake.notify_all()
-        for thread in [*self._threads, *self._senders.values()]:
+        with self._accept_lock:
+            threads = [*self._threads, *self._senders.values()]
+        for thread in threads:
             thread.join(timeout=30)
         self._threads.clear()
         self._senders.clear()
@@ -438,7 +470,13 @@ class DownloadManager:
 
     def submit(self, request: DownloadRequest, source: str = "command") -> DownloadAccepted:
         """Check a request and start (or join) its job; WebhookRefused when the target is bad."""
-        target = self.guard.check(request.WebhookUri)
+        if self._stop.is_set():
+            raise AfraError("the box is stopping; ask again in a moment")
+        try:
+            target = self.guard.check(request.WebhookUri)
+        except WebhookRefused as exc:
+            LOG.warning("download request refused (from %s): %s", source, exc)
+            raise
         headers = {str(k): str(v) for k, v in request.WebhookHeaders.model_dump().items()}
         if request.PatientID is not None:
             subject = f"patient:{request.PatientID}"
@@ -456,7 +494,8 @@ class DownloadManager:
                 self.store.add_job(
                     job_id, join_key, subject, headers["userid"], source, self.clock.time()
                 )
-                LOG.info("download job %s accepted (%s, from %s)", job_id, subject, source)
+                kind = subject.split(":", 1)[0] if ":" in subject else "study"
+                LOG.info("download job %s accepted (%s, from %s)", job_id, kind, source)
             sub_id = self.store.add_subscriber(job_id, target.url, headers)
             if not joined:
                 self._emit(job_id, S.ProcessStarted)
@@ -491,6 +530,8 @@ class DownloadManager:
 
     def _run(self, job_id: str, subject: str) -> None:
         with self._slots:
+            if self._stop.is_set():
+                return  # left running: the next start ends it with its failure status
             folder = self.folder / job_id
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -515,14 +556,22 @@ class DownloadManager:
                     if uid and match.get("PatientID", patient_id) == patient_id:
                         uids.append(uid)
             except (AfraError, OSError, ValueError) as exc:
-                LOG.warning("PACS could not list the patient's studies: %s", exc)
+                # A merge without the PACS's studies would look whole and not be.
+                raise _PatientListingError(
+                    f"the PACS could not list the patient's studies: {exc}"
+                ) from exc
         return list(dict.fromkeys(uids))
 
     def _work(self, job_id: str, subject: str, folder: Path) -> None:
         merge = subject.startswith(("patient:", "studies:"))
         if merge:
             self._emit(job_id, S.MergeStarted)
-        studies = self._studies(subject)
+        try:
+            studies = self._studies(subject)
+        except _PatientListingError as exc:
+            self._emit(job_id, S.RequestFailed, str(exc))
+            self._emit(job_id, S.MergeFailed, "the patient's studies are not all known")
+            return
         if not studies:
             self._emit(job_id, S.RequestFailed, "no study found for the patient")
             self._emit(job_id, S.MergeFailed, "nothing to merge")
@@ -543,7 +592,7 @@ class DownloadManager:
             compression_level=self.compression_level,
         )
         try:
-            uploader.open()
+            uploader.open(retry=False)  # a hub that is down now is asked again at the end
             study_zip.listeners.append(uploader.grown)
         except HubError as exc:
             LOG.warning("job %s: the hub is not taking files now (%s); zipping first", job_id, exc)
@@ -587,22 +636,38 @@ class DownloadManager:
         if merge:
             self._emit(job_id, S.MergeFailed, detail)
 
+    def _zip(self, study_zip: StudyZip, path: Path) -> None:
+        """One instance into the zip, unless the disk is at the intake's reserve."""
+        if self.spool.free_bytes() < self.min_free_bytes + path.stat().st_size * 2:
+            raise ExportError(
+                "the box's disk is down to the reserve kept for receiving studies; "
+                "downloads wait until space is freed"
+            )
+        study_zip.add(path)
+
     def _gather(self, job_id: str, study_uid: str, study_zip: StudyZip, folder: Path) -> bool:
         """Put one study's instances into the zip, retrieving them when the box lacks them."""
         if self.index.holding(study_uid).whole:
-            for instance in self.index.held_instances(study_uid):
-                study_zip.add(self.spool.absolute(instance.path))
-            return True
+            try:
+                for instance in self.index.held_instances(study_uid):
+                    if self._stop.is_set():
+                        return False
+                    self._zip(study_zip, self.spool.absolute(instance.path))
+                return True
+            except (ExportError, OSError):
+                if self.index.holding(study_uid).whole:
+                    raise
+                # Retention removed the local copy meanwhile: the PACS still has it.
+                LOG.info("job %s: %s left the box while zipping; retrieving it", job_id, study_uid)
         if self.pacs is None:
             self._emit(job_id, S.RequestFailed, f"{study_uid} is not on the box and no PACS is set")
             return False
         incoming = folder / f"in-{study_uid[-16:]}"
         incoming.mkdir(parents=True, exist_ok=True)
         arrived: Queue[Path | None] = Queue()
-        sink = _JobSink(incoming, study_uid, arrived)
-        msg_id = secrets.randbelow(0xFFFE) + 1
+        sink = _JobSink(incoming, study_uid, arrived, free=self._room_for)
         ae = self.pacs.local.ae_title
-        self.receiver.divert(ae, msg_id, sink)
+        msg_id = self._divert(ae, sink)
         outcome: dict[str, object] = {}
 
         def retrieve() -> None:
@@ -627,42 +692,77 @@ class DownloadManager:
                     continue
                 if path is None:
                     break
-                study_zip.add(path)
+                self._zip(study_zip, path)
                 path.unlink(missing_ok=True)  # in the zip now; keep the disk free
-            mover.join()
         finally:
+            # Until the PACS has finished, what it still sends for this study is refused
+            # (0xA700), never taken into the store as a new study.
+            sink.refuse = True
+            mover.join(timeout=None if not self._stop.is_set() else 5)
             self.receiver.divert(ae, msg_id, None)
+            with self._msg_lock:
+                self._msg_ids.discard(msg_id)
         while not arrived.empty():  # stored just before the divert ended
             late = arrived.get_nowait()
             if late is not None:
-                study_zip.add(late)
+                self._zip(study_zip, late)
         error = outcome.get("error")
         result = outcome.get("result")
         assert result is None or isinstance(result, RetrieveResult)
-        if sink.count == 0:
-            # A PACS that leaves the Move Originator out sends to the normal path instead.
+        ok = error is None and result is not None and result.ok
+        if sink.count == 0 and ok and result is not None and result.completed:
+            # A PACS that leaves the Move Originator out sends to the normal path instead:
+            # take them from the spool, if all the PACS sent is there.
             held = self.index.held_instances(study_uid)
-            for instance in held:
-                study_zip.add(self.spool.absolute(instance.path))
-            if held:
+            if len(held) >= result.completed:
+                for instance in held:
+                    self._zip(study_zip, self.spool.absolute(instance.path))
                 return True
-            why = str(error) if error else f"{result.status if result else 0xC000:#06x}"
+        if sink.count == 0:
+            why = str(error) if error else f"status {result.status if result else 0xC000:#06x}"
             self._emit(job_id, S.RequestFailed, f"{study_uid}: the PACS sent nothing ({why})")
             return False
-        if error is not None or (result is not None and result.failed):
-            self._emit(job_id, S.RequestFailed, f"{study_uid}: retrieve incomplete ({error})")
+        if not ok:
+            why = (
+                str(error)
+                if error
+                else (
+                    f"status {result.status:#06x}, {result.failed} failed"
+                    if result
+                    else "no answer"
+                )
+            )
+            self._emit(job_id, S.RequestFailed, f"{study_uid}: retrieve incomplete ({why})")
             return False
         return True
+
+    def _room_for(self, size: int) -> bool:
+        return self.spool.free_bytes() >= self.min_free_bytes + size * 2
+
+    def _divert(self, ae: str, sink: _JobSink) -> int:
+        """A Message ID no other retrieve uses (1 is the CLI's), registered for `sink`."""
+        with self._msg_lock:
+            while True:
+                msg_id = secrets.randbelow(0xFFFD) + 2
+                if msg_id not in self._msg_ids:
+                    break
+            self._msg_ids.add(msg_id)
+        self.receiver.divert(ae, msg_id, sink)
+        return msg_id
 
     # -- webhook senders ------------------------------------------------------------------
 
     def _start_sender(self, sub: Subscriber, target: Target | None = None) -> None:
-        if not self._started or sub.id in self._senders:
+        if not self._started or self._stop.is_set():
             return
-        thread = threading.Thread(
-            target=self._send_loop, args=(sub, target), name=f"webhook-{sub.id}", daemon=True
-        )
-        self._senders[sub.id] = thread
+        with self._accept_lock:
+            running = self._senders.get(sub.id)
+            if running is not None and running.is_alive():
+                return
+            thread = threading.Thread(
+                target=self._send_loop, args=(sub, target), name=f"webhook-{sub.id}", daemon=True
+            )
+            self._senders[sub.id] = thread
         thread.start()
 
     def _send_loop(self, sub: Subscriber, target: Target | None) -> None:

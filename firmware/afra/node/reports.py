@@ -17,7 +17,7 @@ from pydicom.errors import InvalidDicomError
 
 from afra.dicom.scu import PacsClient
 from afra.dicom.spool import Spool
-from afra.errors import AfraError
+from afra.errors import AfraError, AssociationFailedError
 from afra.store.index import Index, ReportInstance
 from medix.models import ReportStatus, ReportStatusRequest, ReportStatusResponse
 
@@ -49,12 +49,13 @@ class ReportStatusService:
     def answer(self, request: ReportStatusRequest) -> ReportStatusResponse:
         out: list[ReportStatus] = []
         lookups = 0
+        pacs_down: list[bool] = [False]  # this request's own: requests run side by side
         for uid in dict.fromkeys(request.StudyInstanceUIDs):
             if self.index.holding(uid).revisions:
                 out.append(self._from_index(uid))
-            elif self.pacs is not None and lookups < PACS_LOOKUPS:
+            elif self.pacs is not None and lookups < PACS_LOOKUPS and not pacs_down[0]:
                 lookups += 1
-                out.append(self._from_pacs(uid))
+                out.append(self._from_pacs(uid, pacs_down))
             else:
                 out.append(
                     ReportStatus(StudyInstanceUID=uid, HasReport=False, Count=0, Source="unknown")
@@ -89,7 +90,7 @@ class ReportStatusService:
             Source="node",
         )
 
-    def _from_pacs(self, uid: str) -> ReportStatus:
+    def _from_pacs(self, uid: str, pacs_down: list[bool]) -> ReportStatus:
         assert self.pacs is not None
         try:
             series = self.pacs.find(
@@ -103,6 +104,9 @@ class ReportStatusService:
                 },
             )
         except (AfraError, OSError, ValueError) as exc:
+            # One unreachable PACS is not asked again in this request: the rest answer
+            # "unknown" at once instead of each waiting out the association timeout.
+            pacs_down[0] = isinstance(exc, AssociationFailedError)
             LOG.warning("report status of %s: the PACS did not answer (%s)", uid, exc)
             return ReportStatus(StudyInstanceUID=uid, HasReport=False, Count=0, Source="unknown")
         if not series:

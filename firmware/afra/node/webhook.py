@@ -43,6 +43,7 @@ from medix.models import (
 LOG = logging.getLogger("afra.webhook")
 
 Resolver = Callable[[str, int], Iterable[str]]
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class WebhookRefused(AfraError, ValueError):
@@ -75,8 +76,18 @@ def system_resolver(host: str, port: int) -> list[str]:
 
 def _refused_range(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     """Why an address is not a public one (empty when it is)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return _refused_range(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return _refused_range(address.ipv4_mapped)
+        # IPv4 carried inside IPv6 (6to4, Teredo, NAT64) is judged by the IPv4 address.
+        inner = address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if inner is None and address in NAT64:
+            inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if inner is not None:
+            why = _refused_range(inner)
+            return f"{why} (inside IPv6)" if why else ""
+        if address.is_site_local:
+            return "site-local"
     for check, name in (
         (address.is_loopback, "loopback"),
         (address.is_link_local, "link-local (cloud metadata lives here)"),
@@ -96,12 +107,12 @@ class WebhookGuard:
         self,
         settings: DownloadSettings,
         *,
-        hub_host: Callable[[], str | None],
+        hub_url: Callable[[], str | None],
         policy_hosts: Callable[[], Iterable[str]],
         resolver: Resolver = system_resolver,
     ) -> None:
         self.settings = settings
-        self.hub_host = hub_host
+        self.hub_url = hub_url
         self.policy_hosts = policy_hosts
         self.resolver = resolver
         self.allowed_networks = [
@@ -111,10 +122,22 @@ class WebhookGuard:
     def allowed_hosts(self) -> set[str]:
         hosts = {h.lower().rstrip(".") for h in self.settings.webhook_hosts}
         hosts |= {h.lower().rstrip(".") for h in self.policy_hosts()}
-        hub = self.hub_host()
-        if hub:
-            hosts.add(hub.lower().rstrip("."))
+        hub = self.hub_url()
+        host = urlsplit(hub).hostname if hub else None
+        if host:
+            hosts.add(host.lower().rstrip("."))
         return hosts
+
+    def allowed_ports(self, host: str) -> set[int]:
+        ports = {443, *self.settings.webhook_ports}
+        if self.settings.allow_http:
+            ports.add(80)
+        hub = self.hub_url()
+        if hub:
+            parts = urlsplit(hub)
+            if (parts.hostname or "").lower().rstrip(".") == host:
+                ports.add(parts.port or 443)
+        return ports
 
     def check(self, uri: str) -> Target:
         """The target to post to, or WebhookRefused saying why not."""
@@ -137,6 +160,10 @@ class WebhookGuard:
                 "the box's webhook_hosts"
             )
         port = port or (443 if scheme == "https" else 80)
+        if port not in self.allowed_ports(host):
+            raise WebhookRefused(
+                f"webhook port {port} is not the hub's, 443, or in downloads.webhook_ports"
+            )
         addresses = list(dict.fromkeys(self.resolver(host, port)))
         if not addresses:
             raise WebhookRefused(f"webhook host {host!r} resolves to no address")

@@ -80,6 +80,8 @@ class CommandChannel:
                 )
             return 0
         for command in batch.commands:
+            if stop is not None and stop.is_set():
+                return 0  # the rest are sent again by the hub
             LOG.info("hub command %s: %s", command.id, command.type)
             self.client.post_result(command.id, self.handle(command))
         return len(batch.commands)
