@@ -15,14 +15,16 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -528,6 +530,88 @@ def ensure_ct_series(
     if files is None:
         raise BenchError(f"generation of {path} did not produce {n} files")
     return files
+
+
+CT300_DIR = OUT_DIR / "ct300"
+
+
+def ct300() -> list[Path]:
+    """The 300-instance synthetic CT series (512x512, 16-bit) every benchmark sends: one set
+    of parameters, so that whichever benchmark generates it first makes the same data."""
+    return ensure_ct_series(CT300_DIR, 300, 512, 512, patient_id="SYN0001", seed=0)
+
+
+@contextlib.contextmanager
+def afra_process(
+    data: Path, config_toml: str, *, startup_timeout: float = 90.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`afra run` with `config_toml` (written to `data/afra.toml`), until it says it is
+    listening; SIGTERM when the block ends."""
+    data.mkdir(parents=True, exist_ok=True)
+    config = data / "afra.toml"
+    config.write_text(config_toml)
+    log_path = data / "box.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(box_command(config), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while b"listening" not in log_path.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"the box did not start:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def reference_hub(work: Path) -> Iterator[tuple[str, Path, HubAdmin]]:
+    """A `medix-hub` process on a free loopback port: its URL, CA file and admin client."""
+    port = peers.free_port()
+    log_path = work / "hub.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "medix-hub"), "--data-dir", str(work / "hub"), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while b"ca: " not in log_path.read_bytes():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise BenchError(f"the reference hub did not start:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        found = re.search(rb"ca: (\S+)", log_path.read_bytes())
+        assert found is not None
+        url, ca = f"https://127.0.0.1:{port}", Path(found.group(1).decode())
+        token = (work / "hub" / "admin-token").read_text().strip()
+        yield url, ca, HubAdmin(url, ca, token)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+class HubAdmin:
+    """The reference hub's admin API (bearer token, the hub's CA)."""
+
+    def __init__(self, url: str, ca: Path, token: str) -> None:
+        import requests
+
+        self.url, self.ca = url, ca
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        answer = self.session.request(
+            method, self.url + path, json=body, verify=str(self.ca), timeout=30
+        )
+        answer.raise_for_status()
+        return answer.json()
+
+    def pairing_code(self) -> str:
+        return str(self.call("POST", "/admin/pairing-codes")["code"])
 
 
 def ensure_large_object(path: Path, size_bytes: int) -> Path:

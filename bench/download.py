@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,38 +27,19 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT_DIR, TMP_ROOT, VENV_BIN, ensure_ct_series, log
-from bench.uplink import reference_hub
+from bench.common import TMP_ROOT, HubAdmin, afra_process, ct300, log, reference_hub
 from tests.peers import Orthanc, free_port
 
 MB = 1 << 20
 PART = 8 * MB
 
 
-class Admin:
-    def __init__(self, url: str, ca: Path, token: str) -> None:
-        import requests
-
-        self.url, self.ca = url, ca
-        self.session = requests.Session()
-        self.session.trust_env = False
-        self.session.headers["Authorization"] = f"Bearer {token}"
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        answer = self.session.request(
-            method, self.url + path, json=body, verify=str(self.ca), timeout=30
-        )
-        answer.raise_for_status()
-        return answer.json()
-
-
 @contextlib.contextmanager
 def box_process(
-    work: Path, hub: str, ca: Path, admin: Admin, orthanc: Orthanc, port: int
+    work: Path, hub: str, ca: Path, admin: HubAdmin, orthanc: Orthanc, port: int
 ) -> Iterator[Path]:
     from afra.uplink.client import enrol
     from afra.uplink.identity import NodeIdentity
@@ -68,12 +48,11 @@ def box_process(
     enrol(
         NodeIdentity(data / "identity"),
         hub_url=hub,
-        pairing_code=admin.call("POST", "/admin/pairing-codes")["code"],
+        pairing_code=admin.pairing_code(),
         ca_file=ca,
         node_name="afra-bench",
     )
-    config = data / "afra.toml"
-    config.write_text(
+    config = (
         f'[box]\ndata_dir = "{data}"\nlog_level = "WARNING"\n'
         f'[dicom]\nae_title = "AFRA"\nbind = "127.0.0.1"\nport = {port}\nallow_any_peer = true\n'
         f'[pacs]\nae_title = "{orthanc.aet}"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
@@ -82,26 +61,12 @@ def box_process(
         '[downloads]\nallow_addresses = ["127.0.0.0/8"]\n'
         "[web]\nenabled = false\n"
     )
-    log_path = data / "box.log"
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "afra"), "--config", str(config), "run"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        while b"listening" not in log_path.read_bytes():
-            if proc.poll() is not None:
-                raise RuntimeError(f"the box did not start:\n{log_path.read_text()}")
-            time.sleep(0.1)
+    with afra_process(data, config):
         time.sleep(1.0)  # the command long poll is open
         yield data
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
 
 
-def box_download(admin: Admin, hub: str, study_uid: str, run: int) -> float:
+def box_download(admin: HubAdmin, hub: str, study_uid: str, run: int) -> float:
     node = admin.call("GET", "/admin/nodes")["nodes"][0]["id"]
     userid = f"bench-{run}"
     args = {
@@ -258,9 +223,7 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=200, help="instances of the series")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    series = ensure_ct_series(OUT_DIR / "ct300", 300, 512, 512, patient_id="SYN0001", seed=0)[
-        : args.instances
-    ]
+    series = ct300()[: args.instances]
     from pydicom import dcmread
 
     study_uid = str(dcmread(series[0], stop_before_pixels=True).StudyInstanceUID)
@@ -278,10 +241,9 @@ def main() -> int:
                 },
                 tmp_root=work,
             ) as orthanc,
-            reference_hub(work) as (hub, ca, _proc),
+            reference_hub(work) as (hub, ca, admin),
         ):
             orthanc.upload_many(series)
-            admin = Admin(hub, ca, (work / "hub" / "admin-token").read_text().strip())
             with box_process(work, hub, ca, admin, orthanc, box_port) as box:
                 manual, boxed = [], []
                 for run in range(args.runs):

@@ -22,12 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common import (
-    OUT_DIR,
     RECEIVERS,
     BenchError,
     RunResult,
     Summary,
-    ensure_ct_series,
+    ct300,
     log,
     prepare_tmp_root,
     run_fresh,
@@ -36,17 +35,10 @@ from common import (
     warm_page_cache,
 )
 
-SERIES_DIR = OUT_DIR / "ct300"
-N_INSTANCES = 300
-ROWS = COLS = 512
 RUNS = 3
 SENDERS = 4
 # Per storescu process; a whole 300-instance run normally takes seconds.
 SEND_TIMEOUT_S = 600.0
-
-
-def series() -> list[Path]:
-    return ensure_ct_series(SERIES_DIR, N_INSTANCES, ROWS, COLS, patient_id="SYN0300", seed=300)
 
 
 def bench(
@@ -97,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"unknown receivers {unknown}" if unknown else "--runs must be >= 1")
 
     prepare_tmp_root()
-    files = series()
+    files = ct300()
     warm_page_cache(files)
     log(f"series: {len(files)} files, {sum(f.stat().st_size for f in files) / 2**20:.1f} MiB")
 

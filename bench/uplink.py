@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.server
-import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -29,7 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT_DIR, TMP_ROOT, VENV_BIN, ensure_ct_series, log
+from bench.common import (
+    TMP_ROOT,
+    HubAdmin,
+    afra_process,
+    ct300,
+    log,
+    reference_hub,
+)
 from tests.netproxy import Proxy
 from tests.peers import free_port, storescu
 
@@ -82,50 +87,11 @@ def curl_upload(files: list[Path], rate_bps: float, work: Path) -> float:
         return time.perf_counter() - t0
 
 
-@contextlib.contextmanager
-def reference_hub(work: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
-    port = free_port()
-    log_path = work / "hub.log"
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "medix-hub"), "--data-dir", str(work / "hub"), "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while b"ca: " not in log_path.read_bytes():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"the reference hub did not start:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        ca = Path(re.search(rb"ca: (\S+)", log_path.read_bytes()).group(1).decode())  # type: ignore[union-attr]
-        yield f"https://127.0.0.1:{port}", ca, proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-
-
-def pairing_code(hub_work: Path, hub_url: str, ca: Path) -> str:
-    import requests
-
-    token = (hub_work / "hub" / "admin-token").read_text().strip()
-    with requests.Session() as session:
-        session.trust_env = False
-        answer = session.post(
-            f"{hub_url}/admin/pairing-codes",
-            headers={"Authorization": f"Bearer {token}"},
-            verify=str(ca),
-            timeout=30,
-        )
-    answer.raise_for_status()
-    return str(answer.json()["code"])
-
-
 def box_upload(
     files: list[Path],
     rate_bps: float,
     work: Path,
-    hub: tuple[str, Path],
+    hub: tuple[str, Path, HubAdmin],
     *,
     cut_at: float | None = None,
 ) -> tuple[float, int]:
@@ -133,37 +99,25 @@ def box_upload(
     from afra.uplink.client import enrol
     from afra.uplink.identity import NodeIdentity
 
-    hub_url, ca = hub
+    hub_url, ca, admin = hub
     host_port = hub_url.removeprefix("https://").split(":")
     data = work / f"box-{int(rate_bps)}-{'cut' if cut_at else 'plain'}"
     with Proxy((host_port[0], int(host_port[1])), rate_bps=rate_bps) as proxy:
         enrol(
             NodeIdentity(data / "identity"),
             hub_url=f"https://127.0.0.1:{proxy.port}",
-            pairing_code=pairing_code(work, hub_url, ca),
+            pairing_code=admin.pairing_code(),
             ca_file=ca,
             node_name="afra-bench",
         )
         dicom_port = free_port()
-        config = data / "afra.toml"
-        config.write_text(
+        config = (
             f'[box]\ndata_dir = "{data}"\nlog_level = "WARNING"\n'
             f'[dicom]\nbind = "127.0.0.1"\nport = {dicom_port}\nallow_any_peer = true\n'
             "[storage]\nmin_free_mb = 0\n[study]\nstable_age = 1\nscan_interval = 0.2\n"
             "[hub]\nheartbeat_interval = 3600\nretry_base = 0.5\nretry_cap = 2\n"
         )
-        log_path = data / "box.log"
-        with log_path.open("wb") as out:
-            box = subprocess.Popen(
-                [str(VENV_BIN / "afra"), "--config", str(config), "run"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            while b"listening" not in log_path.read_bytes():
-                if box.poll() is not None:
-                    raise RuntimeError(f"the box did not start:\n{log_path.read_text()}")
-                time.sleep(0.1)
+        with afra_process(data, config) as box:
             storescu("127.0.0.1", dicom_port, files)
             db = sqlite3.connect(f"file:{data / 'index.sqlite'}?mode=ro", uri=True)
             try:
@@ -182,32 +136,27 @@ def box_upload(
                         assert started is not None
                         return time.perf_counter() - started, proxy.bytes_up - up_at_start
                     if box.poll() is not None:
-                        raise RuntimeError(f"the box stopped:\n{log_path.read_text()}")
+                        raise RuntimeError(f"the box stopped:\n{(data / 'box.log').read_text()}")
                     time.sleep(0.05)
             finally:
                 db.close()
-        finally:
-            box.send_signal(signal.SIGTERM)
-            box.wait(timeout=60)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=300, help="how much of the series")
     args = parser.parse_args()
-    series = ensure_ct_series(OUT_DIR / "ct300", 300, 512, 512, patient_id="SYN0001", seed=0)[
-        : args.instances
-    ]
+    series = ct300()[: args.instances]
     size = sum(f.stat().st_size for f in series)
     TMP_ROOT.mkdir(parents=True, exist_ok=True)
     results: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(_tempdir()))
-        hub_url, ca, _proc = stack.enter_context(reference_hub(work))
+        hub = stack.enter_context(reference_hub(work))
         uncut_bytes = 0
         for label, rate in (("5mbps", 5e6), ("50mbps", 50e6)):
             curl_s = curl_upload(series, rate, work)
-            box_s, sent = box_upload(series, rate, work, (hub_url, ca))
+            box_s, sent = box_upload(series, rate, work, hub)
             log(
                 f"{label}: {size / MB:.1f} MB study; curl {curl_s:.1f} s "
                 f"({size / curl_s / MB:.2f} MB/s), box {box_s:.1f} s ({size / box_s / MB:.2f} "
@@ -216,7 +165,7 @@ def main() -> int:
             results[label] = curl_s / box_s
             if label == "50mbps":
                 uncut_bytes = sent
-        _cut_s, cut_bytes = box_upload(series, 50e6, work, (hub_url, ca), cut_at=0.5)
+        _cut_s, cut_bytes = box_upload(series, 50e6, work, hub, cut_at=0.5)
         resent = max(cut_bytes - uncut_bytes, 0) / MB
         log(f"cut run: {cut_bytes / MB:.1f} MB on the wire against {uncut_bytes / MB:.1f} MB")
     print(f"uplink_vs_curl_5mbps={results['5mbps']:.2f}")

@@ -24,7 +24,7 @@ from afra.dicom.scu import PacsClient, configure_pynetdicom
 from afra.dicom.spool import Spool
 from afra.errors import AfraError, InvalidInstanceError, StorageError
 from afra.health import STATUS_FILE, Health, HealthMonitor, StatusPart, appliance_probes
-from afra.mdns import MdnsAdvertiser, advert_for, interface_addresses
+from afra.mdns import Advert, MdnsAdvertiser, advert_for, interface_addresses
 from afra.node import diagnostics
 from afra.node.api import create_node_api, tls_adapter
 from afra.node.diagnostics import LogRing
@@ -130,6 +130,55 @@ class Appliance:
             self.uplink.stop()
             logging.getLogger("afra").removeHandler(self.log_ring)
             self._started = False
+
+    # -- what the wizard can change while the box runs -------------------------------------
+
+    def advert(self) -> Advert:
+        """The mDNS advert for the settings as they are now."""
+        return advert_for(
+            self.config, key_path=self.identity.key_path, dicom_port=lambda: self.dicom.port
+        )
+
+    def current_pacs(self) -> tuple[Callable[[], int], str] | None:
+        """The PACS as configured now (its C-ECHO and a label), for the health check."""
+        settings = self.config.pacs
+        if self.pacs is None or settings is None:
+            return None
+        return self.pacs.echo, f"{settings.ae_title}@{settings.host}:{settings.port}"
+
+    def apply_dicom(self, config: Config) -> None:
+        """Serve DICOM with `config.dicom` and query `config.pacs` from now on.
+
+        A new port is opened before the old one closes, so a port already in use leaves the
+        box serving as before (ServiceError); the same port is closed first, then reopened."""
+        old = self.dicom
+        new = Acceptor(config.dicom, self.receiver, sightings=old.sightings)
+        if old.running:
+            same_socket = (old.settings.bind, old.settings.port) == (
+                config.dicom.bind,
+                config.dicom.port,
+            ) and config.dicom.port != 0
+            if same_socket:
+                old.stop()
+                try:
+                    new.start()
+                except Exception:
+                    old.start()
+                    raise
+            else:
+                new.start()
+                old.stop()
+        self.dicom = new
+        pacs = (
+            PacsClient(config.pacs, config.dicom, receiver=self.receiver) if config.pacs else None
+        )
+        self.pacs = pacs
+        self.completion.pacs = pacs
+        for part in (self.downloads, self.reports):
+            if part is not None:
+                part.pacs = pacs
+        self.config = config
+        LOG.info("DICOM settings applied: AE %r, port %d", config.dicom.ae_title, config.dicom.port)
 
     def command_channel(self, client: HubClient) -> CommandChannel:
         """The long poll for the hub's commands, with every handler the box has."""
@@ -349,66 +398,13 @@ def build_appliance(
     )
     reports = ReportStatusService(index, spool, pacs)
     node_api = _node_api(config, identity, downloads, reports)
-    dicom = Acceptor(config.dicom, receiver)
-    # The wizard can replace the DICOM service and the PACS while the box runs: the advert
-    # and the PACS check read the appliance as it is now, not as it was built.
-    built: list[Appliance] = []
-
-    def advert() -> Any:
-        now = built[0] if built else None
-        return advert_for(
-            now.config if now else config,
-            key_path=identity.key_path,
-            dicom_port=lambda: (now.dicom if now else dicom).port,
-        )
-
-    def current_pacs() -> tuple[Callable[[], int], str] | None:
-        now = built[0] if built else None
-        client, settings = (now.pacs, now.config.pacs) if now else (pacs, config.pacs)
-        if client is None or settings is None:
-            return None
-        return client.echo, f"{settings.ae_title}@{settings.host}:{settings.port}"
-
-    mdns = None
-    if config.mdns.enabled:
-        mdns = MdnsAdvertiser(
-            advert,
-            clock=clock,
-            interfaces=config.mdns.interfaces,
-            check_interval=config.mdns.address_check_interval,
-        )
-    if panel is not None:
-        panel.address = (
-            mdns.primary_address
-            if mdns is not None
-            else lambda: next(iter(interface_addresses(config.mdns.interfaces)), None)
-        )
-    parts: dict[str, StatusPart] = {"panel": panel} if panel is not None else {}
-    if mdns is not None:
-        parts["mdns"] = mdns
-    monitor = HealthMonitor(
-        health,
-        appliance_probes(
-            config,
-            root=root,
-            identity=identity,
-            uplink=uplink,
-            index=index,
-            stale_after_s=lambda: policy.current.stale_queue_hours * 3600.0,
-            pacs=current_pacs,
-            clock=clock,
-        ),
-        clock=clock,
-        status_path=root / STATUS_FILE,
-        parts=parts,
-    )
     box = Appliance(
         config=config,
         clock=clock,
         spool=spool,
         index=index,
         receiver=receiver,
-        dicom=dicom,
+        dicom=Acceptor(config.dicom, receiver),
         completion=StudyCompletion(index, config.study, clock=clock, pacs=pacs),
         pacs=pacs,
         identity=identity,
@@ -422,13 +418,42 @@ def build_appliance(
         health=health,
         setup_window=setup_window,
         panel=panel,
-        mdns=mdns,
-        monitor=monitor,
     )
+    if config.mdns.enabled:
+        box.mdns = MdnsAdvertiser(
+            box.advert,
+            clock=clock,
+            interfaces=config.mdns.interfaces,
+            check_interval=config.mdns.address_check_interval,
+        )
+    mdns = box.mdns
     if panel is not None:
+        panel.address = (
+            mdns.primary_address
+            if mdns is not None
+            else lambda: next(iter(interface_addresses(config.mdns.interfaces)), None)
+        )
         panel.on_announce = box.announce
         panel.on_factory_reset = box.factory_reset
-    built.append(box)
+    parts: dict[str, StatusPart] = {"panel": panel} if panel is not None else {}
+    if mdns is not None:
+        parts["mdns"] = mdns
+    box.monitor = HealthMonitor(
+        health,
+        appliance_probes(
+            config,
+            root=root,
+            identity=identity,
+            uplink=uplink,
+            index=index,
+            stale_after_s=lambda: policy.current.stale_queue_hours * 3600.0,
+            pacs=box.current_pacs,
+            clock=clock,
+        ),
+        clock=clock,
+        status_path=root / STATUS_FILE,
+        parts=parts,
+    )
     if hub is not None:
         box.commands = box.command_channel(hub)
     return box

@@ -20,9 +20,6 @@ SHUTDOWN_TIMEOUT_S = 3
 SELECT_INTERVAL_S = 0.1  # how soon stop() is noticed
 
 
-_Server = LoggingServer
-
-
 class WsgiServer:
     def __init__(
         self,
@@ -42,7 +39,7 @@ class WsgiServer:
         self.threads = threads
         self.ssl_adapter = ssl_adapter
         self.what = what
-        self._server: _Server | None = None
+        self._server: LoggingServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -52,7 +49,7 @@ class WsgiServer:
     def start(self) -> WsgiServer:
         if self._server is not None:
             return self
-        server = _Server(
+        server = LoggingServer(
             (self.bind, self._port),
             self.app,
             numthreads=self.threads,

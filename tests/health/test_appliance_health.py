@@ -12,7 +12,6 @@ from pynetdicom.sop_class import Verification
 
 from afra.app import Appliance
 from afra.config import PacsSettings
-from afra.dicom.scu import PacsClient
 from medix.hub.server import HubServer
 from medix.models import Policy, Window
 from tests.conftest import LOOPBACK, BoxFactory
@@ -134,11 +133,12 @@ def test_a_pacs_set_while_the_box_runs_is_checked_without_a_restart(
     checks_after(box, clock, 1)
     assert "pacs_unreachable" not in conditions(box)  # no PACS, nothing to miss
 
-    # What the wizard's DICOM step does: a new PACS in the config and a client for it.
-    box.config = box.config.model_copy(
-        update={"pacs": PacsSettings(ae_title="NEWPACS", host=LOOPBACK, port=port)}
+    # The wizard's DICOM step: a new PACS in the settings, applied to the running box.
+    box.apply_dicom(
+        box.config.model_copy(
+            update={"pacs": PacsSettings(ae_title="NEWPACS", host=LOOPBACK, port=port)}
+        )
     )
-    box.pacs = PacsClient(box.config.pacs, box.config.dicom)  # type: ignore[arg-type]
     checks_after(box, clock, 61)
     wait_for(lambda: "pacs_unreachable" in conditions(box), what="the new PACS's C-ECHO")
     [reason] = [r for r in box.health.reasons if r.condition == "pacs_unreachable"]

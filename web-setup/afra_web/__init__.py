@@ -63,14 +63,8 @@ class Web:
     def report_setup(self) -> None:
         """Tell the health model (issue 5) whether setup is finished: an unfinished box is
         "unclaimed", which its front panel shows with its own pattern."""
-        health = getattr(self.appliance, "health", None)
-        if health is None or not callable(getattr(health, "set", None)):
-            return
         finished = self.state.setup_finished
-        try:
-            health.set("unclaimed", not finished, SETUP_NOT_FINISHED, source="wizard")
-        except Exception:
-            LOG.exception("the health model refused the setup state")
+        self.appliance.health.set("unclaimed", not finished, SETUP_NOT_FINISHED, source="wizard")
 
     def addresses(self) -> tuple[str, ...]:
         """The box's own addresses and mDNS name, read at most every 30 s (DHCP changes them)."""

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from afra.store.sqlite import SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -66,24 +64,10 @@ class AuditEntry:
         return f"…{self.code_tail}" if self.code_tail else ""
 
 
-class AuditLog:
+class AuditLog(SqliteStore):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.executescript(SCHEMA)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        super().__init__(path, SCHEMA)
 
     def add(
         self,
@@ -128,10 +112,6 @@ class AuditLog:
                 ]
             )
         return out.getvalue()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 def _cell(value: str) -> str:

@@ -20,8 +20,6 @@ from pydantic import ValidationError
 
 from afra.app import Appliance
 from afra.config import OVERLAY_NAME, Config
-from afra.dicom.acceptor import Acceptor
-from afra.dicom.scu import PacsClient
 from afra.uplink.client import HubClient
 from afra_web.state import write_private
 
@@ -96,50 +94,6 @@ class SettingsOverlay:
         text = to_toml(overlay)
         tomllib.loads(text)  # what is written must read back
         write_private(self.path, text.encode("utf-8"))
-
-
-def _running(acceptor: Acceptor) -> bool:
-    try:
-        acceptor.port  # noqa: B018 - raises when the service is not listening
-    except RuntimeError:
-        return False
-    return True
-
-
-def apply_dicom(appliance: Appliance, config: Config) -> None:
-    """Serve DICOM with `config.dicom` and query `config.pacs` from now on.
-
-    A new port is opened before the old one closes, so a port already in use leaves the box
-    serving as before (ServiceError); the same port is closed first, then reopened."""
-    old = appliance.dicom
-    new = Acceptor(config.dicom, appliance.receiver, sightings=old.sightings)
-    if _running(old):
-        same_socket = (old.settings.bind, old.settings.port) == (
-            config.dicom.bind,
-            config.dicom.port,
-        ) and config.dicom.port != 0
-        if same_socket:
-            old.stop()
-            try:
-                new.start()
-            except Exception:
-                old.start()
-                raise
-        else:
-            new.start()
-            old.stop()
-    appliance.dicom = new
-    pacs = (
-        PacsClient(config.pacs, config.dicom, receiver=appliance.receiver) if config.pacs else None
-    )
-    appliance.pacs = pacs
-    appliance.completion.pacs = pacs
-    # Issue 4's downloads and report status ask the PACS too (read by name: optional parts).
-    for part in (getattr(appliance, "downloads", None), getattr(appliance, "reports", None)):
-        if part is not None and hasattr(part, "pacs"):
-            part.pacs = pacs
-    appliance.config = config
-    LOG.info("DICOM settings applied: AE %r, port %d", config.dicom.ae_title, config.dicom.port)
 
 
 def attach_hub(appliance: Appliance) -> None:

@@ -18,13 +18,13 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from afra.clock import Clock
 from afra.medis.codes import format_code, new_code, parse_code
+from medix.hub import ca
 
 WEB_DIR = "web"
 SCHEMA_VERSION = 1
@@ -44,21 +44,9 @@ def web_dir(data_dir: Path) -> Path:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a whole file durably with mode 0600 (temp file, fsync, rename, fsync dir)."""
+    """Write a whole file durably with mode 0600, in a folder only the box's user reads."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    ca.write_private(path, data)
 
 
 def hash_secret(secret: str, *, n: int = SCRYPT_N) -> str:

@@ -10,9 +10,7 @@ index, the uplink and the disk.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import html
-import importlib
 import io
 import json
 import logging
@@ -29,73 +27,16 @@ CHART_BINS = 12
 CHART_BIN_S = 300.0  # twelve five-minute bars: the last hour
 
 
-def plain(value: Any) -> Any:
-    """Dataclasses, pydantic models, enums and mappings as JSON-ready values."""
-    if isinstance(value, enum.Enum):
-        return plain(value.value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        return plain(dump(mode="json"))
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [plain(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
-
-
-def _call(obj: Any, *names: str) -> Any:
-    for name in names:
-        method = getattr(obj, name, None)
-        if callable(method):
-            return method()
-    return None
-
-
 # -- health and the front panel ---------------------------------------------------------------
 
 
-def _derived_health(appliance: Appliance) -> dict[str, Any]:
-    """The worst of what the web app can see itself, until the health model answers."""
-    reasons: list[str] = []
-    state = "healthy"
-    d = disk(appliance)
-    if d["free"] < d["floor"]:
-        state = "failed"
-        reasons.append("disk at its floor: new studies are refused")
-    if appliance.uplink.hub_reachable is False:
-        state = "degraded" if state == "healthy" else state
-        reasons.append("hub unreachable")
-    if not appliance.identity.enrolled:
-        state = "degraded" if state == "healthy" else state
-        reasons.append("not enrolled with a hub")
-    return {"state": state, "reasons": reasons}
-
-
 def health(appliance: Appliance) -> dict[str, Any]:
-    """{"state", "summary", "reasons": [text, ...]} from the health model (issue 5)."""
-    model = getattr(appliance, "health", None)
-    snapshot = None
-    if model is not None:
-        try:
-            snapshot = plain(_call(model, "snapshot"))
-        except Exception:
-            LOG.exception("the health model did not answer")
-    if not isinstance(snapshot, dict):
-        return {**_derived_health(appliance), "summary": "", "source": "web"}
-    reasons = []
-    for reason in snapshot.get("reasons") or []:
-        if isinstance(reason, dict):
-            reasons.append(str(reason.get("detail") or reason.get("condition") or ""))
-        else:
-            reasons.append(str(reason))
+    """{"state", "summary", "reasons": [text, ...]} from the health model."""
+    snapshot = appliance.health.snapshot()
     return {
-        "state": str(snapshot.get("state") or "unknown").lower(),
-        "summary": str(snapshot.get("summary") or ""),
-        "reasons": [r for r in reasons if r],
+        "state": snapshot["state"],
+        "summary": snapshot["summary"],
+        "reasons": [r["detail"] or r["condition"] for r in snapshot["reasons"]],
         "source": "health",
     }
 
@@ -111,47 +52,28 @@ _PATTERNS = {
 _DERIVED_HEALTH_LED = {"healthy": "steady", "degraded": "slow", "failed": "fast"}
 
 
-def _led(name: str, colour: str, pattern: str, steps: Any, origin: Any, lit: Any) -> dict[str, Any]:
-    try:
-        steps = [float(x) for x in steps]
-    except (TypeError, ValueError):
-        steps = _PATTERNS.get(pattern, _PATTERNS["off"])
+def _led(
+    name: str, colour: str, pattern: str, steps: list[float], origin: float, lit: bool
+) -> dict[str, Any]:
     return {
         "name": name,
-        "colour": colour if colour.isalpha() else "green",
+        "colour": colour,
         "pattern": pattern,
-        "steps": steps or _PATTERNS["off"],
-        "origin": float(origin) if isinstance(origin, int | float) else 0.0,
-        "lit": bool(lit),
+        "steps": steps,
+        "origin": origin,
+        "lit": lit,
     }
 
 
 def leds(appliance: Appliance, current: dict[str, Any]) -> list[dict[str, Any]]:
     """The front panel's LEDs: pattern, its on/off steps and when it started (wall clock),
     so the page can blink them as the box does."""
-    panel = getattr(appliance, "panel", None)
-    snapshot = None
-    if panel is not None:
-        try:
-            snapshot = plain(_call(panel, "snapshot"))
-        except Exception:
-            LOG.exception("the front panel did not answer")
-    found = snapshot.get("leds") if isinstance(snapshot, dict) else None
-    if isinstance(found, dict):
-        out = []
-        for name, led in found.items():
-            led = led if isinstance(led, dict) else {"pattern": str(led)}
-            out.append(
-                _led(
-                    str(name),
-                    str(led.get("colour") or led.get("color") or "green"),
-                    str(led.get("pattern") or "off"),
-                    led.get("steps"),
-                    led.get("origin"),
-                    led.get("lit"),
-                )
-            )
-        return out
+    if appliance.panel is not None:
+        return [
+            _led(name, led["colour"], led["pattern"], led["steps"], led["origin"], led["lit"])
+            for name, led in appliance.panel.snapshot()["leds"].items()
+        ]
+    # No panel configured: the page shows what the health and the uplink say.
     now = appliance.clock.time()
     reach = appliance.uplink.hub_reachable
     health_pattern = _DERIVED_HEALTH_LED.get(current["state"], "slow")
@@ -163,16 +85,11 @@ def leds(appliance: Appliance, current: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def setup_window(appliance: Appliance) -> dict[str, Any]:
-    window = getattr(appliance, "setup_window", None)
+    window = appliance.setup_window
     if window is None:
         return {"available": False, "open": False, "remaining": 0}
-    try:
-        is_open = bool(_call(window, "is_open"))
-        remaining = float(_call(window, "remaining") or 0) if is_open else 0.0
-    except Exception:
-        LOG.exception("the setup window did not answer")
-        return {"available": True, "open": False, "remaining": 0}
-    return {"available": True, "open": is_open, "remaining": int(remaining)}
+    remaining = window.remaining()
+    return {"available": True, "open": remaining > 0, "remaining": int(remaining)}
 
 
 # -- queue, throughput, disk, hub -------------------------------------------------------------
@@ -255,31 +172,14 @@ def hub(appliance: Appliance) -> dict[str, Any]:
 
 
 def sightings(appliance: Appliance) -> list[dict[str, Any]]:
-    seen = getattr(appliance.dicom, "sightings", None)
-    return [] if seen is None else [plain(s) for s in seen.all()]
+    return [dataclasses.asdict(s) for s in appliance.dicom.sightings.all()]
 
 
 def jobs(appliance: Appliance, limit: int = 20) -> list[dict[str, Any]] | None:
-    """Download jobs (issue 4's `appliance.downloads`) with their timelines, newest first;
-    None when the firmware has none."""
-    source = getattr(appliance, "downloads", None) or getattr(appliance, "jobs", None)
-    if source is None:
+    """Download jobs with their timelines, newest first; None when the box has no downloads."""
+    if appliance.downloads is None:
         return None
-    try:
-        found = source.jobs(limit) if callable(getattr(source, "jobs", None)) else source.list()
-    except Exception:
-        LOG.exception("the job list did not answer")
-        return []
-    out = []
-    for job in found or []:
-        as_dict = getattr(job, "as_dict", None)
-        item = plain(as_dict() if callable(as_dict) else job)
-        if not isinstance(item, dict):
-            continue
-        events = item.get("timeline") or item.get("events") or []
-        item["timeline"] = [e if isinstance(e, dict) else {"name": str(e)} for e in events]
-        out.append(item)
-    return out
+    return [job.as_dict() for job in appliance.downloads.jobs(limit)]
 
 
 def snapshot(appliance: Appliance) -> dict[str, Any]:
@@ -300,33 +200,20 @@ def snapshot(appliance: Appliance) -> dict[str, Any]:
 # -- the diagnostics bundle -------------------------------------------------------------------
 
 
-def _firmware_diagnostics(appliance: Appliance) -> Any:
-    """The firmware's own bundle (issue 4: `appliance.diagnostics()`), when it has one."""
-    collect = getattr(appliance, "diagnostics", None)
-    if callable(collect):
-        return plain(collect())
-    try:
-        module = importlib.import_module("afra.node.diagnostics")
-    except ImportError:
-        return None
-    make = getattr(module, "collect", None)
-    return plain(make(appliance)) if callable(make) else None
-
-
 def diagnostics_bundle(appliance: Appliance) -> bytes:
     """A zip for the support desk: the firmware's diagnostics (PACS echo, hub DNS and TLS,
     clock, disk, certificates, recent log) when it has them, and what the dashboard shows.
     No patient data: no study list, no audit log."""
+    firmware: Any
     try:
-        firmware = _firmware_diagnostics(appliance)
+        firmware = appliance.diagnostics()
     except Exception as exc:
         LOG.exception("the firmware's diagnostics failed")
         firmware = {"error": f"{exc.__class__.__name__}: {exc}"}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
         bundle.writestr("version.txt", f"afra {__version__}\n")
-        if firmware is not None:
-            bundle.writestr("diagnostics.json", json.dumps(firmware, indent=2, default=str))
+        bundle.writestr("diagnostics.json", json.dumps(firmware, indent=2, default=str))
         bundle.writestr("status.json", json.dumps(snapshot(appliance), indent=2, default=str))
         bundle.writestr(
             "config.json", json.dumps(appliance.config.model_dump(mode="json"), indent=2)

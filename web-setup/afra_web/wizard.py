@@ -37,7 +37,7 @@ from afra_web.forms import (
 )
 from afra_web.i18n import notify
 from afra_web.network import NetworkError, parse_static
-from afra_web.overlay import apply_dicom, attach_hub, overlay_error
+from afra_web.overlay import attach_hub, overlay_error
 from afra_web.state import STEPS
 
 LOG = logging.getLogger("afra.web")
@@ -209,10 +209,8 @@ def _check_pacs(form: Any, errors: Errors) -> tuple[str, int, str]:
 
 
 def _listening_port(web: Web) -> int:
-    try:
-        return web.appliance.dicom.port
-    except RuntimeError:  # not listening (yet): the configured one
-        return web.appliance.config.dicom.port
+    dicom = web.appliance.dicom
+    return dicom.port if dicom.running else web.appliance.config.dicom.port
 
 
 def _dicom_page(web: Web, code: int, form: Any, errors: Errors, **extra: Any) -> Any:
@@ -275,7 +273,7 @@ def dicom_step(web: Web) -> Any:
         errors["form"] = Msg("These settings cannot be used: {why}", {"why": overlay_error(exc)})
         return _dicom_page(web, 400, form, errors)
     try:
-        apply_dicom(web.appliance, config)
+        web.appliance.apply_dicom(config)
     except AfraError as exc:
         errors["port"] = Msg("The box cannot listen there: {why}", {"why": str(exc)})
         return _dicom_page(web, 400, form, errors)

@@ -577,6 +577,10 @@ class Acceptor:
         self._unknown: set[socket.socket] = set()
 
     @property
+    def running(self) -> bool:
+        return self._listener is not None
+
+    @property
     def port(self) -> int:
         if self._listener is None:
             raise RuntimeError("DICOM service is not running")

@@ -25,7 +25,6 @@ from cryptography import x509
 
 from afra import __version__
 from afra.uplink.client import HubError
-from medix.models import Heartbeat, QueueStats
 
 if TYPE_CHECKING:
     from afra.app import Appliance
@@ -114,17 +113,9 @@ def collect(box: Appliance, ring: LogRing | None = None) -> dict[str, Any]:
     def clock() -> dict[str, Any]:
         if box.hub is None:
             return {"ok": False, "error": "not enrolled"}
-        count, oldest, size = box.index.queue_stats(box.clock.time())
-        health = getattr(getattr(box, "health", None), "state", "healthy")
-        beat = Heartbeat(
-            software_version=__version__,
-            policy_version=box.policy.current.version,
-            health=str(getattr(health, "value", health))[:32],
-            queue=QueueStats(studies_waiting=count, oldest_waiting_s=oldest, bytes_waiting=size),
-        )
         before = box.clock.time()
         try:
-            answer = box.hub.heartbeat(beat)
+            answer = box.hub.heartbeat(box.uplink.heartbeat_message())
         except HubError as exc:
             return {"ok": False, "error": str(exc)}
         after = box.clock.time()

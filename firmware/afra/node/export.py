@@ -91,7 +91,8 @@ def _is_compressed(transfer_syntax: str) -> bool:
 
 
 class StudyZip:
-    """Adds instance files to a streaming zip and writes the DICOMDIR last."""
+    """Adds instance files to a streaming zip and writes the DICOMDIR last (one thread: the
+    job's; the uploader it feeds works from the file, not from this object)."""
 
     def __init__(self, path: Path, *, level: int = 1) -> None:
         self.path = path
@@ -101,7 +102,6 @@ class StudyZip:
         self.dicomdir = DicomDir()
         self.ids: dict[str, str] = {}  # SOP Instance UID -> File ID
         self.outside: list[str] = []  # instances that no directory record could describe
-        self._lock = threading.Lock()
         self.listeners: list[Callable[[int], None]] = []
 
     @property
@@ -114,27 +114,26 @@ class StudyZip:
             header = dcmread(source, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError) as exc:
             raise ExportError(f"{source.name} cannot be read as DICOM: {exc}") from exc
-        with self._lock:
-            uid = str(header.get("SOPInstanceUID", ""))
-            if uid in self.ids:
-                return self.ids[uid]
-            name = self._file_id(header)
-            if name is None:
-                name = f"OTHER/{len(self.outside):08d}.dcm"
-                self.outside.append(uid)
-                LOG.warning("instance %s has no directory record; zipped as %s", uid, name)
-            else:
-                self.ids[uid] = name
-            syntax = str(getattr(header.file_meta, "TransferSyntaxUID", ""))
-            method = zipfile.ZIP_STORED
-            if self.level > 0 and not _is_compressed(syntax):
-                method = zipfile.ZIP_DEFLATED
-            try:
-                self.zip.write(source, name, compress_type=method, compresslevel=self.level)
-            except OSError as exc:
-                raise ExportError(f"could not write the zip: {exc}") from exc
-            self.out.flush()
-            grown = self.out.flushed
+        uid = str(header.get("SOPInstanceUID", ""))
+        if uid in self.ids:
+            return self.ids[uid]
+        name = self._file_id(header)
+        if name is None:
+            name = f"OTHER/{len(self.outside):08d}.dcm"
+            self.outside.append(uid)
+            LOG.warning("instance %s has no directory record; zipped as %s", uid, name)
+        else:
+            self.ids[uid] = name
+        syntax = str(getattr(header.file_meta, "TransferSyntaxUID", ""))
+        method = zipfile.ZIP_STORED
+        if self.level > 0 and not _is_compressed(syntax):
+            method = zipfile.ZIP_DEFLATED
+        try:
+            self.zip.write(source, name, compress_type=method, compresslevel=self.level)
+        except OSError as exc:
+            raise ExportError(f"could not write the zip: {exc}") from exc
+        self.out.flush()
+        grown = self.out.flushed
         for listener in self.listeners:
             listener(grown)
         return name
@@ -147,14 +146,13 @@ class StudyZip:
 
     def close(self) -> tuple[int, str]:
         """Write the DICOMDIR and the central directory; returns (size, sha256)."""
-        with self._lock:
-            if self.ids:
-                info = zipfile.ZipInfo("DICOMDIR", date_time=time.localtime()[:6])
-                info.compress_type = zipfile.ZIP_DEFLATED
-                self.zip.writestr(info, self.dicomdir.encode())
-            self.zip.close()
-            self.out.close()
-            size, digest = self.out.size, self.out.sha256.hexdigest()
+        if self.ids:
+            info = zipfile.ZipInfo("DICOMDIR", date_time=time.localtime()[:6])
+            info.compress_type = zipfile.ZIP_DEFLATED
+            self.zip.writestr(info, self.dicomdir.encode())
+        self.zip.close()
+        self.out.close()
+        size, digest = self.out.size, self.out.sha256.hexdigest()
         for listener in self.listeners:
             listener(size)
         return size, digest
@@ -196,8 +194,6 @@ class FileUploader:
         self._submitted = 0  # parts 0.._submitted-1 are sent or on their way
         self._futures: list[tuple[int, Future[None]]] = []
         self._pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="file-part")
-        self._lock = threading.Lock()
-        self.bytes_sent = 0
 
     def _hub(self, call: Callable[[], T]) -> T:
         """A call to the hub, tried again through a short outage (HubUnavailable)."""
@@ -222,11 +218,10 @@ class FileUploader:
 
     def grown(self, available: int) -> None:
         """The file now holds `available` bytes: send every whole part not yet sent."""
-        with self._lock:
-            if not self.file_id:
-                return
-            while (self._submitted + 1) * self.part_size <= available:
-                self._submit(self._submitted)
+        if not self.file_id:
+            return
+        while (self._submitted + 1) * self.part_size <= available:
+            self._submit(self._submitted)
 
     def _submit(self, number: int) -> None:
         self._submitted = number + 1
@@ -256,19 +251,15 @@ class FileUploader:
                 continue
             except HubError as exc:
                 raise UploadError(f"part {number}: {exc}") from exc
-            with self._lock:
-                self.bytes_sent += len(body)
             return
 
     def finish(self, size: int, sha256: str) -> FileSaved:
         parts = max(1, -(-size // self.part_size))
-        with self._lock:
-            while self._submitted < parts:
-                self._submit(self._submitted)
-            futures = list(self._futures)
+        while self._submitted < parts:
+            self._submit(self._submitted)
         failed: list[int] = []
         try:
-            for number, future in futures:
+            for number, future in self._futures:
                 try:
                     future.result()
                 except UploadError:

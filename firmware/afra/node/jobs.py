@@ -30,10 +30,8 @@ import json
 import logging
 import secrets
 import shutil
-import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, Queue
@@ -49,6 +47,7 @@ from afra.errors import AfraError
 from afra.node.export import ExportError, FileUploader, StudyZip, UploadError
 from afra.node.webhook import PostResult, Target, WebhookGuard, WebhookPoster, WebhookRefused
 from afra.store.index import Index
+from afra.store.sqlite import SqliteStore
 from afra.uplink.client import HubClient, HubError
 from medix.models import DownloadAccepted, DownloadRequest, DownloadStatus, WebhookProgress
 
@@ -152,31 +151,12 @@ class Subscriber:
     state: str
 
 
-class JobStore:
-    """The jobs' record (SQLite, WAL): jobs, their events, their webhook subscribers."""
+class JobStore(SqliteStore):
+    """The jobs' record: jobs, their events, their webhook subscribers."""
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        super().__init__(path, SCHEMA)
         path.chmod(0o600)  # it holds the hub's authorization headers
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.RLock()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def running_with_key(self, join_key: str) -> str | None:
         with self._lock:
@@ -188,7 +168,7 @@ class JobStore:
     def add_job(
         self, job_id: str, join_key: str, subject: str, userid: str, source: str, now: float
     ) -> None:
-        with self.tx() as db:
+        with self._transaction() as db:
             db.execute(
                 "INSERT INTO jobs (id, join_key, subject, userid, source, state, status, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'running', 0, ?, ?)",
@@ -198,7 +178,7 @@ class JobStore:
     def add_subscriber(self, job_id: str, uri: str, headers: dict[str, str]) -> int | None:
         """A webhook target for the job; None when the same target is already subscribed."""
         encoded = json.dumps(headers, sort_keys=True)
-        with self.tx() as db:
+        with self._transaction() as db:
             row = db.execute(
                 "SELECT id FROM subscribers WHERE job_id = ? AND uri = ? AND headers_json = ?",
                 (job_id, uri, encoded),
@@ -221,7 +201,7 @@ class JobStore:
     def add_event(
         self, job_id: str, status: DownloadStatus, now: float, detail: str = "", file: str = ""
     ) -> None:
-        with self.tx() as db:
+        with self._transaction() as db:
             seq = db.execute(
                 "SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE job_id = ?", (job_id,)
             ).fetchone()[0]
@@ -250,11 +230,8 @@ class JobStore:
             ).fetchall()
         return [Event(int(r[0]), int(r[1]), float(r[2]), str(r[3]), str(r[4])) for r in rows]
 
-    def _job(self, row: tuple[object, ...], with_events: bool) -> Job:
-        job = Job(*row)  # type: ignore[arg-type]
-        if with_events:
-            job = Job(*row, events=tuple(self.events(job.id)))  # type: ignore[arg-type, misc]
-        return job
+    def _job(self, row: tuple[object, ...]) -> Job:
+        return Job(*row, events=tuple(self.events(str(row[0]))))  # type: ignore[arg-type, misc]
 
     _COLUMNS = "id, subject, userid, source, state, status, file_url, error, created_at, updated_at"
 
@@ -263,21 +240,21 @@ class JobStore:
             row = self._db.execute(
                 f"SELECT {self._COLUMNS} FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
-        return None if row is None else self._job(row, True)
+        return None if row is None else self._job(row)
 
     def jobs(self, limit: int = 50) -> list[Job]:
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {self._COLUMNS} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
             ).fetchall()
-        return [self._job(row, True) for row in rows]
+        return [self._job(row) for row in rows]
 
     def running(self) -> list[Job]:
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {self._COLUMNS} FROM jobs WHERE state = 'running'"
             ).fetchall()
-        return [self._job(row, True) for row in rows]
+        return [self._job(row) for row in rows]
 
     def subscribers(self, job_id: str | None = None, active: bool = False) -> list[Subscriber]:
         sql = "SELECT id, job_id, uri, headers_json, delivered, state FROM subscribers"
@@ -297,27 +274,27 @@ class JobStore:
         ]
 
     def delivered(self, subscriber_id: int, count: int) -> None:
-        with self.tx() as db:
+        with self._transaction() as db:
             db.execute(
                 "UPDATE subscribers SET delivered = ?, last_error = '' WHERE id = ?",
                 (count, subscriber_id),
             )
 
     def end_subscriber(self, subscriber_id: int, state: str, error: str = "") -> None:
-        with self.tx() as db:
+        with self._transaction() as db:
             db.execute(
                 "UPDATE subscribers SET state = ?, last_error = ? WHERE id = ?",
                 (state, error[:500], subscriber_id),
             )
 
     def subscriber_error(self, subscriber_id: int, error: str) -> None:
-        with self.tx() as db:
+        with self._transaction() as db:
             db.execute(
                 "UPDATE subscribers SET last_error = ? WHERE id = ?", (error[:500], subscriber_id)
             )
 
     def forget_before(self, when: float) -> int:
-        with self.tx() as db:
+        with self._transaction() as db:
             old = [
                 r[0]
                 for r in db.execute(

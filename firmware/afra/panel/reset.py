@@ -30,17 +30,17 @@ def factory_reset(data_dir: Path) -> list[str]:
         path = data_dir / name
         if path.is_symlink() or path.is_file():
             path.unlink()
-        elif path.is_dir():
-            kept = KEPT.get(name, ())
-            if not kept:
-                shutil.rmtree(path)
-            for child in path.iterdir() if kept else ():
-                if child.name in kept:
+        elif path.is_dir() and name in KEPT:
+            for child in path.iterdir():
+                if child.name in KEPT[name]:
                     continue
                 if child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child)
                 else:
                     child.unlink()
+            fsync_dir(path)
+        elif path.is_dir():
+            shutil.rmtree(path)
         else:
             continue
         removed.append(name)

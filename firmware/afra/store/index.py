@@ -8,14 +8,11 @@ with `?` parameters.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from afra.dicom.header import InstanceHeader
+from afra.store.sqlite import SqliteStore
 
 SCHEMA_VERSION = 2
 
@@ -391,19 +388,11 @@ class QuarantineRow:
     reason: str
 
 
-class Index:
+class Index(SqliteStore):
     """The study index. Thread-safe: one connection, writes serialised by a lock."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._db.executescript(SCHEMA)
+        super().__init__(path, SCHEMA, timeout=30.0)
         self._migrate()
 
     def _migrate(self) -> None:
@@ -416,21 +405,6 @@ class Index:
                     for statement in MIGRATIONS[target]:
                         db.execute(statement)
             db.execute(SQL_SET_META, ("schema_version", str(SCHEMA_VERSION)))
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     # -- receive path ------------------------------------------------------------------
 

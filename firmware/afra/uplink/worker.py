@@ -114,8 +114,6 @@ class Uplink:
         self._thread: threading.Thread | None = None
         self._last_heartbeat = -1e18
         self.hub_reachable: bool | None = None
-        self.bytes_sent = 0
-        self._count_lock = threading.Lock()
         # Long-lived senders: each keeps its own kept-alive connection to the hub.
         self._senders = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="part")
 
@@ -148,18 +146,21 @@ class Uplink:
         self.deliver(study)
         return True
 
-    def heartbeat(self) -> None:
-        assert self.client is not None
-        self._last_heartbeat = self.clock.monotonic()
+    def heartbeat_message(self) -> Heartbeat:
+        """What the box tells the hub about itself: version, policy, health, queue."""
         count, oldest, size = self.index.queue_stats(self.clock.time())
-        beat = Heartbeat(
+        return Heartbeat(
             software_version=__version__,
             policy_version=self.policy.current.version,
             health=self.health() if self.health is not None else "healthy",
             queue=QueueStats(studies_waiting=count, oldest_waiting_s=oldest, bytes_waiting=size),
         )
+
+    def heartbeat(self) -> None:
+        assert self.client is not None
+        self._last_heartbeat = self.clock.monotonic()
         try:
-            answer = self.client.heartbeat(beat)
+            answer = self.client.heartbeat(self.heartbeat_message())
         except HubError as exc:
             self._hub_down(exc)
             return
@@ -263,8 +264,6 @@ class Uplink:
         self.client.put_part(upload_id, number, body, sha256=digest, encoding=encoding)
         if self.on_activity is not None:
             self.on_activity()
-        with self._count_lock:
-            self.bytes_sent += len(body)
 
     def _verified(
         self, receipt: Receipt, study: UploadStudy, stream_hash: str, instance_count: int

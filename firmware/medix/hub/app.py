@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+from collections.abc import Callable
 from typing import TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, g, render_template, request, send_file
@@ -32,6 +33,7 @@ from medix.hub.core import (
     compressed_limit,
     format_code,
     normalise_code,
+    validation_detail,
 )
 from medix.hub.templates import TEMPLATES
 from medix.models import (
@@ -42,6 +44,7 @@ from medix.models import (
     FileCommit,
     FileRegistration,
     Heartbeat,
+    PartAck,
     Policy,
     Problem,
     StudyRegistration,
@@ -137,15 +140,7 @@ def _parse(model: type[M], data: bytes) -> M:
     except ValidationError as exc:
         if any(error["type"] == "json_invalid" for error in exc.errors()):
             raise HubError(400, "Malformed JSON", "the body is not a JSON document") from exc
-        raise HubError(422, f"Invalid {model.__name__}", _detail(exc)) from exc
-
-
-def _detail(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:10]:
-        where = ".".join(str(p) for p in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+        raise HubError(422, f"Invalid {model.__name__}", validation_detail(exc)) from exc
 
 
 def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -219,17 +214,22 @@ def upload_state(upload_id: str) -> Response:
     return _json(_hub().upload_state(g.node, upload_id))
 
 
-@node_api.put("/uploads/<upload_id>/parts/<int:n>")
-def put_part(upload_id: str, n: int) -> Response:
-    ack = _hub().put_part(
+def _part(put: Callable[..., PartAck], resource_id: str, n: int) -> Response:
+    """A part of an upload or a file: the body, its encoding and its declared hash."""
+    ack = put(
         g.node,
-        upload_id,
+        resource_id,
         n,
         _read_body,
         request.headers.get("Content-Encoding", "identity"),
         request.headers.get("X-Medix-Part-SHA256", ""),
     )
     return _json(ack)
+
+
+@node_api.put("/uploads/<upload_id>/parts/<int:n>")
+def put_part(upload_id: str, n: int) -> Response:
+    return _part(_hub().put_part, upload_id, n)
 
 
 @node_api.post("/uploads/<upload_id>/commit")
@@ -251,15 +251,7 @@ def file_state(file_id: str) -> Response:
 
 @node_api.put("/files/<file_id>/parts/<int:n>")
 def put_file_part(file_id: str, n: int) -> Response:
-    ack = _hub().put_file_part(
-        g.node,
-        file_id,
-        n,
-        _read_body,
-        request.headers.get("Content-Encoding", "identity"),
-        request.headers.get("X-Medix-Part-SHA256", ""),
-    )
-    return _json(ack)
+    return _part(_hub().put_file_part, file_id, n)
 
 
 @node_api.post("/files/<file_id>/commit")

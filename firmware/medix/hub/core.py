@@ -37,7 +37,15 @@ import zstandard
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medix.hub import schemas
-from medix.hub.ca import CSRError, HubCA, fingerprint, receipt_fields, write_private
+from medix.hub.ca import (
+    CSRError,
+    HubCA,
+    fingerprint,
+    fsync_dir,
+    receipt_fields,
+    write_private,
+    write_public,
+)
 from medix.hub.store import (
     COMMITTED,
     SAVED,
@@ -48,8 +56,6 @@ from medix.hub.store import (
     NodeRow,
     StaleError,
     UploadRow,
-    fsync_dir,
-    write_atomic,
 )
 from medix.models import (
     NODE_HEADER,
@@ -200,7 +206,7 @@ def _canonical(model: BaseModel) -> str:
     return json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
-def _validation_detail(exc: ValidationError) -> str:
+def validation_detail(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors()[:10]:
         where = ".".join(str(p) for p in error["loc"]) or "body"
@@ -536,11 +542,6 @@ class Hub:
     def upload_state(self, node: NodeRow, upload_id: str) -> Registration:
         return self._registration(self._own_upload(node, upload_id))
 
-    def part_body_limit(self, node: NodeRow, upload_id: str) -> int:
-        upload = self._own_upload(node, upload_id)
-        reg = StudyRegistration.model_validate_json(upload.registration_json)
-        return compressed_limit(reg.part_size)
-
     def put_part(
         self,
         node: NodeRow,
@@ -569,7 +570,7 @@ class Hub:
                 raise HubError(409, "Upload committed", f"{upload_id} is already committed")
             if n not in held or held[n].sha256 != digest:
                 self.store.part_dir(upload_id).mkdir(mode=0o700, exist_ok=True)
-                write_atomic(self.store.part_path(upload_id, n), [data])
+                write_public(self.store.part_path(upload_id, n), data)
                 self.store.put_part(upload_id, n, digest, len(data), self.clock.time())
             return PartAck(part=n, received_parts=self.store.count_parts(upload_id))
 
@@ -728,7 +729,7 @@ class Hub:
                 "registration": json.loads(_canonical(reg)),
                 "commit": json.loads(_canonical(request)),
             }
-            write_atomic(staging / "manifest.json", [json.dumps(manifest, indent=1).encode()])
+            write_public(staging / "manifest.json", json.dumps(manifest, indent=1).encode())
             os.replace(staging, final)
             fsync_dir(final.parent)
         except BaseException:
@@ -834,7 +835,7 @@ class Hub:
             if n not in held or held[n].sha256 != digest:
                 part_dir = self.store.file_part_dir(file_id)
                 part_dir.mkdir(mode=0o700, exist_ok=True)
-                write_atomic(self.store.file_part_path(file_id, n), [data])
+                write_public(self.store.file_part_path(file_id, n), data)
                 self.store.put_file_part(file_id, n, digest, len(data), self.clock.time())
             return PartAck(part=n, received_parts=len(self.store.file_parts(file_id)))
 
@@ -962,7 +963,7 @@ class Hub:
             order = schemas.CommandOrder.model_validate({"type": type_, "args": args})
             _check_command_args(order)
         except ValidationError as exc:
-            raise HubError(422, "Invalid command", _validation_detail(exc)) from exc
+            raise HubError(422, "Invalid command", validation_detail(exc)) from exc
         command_id = uuid.uuid4().hex
         self.store.add_command(
             command_id, node_id, order.type, json.dumps(order.args), self.clock.time()

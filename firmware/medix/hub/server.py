@@ -33,9 +33,6 @@ CONNECTION_TIMEOUT_S = 90  # above the longest long poll (60 s)
 SELECT_INTERVAL_S = 0.1
 
 
-_Server = LoggingServer
-
-
 class HubServer:
     """A reference hub served on `host:port` (0 picks a free port); a context manager.
 
@@ -66,7 +63,7 @@ class HubServer:
         )
         self._clock = clock
         self._port = port
-        self._server: _Server | None = None
+        self._server: LoggingServer | None = None
         self._thread: threading.Thread | None = None
         self._open_hub()
 
@@ -82,7 +79,7 @@ class HubServer:
             return self
         if not self._hub_open:
             self._open_hub()
-        server = _Server(
+        server = LoggingServer(
             (self.host, self._port),
             self.app,
             numthreads=SERVER_THREADS,

@@ -18,10 +18,9 @@ so a hub keeps its nodes, studies and log across an upgrade.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -444,29 +443,6 @@ def _command(row: Any) -> CommandRow:
     values = list(row)
     values[8] = None if values[8] is None else bool(values[8])
     return CommandRow(*values)
-
-
-def write_atomic(path: Path, chunks: Iterable[bytes]) -> int:
-    """Write `chunks` to `path` through a temporary file, fsync, rename; return the size."""
-    tmp = path.with_name(path.name + ".tmp")
-    size = 0
-    with open(tmp, "wb") as handle:
-        for chunk in chunks:
-            handle.write(chunk)
-            size += len(chunk)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return size
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (the directory entry itself is synced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class HubStore:
