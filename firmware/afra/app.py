@@ -178,6 +178,8 @@ class Appliance:
             if part is not None:
                 part.pacs = pacs
         self.config = config
+        if self.mdns is not None:
+            self.mdns.refresh()  # the port and the AE title are in the advert
         LOG.info("DICOM settings applied: AE %r, port %d", config.dicom.ae_title, config.dicom.port)
 
     def command_channel(self, client: HubClient) -> CommandChannel:

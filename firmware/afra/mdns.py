@@ -182,6 +182,7 @@ class MdnsAdvertiser:
         self._wake = threading.Event()
         self._stopping = False
         self._announce = False
+        self._refresh = False
         self._next_check = 0.0
         self._warned_no_address = False
         self._thread: threading.Thread | None = None
@@ -202,6 +203,11 @@ class MdnsAdvertiser:
             self._thread.join(timeout=30)
             self._thread = None
         self._close()
+
+    def refresh(self) -> None:
+        """What is advertised changed (port, AE title): goodbyes, then the new advert."""
+        self._refresh = True
+        self._wake.set()
 
     def announce(self) -> None:
         """Announce again now (the button's short press); returns at once."""
@@ -287,6 +293,11 @@ class MdnsAdvertiser:
         failures = 0
         while not self._stopping:
             try:
+                if self._refresh:
+                    self._refresh = False
+                    self._close()
+                    self.advert = None
+                    retry_at = 0.0
                 if self._zc is None:
                     if self.clock.monotonic() >= retry_at:
                         self._try_register()

@@ -204,3 +204,31 @@ def test_a_new_address_is_announced_and_stop_says_goodbye(net: Lan, clock: FakeC
         box.stop()
         browser.cancel()
         zc.close()
+
+
+def test_settings_changed_while_running_are_advertised_anew(net: Lan, clock: FakeClock) -> None:
+    adverts = [Advert("Radiology", "cccccc", 8080, 11112, "AFRA", "0.1.0")]
+    box = MdnsAdvertiser(lambda: adverts[-1], clock=clock, check_interval=3600)
+    watcher = Watcher()
+    zc = run_in(net.a, lambda: Zeroconf(interfaces=[ADDRESS_A]))
+    browser = ServiceBrowser(zc, DICOM_TYPE, watcher)
+    name = f"Radiology.{DICOM_TYPE}"
+    try:
+        run_in(net.b, box.start)
+        watcher.until("add", name)
+
+        # The wizard's DICOM step: a new port and AE title (Appliance.apply_dicom refreshes).
+        adverts.append(Advert("Radiology", "cccccc", 8080, 104, "NEWAE", "0.1.0"))
+        box.refresh()
+        deadline = time.monotonic() + 15
+        while True:
+            info = zc.get_service_info(DICOM_TYPE, name, timeout=3000)
+            seen = (info.port, info.decoded_properties.get("aet")) if info else None
+            if seen == (104, "NEWAE") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert seen == (104, "NEWAE")
+    finally:
+        box.stop()
+        browser.cancel()
+        zc.close()
