@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
+from medix.hub.app import HubConfig, create_hub
 from medix.hub.cli import _admin_token
 
 
@@ -56,3 +58,13 @@ def test_admin_token_file_is_made_once(tmp_path: Path) -> None:
     first = _admin_token(path)
     assert first and _admin_token(path) == first
     assert _admin_token(None) is None
+
+
+def test_an_empty_admin_token_file_stops_the_hub_instead_of_opening_it(tmp_path: Path) -> None:
+    data = tmp_path / "hub"
+    data.mkdir()
+    (data / "admin-token").write_text("\n")
+    with pytest.raises(SystemExit, match="empty"):
+        _admin_token(data / "admin-token")
+    with pytest.raises(ValueError, match="empty"):
+        create_hub(HubConfig(data_dir=data))  # the in-process hub refuses to start too

@@ -284,7 +284,8 @@ def command_result(command_id: str) -> Response:
 def _check_admin_token() -> None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     expected = _hub().admin_token
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), expected):
+    given = token.strip()
+    if scheme.lower() != "bearer" or not given or not hmac.compare_digest(given, expected):
         raise HubError(
             401,
             "Admin token required",

@@ -125,6 +125,22 @@ def write_public(path: Path, data: bytes) -> None:
     _write_durably(path, data, 0o644)
 
 
+def read_or_make_token(path: Path) -> str:
+    """The secret token in `path`, made (mode 0600) when the file does not exist yet.
+
+    An empty file is an error, never an empty token: compared with an empty bearer token it
+    would open whatever the token guards."""
+    if path.exists():
+        token = path.read_text().strip()
+        if not token:
+            raise ValueError(f"{path} is empty; remove it to have a new token made")
+        return token
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private(path, token.encode() + b"\n")
+    return token
+
+
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,

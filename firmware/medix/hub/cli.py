@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import secrets
 import signal
 import sys
 import threading
 from pathlib import Path
 from types import FrameType
 
-from medix.hub.ca import write_private
+from medix.hub.ca import read_or_make_token
 from medix.hub.server import HubServer
 
 
@@ -23,15 +22,10 @@ def _admin_token(path: Path | None) -> str | None:
     """The token in `path`, made (mode 0600) when the file does not exist yet."""
     if path is None:
         return None
-    if path.exists():
-        token = path.read_text().strip()
-        if not token:
-            raise SystemExit(f"{path} is empty")
-        return token
-    token = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_private(path, token.encode() + b"\n")
-    return token
+    try:
+        return read_or_make_token(path)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

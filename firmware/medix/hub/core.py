@@ -42,8 +42,8 @@ from medix.hub.ca import (
     HubCA,
     fingerprint,
     fsync_dir,
+    read_or_make_token,
     receipt_fields,
-    write_private,
     write_public,
 )
 from medix.hub.store import (
@@ -341,12 +341,7 @@ class Hub:
             self.store.add_policy(0, Policy(version=0).model_dump_json(), self.clock.time())
 
     def _stored_admin_token(self) -> str:
-        path = self.config.data_dir / "admin-token"
-        if path.exists():
-            return path.read_text().strip()
-        token = secrets.token_urlsafe(32)
-        write_private(path, token.encode() + b"\n")
-        return token
+        return read_or_make_token(self.config.data_dir / "admin-token")
 
     @property
     def admin_token_path(self) -> Path | None:
