@@ -198,6 +198,17 @@ def test_changing_the_password(dash: FlaskClient, make_app: AppFactory, running:
     assert other.get("/dashboard").location.endswith("/login")  # the other device is out
 
 
+def test_the_right_current_password_clears_earlier_wrong_ones(
+    dash: FlaskClient, running: Appliance
+) -> None:
+    lockout = running.config.box.data_dir / "web" / "lockout.json"
+    for _ in range(4):  # one short of the lockout
+        post(dash, "/settings/password", {"current": "x", "password": "a", "confirm": "a"})
+    assert lockout.exists()
+    post(dash, "/settings/password", {"current": PASSWORD, "password": "a", "confirm": "a"})
+    assert not lockout.exists()  # a later typo does not lock the admin out
+
+
 def test_the_dashboard_waits_for_setup(client: FlaskClient, setup_code: str) -> None:
     from tests.web.conftest import claim
 

@@ -233,6 +233,8 @@ def change_password() -> Any:
     elif not web.state.check_password(form.get("current", "")):
         web.state.lockout.failure()
         errors["current"] = Msg("This password is wrong.")
+    else:
+        web.state.lockout.success()  # the right password ends a run of wrong ones
     errors.update(
         check_password(
             form.get("password", ""),
