@@ -168,9 +168,11 @@ def manual_download(
     config = work / f"curl-{run}.cfg"
     lines: list[str] = []
     parts = max(1, -(-size // PART))
+    whole = hashlib.sha256()
     with archive.open("rb") as fp:
         for n in range(parts):
             chunk = fp.read(PART)
+            whole.update(chunk)
             part = work / f"part-{run}-{n}"
             part.write_bytes(chunk)
             if lines:
@@ -190,7 +192,7 @@ def manual_download(
             ]
     config.write_text("\n".join(lines) + "\n")
     subprocess.run(["curl", "--config", str(config)], check=True)
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    digest = whole.hexdigest()
     subprocess.run(
         [
             "curl",
