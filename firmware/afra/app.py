@@ -325,7 +325,7 @@ def build_appliance(
     except OSError as exc:
         raise StorageError(f"storage root {root} is not usable: {exc}") from exc
     configure_pynetdicom(spool.tmp_dir)
-    index = Index(root / "index.sqlite")
+    index = Index(root / "index.sqlite", reserve_wal=True)
     health = Health(clock)
     health.set("booting", True)
     setup_window = SetupWindow(health, clock=clock, duration=config.panel.setup_window)

@@ -28,6 +28,7 @@ from pynetdicom import AE
 from afra.app import Appliance, build_appliance
 from tests.conftest import BoxFactory, make_config
 from tests.dicom.conftest import LOOPBACK, send_raw
+from tests.dicom.test_acceptor_protocol import wait_until
 from tests.dicomgen import dataset_bytes_hash, make_ct_series, make_instance
 from tests.peers import echoscu, storescu
 
@@ -61,6 +62,8 @@ def test_series_from_storescu_stored_byte_for_byte(box: Appliance, tmp_path: Pat
     ds = dcmread(files[0], stop_before_pixels=True)
     assert ds.SOPInstanceUID not in "".join(str(p) for p in object_files(box))
     assert studies[0].patient_id == ds.PatientID
+    # The temp file an association keeps open for its next C-STORE goes when it ends.
+    assert wait_until(lambda: not list(box.spool.tmp_dir.iterdir()))
 
 
 def _encapsulated(path: Path, ts: str) -> Path:

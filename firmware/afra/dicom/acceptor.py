@@ -186,6 +186,9 @@ class _Association:
         self.deadline: float | None = None
         self.message: _Message | None = None
         self.stored = 0
+        # An empty temp file opened while the peer was still preparing its next C-STORE (the
+        # time between our response and its next command), so receiving does not wait for it.
+        self.spare: tuple[int, Path] | None = None
 
     # -- socket primitives ---------------------------------------------------------------
 
@@ -292,6 +295,7 @@ class _Association:
         self._accept(rq, results, ac_roles)
         self.buffer = bytearray(self.settings.max_pdu + 6)
         self.view = memoryview(self.buffer)
+        self._prepare_spare()
         LOG.info(
             "association accepted from AE %r at %s (%d presentation context(s))",
             self.calling_ae,
@@ -412,8 +416,10 @@ class _Association:
         if not self.server.receiver.has_room():
             message.fd = -2  # below the floor: drain the data set, answer out-of-resources
             return
-        path = self.server.receiver.spool.new_tmp_path()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        if self.spare is not None:
+            (fd, path), self.spare = self.spare, None
+        else:
+            fd, path = self._create_tmp()
         message.fd, message.path = fd, path
         header = dimse.part10_header(
             command.affected_sop_class_uid,
@@ -422,6 +428,26 @@ class _Association:
             self.calling_ae,
         )
         self._write(message, header)
+
+    def _create_tmp(self) -> tuple[int, Path]:
+        path = self.server.receiver.spool.new_tmp_path()
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), path
+
+    def _prepare_spare(self) -> None:
+        if self.spare is not None:
+            return
+        try:
+            self.spare = self._create_tmp()
+        except OSError:
+            self.spare = None  # a full or failing disk: the next C-STORE opens its own (or fails)
+
+    def _drop_spare(self) -> None:
+        if self.spare is not None:
+            fd, path = self.spare
+            self.spare = None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            path.unlink(missing_ok=True)
 
     def _write(self, message: _Message, data: bytes | memoryview) -> None:
         if message.fd < 0:
@@ -470,39 +496,39 @@ class _Association:
                 ),
             )
             return
-        status = self._store(message, command)
-        self._send_command(
-            message.context_id, dimse.encode_response(command, dimse.C_STORE_RSP, status)
-        )
+        try:
+            status = self._store(message, command)
+            self._send_command(
+                message.context_id, dimse.encode_response(command, dimse.C_STORE_RSP, status)
+            )
+        finally:
+            # After the response: the peer prepares its next C-STORE while we tidy up.
+            self._discard(message)
+        if status == 0:
+            self.stored += 1
+            self.server.sightings.store(self.calling_ae, self.address)
+        self._prepare_spare()
 
     def _store(self, message: _Message, command: dimse.Command) -> int:
         if message.fd == -2 or message.path is None:
             return STATUS_OUT_OF_RESOURCES if message.fd == -2 else STATUS_CANNOT_UNDERSTAND
-        os.close(message.fd)
-        message.fd = -1
         abstract, transfer_syntax = self.contexts[message.context_id]
-        try:
-            status = self.server.receiver.store(
-                message.path,
-                StoreRequest(
-                    sop_class_uid=command.affected_sop_class_uid,
-                    sop_instance_uid=command.affected_sop_instance_uid,
-                    context_abstract_syntax=abstract,
-                    calling_ae=self.calling_ae,
-                    peer_address=self.address,
-                    head=bytes(message.head),
-                    data_size=message.data_size,
-                    transfer_syntax=transfer_syntax,
-                    move_originator_ae=command.move_originator_ae,
-                    move_originator_id=command.move_originator_message_id,
-                ),
-            )
-        finally:
-            message.path.unlink(missing_ok=True)  # still here only if it was not kept
-        if status == 0:
-            self.stored += 1
-            self.server.sightings.store(self.calling_ae, self.address)
-        return status
+        return self.server.receiver.store(
+            message.path,
+            StoreRequest(
+                sop_class_uid=command.affected_sop_class_uid,
+                sop_instance_uid=command.affected_sop_instance_uid,
+                context_abstract_syntax=abstract,
+                calling_ae=self.calling_ae,
+                peer_address=self.address,
+                head=bytes(message.head),
+                data_size=message.data_size,
+                transfer_syntax=transfer_syntax,
+                move_originator_ae=command.move_originator_ae,
+                move_originator_id=command.move_originator_message_id,
+                fd=message.fd,
+            ),
+        )
 
     def _discard(self, message: _Message) -> None:
         if message.fd >= 0:
@@ -546,6 +572,7 @@ class _Association:
         finally:
             if self.message is not None:
                 self._discard(self.message)
+            self._drop_spare()
             if self.admitted:
                 self.server.release()
             with contextlib.suppress(OSError):

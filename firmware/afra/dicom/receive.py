@@ -7,6 +7,7 @@ refusal, a quarantine entry and a log line that names the sender and the reason.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,9 @@ class StoreRequest:
     # A C-STORE sub-operation of a C-MOVE names the move's originator (PS3.7 9.3.1.1).
     move_originator_ae: str = ""
     move_originator_id: int = 0
+    # The descriptor the acceptor wrote the object through, still open (else -1): fsync and
+    # fstat go through it instead of opening the file again.
+    fd: int = -1
 
 
 class StoreSink(Protocol):
@@ -166,7 +170,10 @@ class Receiver:
         # index commit.
         parsed = self._parse_pool.submit(_header, tmp, request)
         try:
-            fsync_file(tmp)
+            if request.fd >= 0:
+                os.fsync(request.fd)
+            else:
+                fsync_file(tmp)
         finally:
             header = parsed.result()
         if header.sop_class_uid != request.sop_class_uid:
@@ -192,7 +199,9 @@ class Receiver:
             except AlreadyStored:
                 # Another process (a C-GET from the CLI) stored it a moment ago.
                 return self._duplicate(tmp, request, sender, rel, now)
-            size = self.spool.absolute(rel).stat().st_size
+            size = (
+                os.fstat(request.fd) if request.fd >= 0 else self.spool.absolute(rel).stat()
+            ).st_size
             added = self.index.add_instance(header, rel, size, now, request.calling_ae)
         if added.new_study_row:
             LOG.info(

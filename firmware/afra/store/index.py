@@ -391,8 +391,10 @@ class QuarantineRow:
 class Index(SqliteStore):
     """The study index. Thread-safe: one connection, writes serialised by a lock."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA, timeout=30.0)
+    def __init__(self, path: Path, *, reserve_wal: bool = False) -> None:
+        # The running box reserves the WAL (one commit per received instance); CLI commands
+        # that open the index for a moment do not.
+        super().__init__(path, SCHEMA, timeout=30.0, reserve_wal=reserve_wal)
         self._migrate()
 
     def _migrate(self) -> None:
