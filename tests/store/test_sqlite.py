@@ -36,3 +36,54 @@ def test_running_box_reserves_the_wal_once(tmp_path: Path) -> None:
     assert second._db.execute("SELECT count(*) FROM meta WHERE key LIKE 'k%'").fetchone()[0] == 50
     second.close()
     first.close()
+
+
+def test_writers_at_the_same_moment_share_a_commit_and_fail_alone(tmp_path: Path) -> None:
+    import sqlite3
+    import threading
+
+    index = Index(tmp_path / "index.sqlite")
+    first_running = threading.Event()
+    release_first = threading.Event()
+    ran_on: dict[str, int] = {}
+    results: dict[str, object] = {}
+
+    def insert(key: str, *, fail: bool = False, hold: bool = False) -> threading.Thread:
+        def work(db: sqlite3.Connection) -> str:
+            ran_on[key] = threading.get_ident()
+            db.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
+            if hold:
+                first_running.set()
+                release_first.wait(10)
+            if fail:
+                db.execute("INSERT INTO meta (key, value) VALUES (?, 'again')", (key,))
+            return key
+
+        def run() -> None:
+            try:
+                results[key] = index._grouped(work)
+            except sqlite3.IntegrityError as exc:
+                results[key] = exc
+
+        return threading.Thread(target=run)
+
+    first = insert("a", hold=True)
+    first.start()
+    assert first_running.wait(10)
+    # Three more writers arrive while "a" holds the write transaction open.
+    others = [insert("b"), insert("c", fail=True), insert("d")]
+    for t in others:
+        t.start()
+    while len(index._pending) < 3:
+        threading.Event().wait(0.01)
+    release_first.set()
+    for t in [first, *others]:
+        t.join(10)
+
+    assert results["a"] == "a" and results["b"] == "b" and results["d"] == "d"
+    assert isinstance(results["c"], sqlite3.IntegrityError)  # only its own work undone
+    # b, c and d were committed together, by whichever of them took the lock first.
+    assert ran_on["b"] == ran_on["c"] == ran_on["d"] != ran_on["a"]
+    keys = index._read_one("SELECT group_concat(key) FROM meta WHERE value = 'v'", ())[0]
+    assert sorted(keys.split(",")) == ["a", "b", "d"]
+    index.close()

@@ -8,6 +8,7 @@ with `?` parameters.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -411,15 +412,19 @@ class Index(SqliteStore):
     # -- receive path ------------------------------------------------------------------
 
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
-        with self._lock:
-            row = self._db.execute(SQL_FIND_INSTANCE, (sop_instance_uid,)).fetchone()
+        # On the reader connection: it does not wait for another association's commit.
+        row = self._read_one(SQL_FIND_INSTANCE, (sop_instance_uid,))
         return None if row is None else StoredInstance(*row)
 
     def add_instance(
         self, header: InstanceHeader, rel_path: str, size: int, now: float, calling_ae: str
     ) -> AddedInstance:
-        """Record a durable instance under the study's open revision (opening one if needed)."""
-        with self._transaction() as db:
+        """Record a durable instance under the study's open revision (opening one if needed).
+
+        Grouped: associations storing at the same moment share one commit.
+        """
+
+        def work(db: sqlite3.Connection) -> AddedInstance:
             row = db.execute(SQL_OPEN_REVISION, (header.study_uid,)).fetchone()
             new_row = row is None
             if new_row:
@@ -461,7 +466,9 @@ class Index(SqliteStore):
                 ),
             )
             db.execute(SQL_COUNT_INSTANCE, (size, now, study_id))
-        return AddedInstance(study_id=study_id, revision=revision, new_study_row=new_row)
+            return AddedInstance(study_id=study_id, revision=revision, new_study_row=new_row)
+
+        return self._grouped(work)
 
     def add_conflict(
         self, sop_instance_uid: str, rel_path: str, size: int, now: float, calling_ae: str

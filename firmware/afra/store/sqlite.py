@@ -1,6 +1,11 @@
 """The box's SQLite files, opened one way: WAL, synchronous FULL, one connection shared by
 threads with writes serialised by a lock (`BEGIN IMMEDIATE` ... `COMMIT`).
 
+The receive path has two more ways in, for several associations at once: `_grouped` lets
+writers that arrive while a commit is being flushed share the next transaction and its one
+WAL flush (group commit), and `_read_one` reads on a second connection, so a lookup does not
+wait behind another thread's flush (WAL readers never wait for the writer).
+
 A store that commits once per received instance can reserve its write-ahead log: the WAL file
 is grown once to a fixed size, so that each commit overwrites blocks the file already has and
 its fdatasync flushes data only. A commit that extends the file also waits for a filesystem
@@ -13,12 +18,27 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 # SQLite checkpoints after 1000 pages (4 MiB); the reservation covers that with room to spare.
 WAL_RESERVE_BYTES = 8 * 1024 * 1024
+
+
+class _Pending(Generic[T]):
+    """One writer's work waiting for a grouped transaction."""
+
+    __slots__ = ("done", "error", "result", "work")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], T]) -> None:
+        self.work = work
+        self.done = False
+        self.result: T | None = None
+        self.error: BaseException | None = None
 
 
 class SqliteStore:
@@ -36,6 +56,12 @@ class SqliteStore:
         self._db.executescript(schema)
         if reserve_wal:
             self._reserve_wal()
+        self._pending: list[_Pending[Any]] = []
+        self._pending_lock = threading.Lock()
+        self._reader = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=timeout
+        )
+        self._read_lock = threading.Lock()
 
     def _reserve_wal(self) -> None:
         """Grow the WAL to WAL_RESERVE_BYTES (unless it is already that big), then restart it.
@@ -59,8 +85,59 @@ class SqliteStore:
             self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
+
+    def _read_one(self, sql: str, params: tuple[Any, ...]) -> Any:
+        """One row of a read on the reader connection: it sees committed data only."""
+        with self._read_lock:
+            return self._reader.execute(sql, params).fetchone()
+
+    def _grouped(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in a write transaction, sharing it with writers that queue meanwhile.
+
+        Whoever takes the write lock commits everything queued so far in one transaction
+        (one WAL flush); each piece of work runs in its own savepoint, so one that raises is
+        undone alone and its caller gets the exception. A caller returns only once its work
+        is committed (or raises), as with `_transaction`.
+        """
+        item: _Pending[T] = _Pending(work)
+        with self._pending_lock:
+            self._pending.append(item)
+        with self._lock:
+            if not item.done:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._commit_batch(batch)
+        if item.error is not None:
+            raise item.error
+        return item.result  # type: ignore[return-value]
+
+    def _commit_batch(self, batch: list[_Pending[Any]]) -> None:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                db.execute("SAVEPOINT item")
+                try:
+                    item.result = item.work(db)
+                except Exception as exc:
+                    db.execute("ROLLBACK TO item")
+                    item.error = exc
+                db.execute("RELEASE item")
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            for item in batch:
+                if item.error is None:
+                    item.error = exc
+                    item.result = None
+        finally:
+            for item in batch:
+                item.done = True
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
