@@ -59,6 +59,8 @@ MOVE_DESTINATION_UNKNOWN = 0xA801
 STATUS_PENDING = (0xFF00, 0xFF01)
 
 _MOVE_GET_FALLBACK = (MOVE_DESTINATION_UNKNOWN, 0x0122, 0xA701, 0xA702)
+# How long to wait for pynetdicom's threads to end after a release or abort.
+_CLOSE_WAIT_S = 5.0
 
 
 @dataclass
@@ -178,11 +180,19 @@ class PacsClient:
                 f"PACS {self.pacs.ae_title} at {self.pacs.host}:{self.pacs.port} did not accept "
                 "an association (check its AE title, address, and that it knows this box)"
             )
+        raw = getattr(getattr(assoc.dul, "socket", None), "socket", None)
         try:
             yield assoc
         finally:
             if assoc.is_established:
                 assoc.release()
+            # pynetdicom skips closing its socket when the shutdown before it fails (a PACS
+            # that hung up first) and leaves the descriptor to the garbage collector; once
+            # the association's threads are done, close it here (a second close is a no-op).
+            assoc.join(timeout=_CLOSE_WAIT_S)
+            assoc.dul.join(timeout=_CLOSE_WAIT_S)
+            if raw is not None:
+                raw.close()
 
     def echo(self) -> int:
         with self._associate([Verification]) as assoc:
