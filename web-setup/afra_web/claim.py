@@ -70,6 +70,17 @@ def root() -> Response:
     return redirect(url_for(".claim"))
 
 
+def _window_ready(errors: Errors, window: dict[str, Any]) -> bool:
+    """Whether the button's setup window may be used now (else the reason is in `errors`)."""
+    if not window["open"]:
+        errors["window"] = Msg(
+            "The setup window is not open. Hold the button on the box for about "
+            "3 seconds until the light blinks, then press Continue again."
+        )
+        return False
+    return not errors
+
+
 @bp.route("/claim", methods=["GET", "POST"])
 def claim() -> Any:
     web = current()
@@ -82,12 +93,7 @@ def claim() -> Any:
     if request.method == "POST":
         name = _name(errors)
         if request.form.get("action") == "window":
-            if not window["open"]:
-                errors["window"] = Msg(
-                    "The setup window is not open. Hold the button on the box for about "
-                    "3 seconds until the light blinks, then press Continue again."
-                )
-            elif not errors:
+            if _window_ready(errors, window):
                 _sign_in(name, "button", "claim")
                 web.state.mark_claimed()
                 return redirect(next_page())
@@ -134,12 +140,7 @@ def login() -> Any:
     if request.method == "POST":
         name = _name(errors)
         if request.form.get("action") == "window":
-            if not window["open"]:
-                errors["window"] = Msg(
-                    "The setup window is not open. Hold the button on the box for about "
-                    "3 seconds until the light blinks, then press Continue again."
-                )
-            elif not errors:
+            if _window_ready(errors, window):
                 _sign_in(name, "button", "signed in")
                 web.state.reopen()
                 web.record("setup reopened", actor=name, detail="by the button")

@@ -58,9 +58,9 @@ class SqliteStore:
             self._reserve_wal()
         self._pending: list[_Pending[Any]] = []
         self._pending_lock = threading.Lock()
-        self._reader = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=timeout
-        )
+        # Opened on first use: only the index's receive path reads beside its writer.
+        self._reader: sqlite3.Connection | None = None
+        self._timeout = timeout
         self._read_lock = threading.Lock()
 
     def _reserve_wal(self) -> None:
@@ -86,13 +86,18 @@ class SqliteStore:
 
     def close(self) -> None:
         with self._read_lock:
-            self._reader.close()
+            if self._reader is not None:
+                self._reader.close()
         with self._lock:
             self._db.close()
 
     def _read_one(self, sql: str, params: tuple[Any, ...]) -> Any:
         """One row of a read on the reader connection: it sees committed data only."""
         with self._read_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=self._timeout
+                )
             return self._reader.execute(sql, params).fetchone()
 
     def _grouped(self, work: Callable[[sqlite3.Connection], T]) -> T:

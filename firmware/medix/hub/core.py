@@ -500,20 +500,9 @@ class Hub:
 
     def register(self, node: NodeRow, reg: StudyRegistration) -> tuple[Registration, bool]:
         """The upload for a study revision: (registration, True) when newly made."""
-        if reg.stream_size > self.config.max_stream_bytes:
-            raise HubError(
-                413,
-                "Study too large",
-                f"stream_size {reg.stream_size} exceeds {self.config.max_stream_bytes}",
-            )
-        expected_parts = math.ceil(reg.stream_size / reg.part_size)
-        if reg.parts != expected_parts:
-            raise HubError(
-                422,
-                "Inconsistent part count",
-                f"stream_size {reg.stream_size} in parts of {reg.part_size} makes "
-                f"{expected_parts} parts, not {reg.parts}",
-            )
+        self._check_size(
+            "Study", f"stream_size {reg.stream_size}", reg.stream_size, reg.part_size, reg.parts
+        )
         body = _canonical(reg)
         upload, created = self.store.add_upload(
             uuid.uuid4().hex,
@@ -771,6 +760,20 @@ class Hub:
             saved=self._file_saved(row),
         )
 
+    def _check_size(self, what: str, named: str, size: int, part_size: int, parts: int) -> None:
+        """413 above max_stream_bytes; 422 when `parts` is not what `size` makes in parts."""
+        if size > self.config.max_stream_bytes:
+            raise HubError(
+                413, f"{what} too large", f"{named} exceeds {self.config.max_stream_bytes}"
+            )
+        expected = math.ceil(size / part_size)
+        if parts != expected:
+            raise HubError(
+                422,
+                "Inconsistent part count",
+                f"{named} in parts of {part_size} makes {expected} parts, not {parts}",
+            )
+
     def _max_file_parts(self, part_size: int) -> int:
         return math.ceil(self.config.max_stream_bytes / part_size)
 
@@ -853,20 +856,9 @@ class Hub:
                         f"SHA-256 {row.sha256}",
                     )
                 return saved
-            if request.size > self.config.max_stream_bytes:
-                raise HubError(
-                    413,
-                    "File too large",
-                    f"size {request.size} exceeds {self.config.max_stream_bytes}",
-                )
-            expected_parts = math.ceil(request.size / row.part_size)
-            if request.parts != expected_parts:
-                raise HubError(
-                    422,
-                    "Inconsistent part count",
-                    f"{request.size} bytes in parts of {row.part_size} make {expected_parts} "
-                    f"parts, not {request.parts}",
-                )
+            self._check_size(
+                "File", f"size {request.size}", request.size, row.part_size, request.parts
+            )
             held = {p.n: p for p in self.store.file_parts(file_id)}
             if any(n not in held for n in range(request.parts)):
                 raise HubError(409, "Parts missing", _missing_detail(set(held), request.parts))
