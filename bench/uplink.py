@@ -116,6 +116,7 @@ def box_upload(
             f'[dicom]\nbind = "127.0.0.1"\nport = {dicom_port}\nallow_any_peer = true\n'
             "[storage]\nmin_free_mb = 0\n[study]\nstable_age = 1\nscan_interval = 0.2\n"
             "[hub]\nheartbeat_interval = 3600\nretry_base = 0.5\nretry_cap = 2\n"
+            f'[web]\nbind = "127.0.0.1"\nport = {free_port()}\n'
         )
         with afra_process(data, config) as box:
             storescu("127.0.0.1", dicom_port, files)
