@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,28 @@ LOOPBACK = "127.0.0.1"
 # No test advertises over mDNS on this machine's own network: the `afra run` processes tests
 # start inherit this; tests/mdns advertises only inside network namespaces it makes.
 os.environ["AFRA__MDNS__ENABLED"] = "false"
-# `afra run` processes tests start serve their setup page on a free port, not on port 80.
+# `afra run` processes tests start serve their setup page on loopback, on a free port.
+os.environ["AFRA__WEB__BIND"] = LOOPBACK
 os.environ["AFRA__WEB__PORT"] = "0"
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 60.0,
+    what: str = "",
+    tick: Callable[[], None] | None = None,
+) -> Any:
+    """Poll `predicate` until it returns something true (returned), calling `tick` between
+    polls (e.g. to advance a fake clock); fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if tick is not None:
+            tick()
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
 def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:

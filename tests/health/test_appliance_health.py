@@ -14,10 +14,10 @@ from afra.app import Appliance
 from afra.config import PacsSettings
 from medix.hub.server import HubServer
 from medix.models import Policy, Window
-from tests.conftest import LOOPBACK, BoxFactory
+from tests.conftest import LOOPBACK, BoxFactory, wait_for
 from tests.fakes import FakeClock
 from tests.peers import free_port
-from tests.uplink.conftest import send_study, the_study, wait_for
+from tests.uplink.conftest import send_study, the_study
 
 
 def checks_after(box: Appliance, clock: FakeClock, seconds: float) -> None:

@@ -19,9 +19,10 @@ from afra.dicom.receive import StoreRequest
 from afra.dicom.scu import RetrieveResult
 from medix.hub.server import HubServer
 from medix.models import DownloadRequest
+from tests.conftest import wait_for
 from tests.dicomgen import dataset_bytes_hash, make_ct_series, sha256_of
 from tests.fakes import FakeClock
-from tests.node.conftest import BoxFactory, fetch, progress, statuses, wait_for
+from tests.node.conftest import BoxFactory, fetch, progress, statuses
 from tests.peers import Orthanc, storescu
 
 HELD = [0, 2, 3, 4, 5, 6, 7]

@@ -18,9 +18,10 @@ from afra.app import Appliance, build_appliance
 from afra.node.jobs import JobStore
 from medix.hub.server import HubServer
 from medix.models import DownloadStatus
+from tests.conftest import wait_for
 from tests.dicomgen import make_ct_series, make_report
 from tests.fakes import FakeClock
-from tests.node.conftest import BoxFactory, statuses, wait_for
+from tests.node.conftest import BoxFactory, statuses
 from tests.node.test_downloads import node_id, pacs_box, request, send_and_complete
 from tests.peers import Orthanc, free_port
 

@@ -10,12 +10,11 @@ import pytest
 from afra.app import Appliance
 from afra.cli import main
 from medix.hub.server import HubServer
-from tests.conftest import LOOPBACK, BoxFactory
+from tests.conftest import LOOPBACK, BoxFactory, wait_for
 from tests.dicomgen import make_ct_series
 from tests.fakes import FakeClock
 from tests.panel.rig import BUTTON, GPIO
 from tests.peers import storescu
-from tests.uplink.conftest import wait_for
 
 
 def pin(box: Appliance, gpio: int) -> object:

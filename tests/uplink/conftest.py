@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,21 +12,12 @@ from afra.app import Appliance, build_appliance
 from afra.uplink.client import enrol
 from afra.uplink.identity import NodeIdentity
 from medix.hub.server import HubServer
-from tests.conftest import make_config
+from tests.conftest import BoxFactory, make_config, wait_for
 from tests.dicomgen import make_ct_series
 from tests.fakes import FakeClock
 from tests.peers import storescu
 
 LOOPBACK = "127.0.0.1"
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
 @pytest.fixture
@@ -36,9 +26,6 @@ def hub(tmp_path: Path) -> Iterator[HubServer]:
     server.start()
     yield server
     server.stop()
-
-
-BoxFactory = Callable[..., Appliance]
 
 
 @pytest.fixture
