@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from pathlib import Path
+
+import pytest
 
 from afra.store.index import Index
 from afra.store.sqlite import WAL_RESERVE_BYTES
@@ -39,9 +43,6 @@ def test_running_box_reserves_the_wal_once(tmp_path: Path) -> None:
 
 
 def test_writers_at_the_same_moment_share_a_commit_and_fail_alone(tmp_path: Path) -> None:
-    import sqlite3
-    import threading
-
     index = Index(tmp_path / "index.sqlite")
     first_running = threading.Event()
     release_first = threading.Event()
@@ -86,4 +87,27 @@ def test_writers_at_the_same_moment_share_a_commit_and_fail_alone(tmp_path: Path
     assert ran_on["b"] == ran_on["c"] == ran_on["d"] != ran_on["a"]
     keys = index._read_one("SELECT group_concat(key) FROM meta WHERE value = 'v'", ())[0]
     assert sorted(keys.split(",")) == ["a", "b", "d"]
+    index.close()
+
+
+def test_a_writer_alone_that_fails_leaves_nothing_and_the_next_one_commits(
+    tmp_path: Path,
+) -> None:
+    index = Index(tmp_path / "index.sqlite")
+
+    def half_then_fail(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO meta (key, value) VALUES ('lone', 'v')")
+        db.execute("INSERT INTO meta (key, value) VALUES ('lone', 'again')")
+
+    with pytest.raises(sqlite3.IntegrityError):
+        index._grouped(half_then_fail)
+    assert not index._db.in_transaction
+    assert index._read_one("SELECT count(*) FROM meta WHERE key = 'lone'", ())[0] == 0
+
+    def ok(db: sqlite3.Connection) -> str:
+        db.execute("INSERT INTO meta (key, value) VALUES ('next', 'v')")
+        return "next"
+
+    assert index._grouped(ok) == "next"
+    assert index._read_one("SELECT count(*) FROM meta WHERE key = 'next'", ())[0] == 1
     index.close()

@@ -29,7 +29,7 @@ from afra.dicom.header import (
 )
 from afra.dicom.spool import AlreadyStored, Spool, fsync_file
 from afra.errors import InvalidInstanceError, StorageError
-from afra.store.index import Index
+from afra.store.index import Index, StoredInstance
 
 LOG = logging.getLogger("afra.receive")
 
@@ -143,54 +143,26 @@ class Receiver:
             return STATUS_OUT_OF_RESOURCES
 
     def _store(self, tmp: Path, request: StoreRequest, sender: str) -> int:
-        free = self.spool.free_bytes()
-        if free < self.min_free_bytes:
-            if not self._warned_full:
-                LOG.error(
-                    "free disk %d MB is below the floor of %d MB: refusing new instances "
-                    "with 0x%04X until space is freed (studies not yet delivered are kept)",
-                    free // 2**20,
-                    self.min_free_bytes // 2**20,
-                    STATUS_OUT_OF_RESOURCES,
-                )
-                self._warned_full = True
-            return STATUS_OUT_OF_RESOURCES
-        self._warned_full = False
         sop_uid = check_uid(request.sop_instance_uid, "Affected SOP Instance UID")
-        check_uid(request.sop_class_uid, "Affected SOP Class UID")
-        if request.sop_class_uid != request.context_abstract_syntax:
-            raise InvalidInstanceError(
-                f"C-STORE names SOP class {request.sop_class_uid} on a presentation context "
-                f"negotiated for {request.context_abstract_syntax}",
-                status=STATUS_SOP_CLASS_MISMATCH,
-            )
-        # The header is read on a worker while this thread waits in fsync, which releases the
-        # GIL (the other way round, a worker could not even enter fsync until the parse gave
-        # the GIL up). The order that makes the file durable stays fsync, rename, fsync dir,
-        # index commit.
-        parsed = self._parse_pool.submit(_header, tmp, request)
-        try:
-            if request.fd >= 0:
-                os.fsync(request.fd)
-            else:
-                fsync_file(tmp)
-        finally:
-            header = parsed.result()
-        if header.sop_class_uid != request.sop_class_uid:
-            raise InvalidInstanceError(
-                f"data set SOP class {header.sop_class_uid} differs from the C-STORE command's "
-                f"{request.sop_class_uid}",
-                status=STATUS_SOP_CLASS_MISMATCH,
-            )
-        if header.sop_instance_uid != sop_uid:
-            raise InvalidInstanceError(
-                f"data set SOP Instance UID {header.sop_instance_uid} differs from the C-STORE "
-                f"command's {sop_uid}",
-                status=STATUS_SOP_CLASS_MISMATCH,
-            )
-        now = self.clock.time()
+        # The stripe is held from the lookup to the index commit, so two associations
+        # delivering one UID at once store it once.
         with self._uid_locks[hash(sop_uid) % _LOCK_STRIPES]:
-            held = self.index.find_instance(sop_uid)
+            # What does not make the file durable (the free-space check, the header, the
+            # lookup) runs on a worker while this thread waits in fsync, which releases the
+            # GIL. The order that makes the file durable stays fsync, rename, fsync dir,
+            # index commit.
+            examined = self._parse_pool.submit(self._examine, tmp, request, sop_uid)
+            try:
+                if request.fd >= 0:
+                    os.fsync(request.fd)
+                else:
+                    fsync_file(tmp)
+            finally:
+                found = examined.result()
+            if found is None:
+                return STATUS_OUT_OF_RESOURCES
+            header, held = found
+            now = self.clock.time()
             if held is not None:
                 return self._duplicate(tmp, request, sender, held.path, now)
             rel = self.spool.instance_path(header.study_uid, sop_uid)
@@ -211,6 +183,48 @@ class Receiver:
                 sender,
             )
         return STATUS_SUCCESS
+
+    def _examine(
+        self, tmp: Path, request: StoreRequest, sop_uid: str
+    ) -> tuple[InstanceHeader, StoredInstance | None] | None:
+        """Check the object and look its UID up; None when the disk is below the floor.
+
+        Raises InvalidInstanceError with the status to answer.
+        """
+        free = self.spool.free_bytes()
+        if free < self.min_free_bytes:
+            if not self._warned_full:
+                LOG.error(
+                    "free disk %d MB is below the floor of %d MB: refusing new instances "
+                    "with 0x%04X until space is freed (studies not yet delivered are kept)",
+                    free // 2**20,
+                    self.min_free_bytes // 2**20,
+                    STATUS_OUT_OF_RESOURCES,
+                )
+                self._warned_full = True
+            return None
+        self._warned_full = False
+        check_uid(request.sop_class_uid, "Affected SOP Class UID")
+        if request.sop_class_uid != request.context_abstract_syntax:
+            raise InvalidInstanceError(
+                f"C-STORE names SOP class {request.sop_class_uid} on a presentation context "
+                f"negotiated for {request.context_abstract_syntax}",
+                status=STATUS_SOP_CLASS_MISMATCH,
+            )
+        header = _header(tmp, request)
+        if header.sop_class_uid != request.sop_class_uid:
+            raise InvalidInstanceError(
+                f"data set SOP class {header.sop_class_uid} differs from the C-STORE command's "
+                f"{request.sop_class_uid}",
+                status=STATUS_SOP_CLASS_MISMATCH,
+            )
+        if header.sop_instance_uid != sop_uid:
+            raise InvalidInstanceError(
+                f"data set SOP Instance UID {header.sop_instance_uid} differs from the C-STORE "
+                f"command's {sop_uid}",
+                status=STATUS_SOP_CLASS_MISMATCH,
+            )
+        return header, self.index.find_instance(sop_uid)
 
     def _duplicate(
         self, tmp: Path, request: StoreRequest, sender: str, held_path: str, now: float

@@ -124,6 +124,12 @@ class SqliteStore:
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
+            if len(batch) == 1:
+                # Alone in its transaction, the work needs no savepoint: if it raises, the
+                # whole transaction is rolled back below and its caller gets the exception.
+                batch[0].result = batch[0].work(db)
+                db.execute("COMMIT")
+                return
             for item in batch:
                 db.execute("SAVEPOINT item")
                 try:
