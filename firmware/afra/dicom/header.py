@@ -122,7 +122,7 @@ def _from_file(path: Path) -> Any:
     size = os.path.getsize(path)
     try:
         ds = dcmread(path, defer_size=_DEFER_SIZE)
-        last = ds.get_item(max(ds.keys()), keep_deferred=True) if len(ds) else None
+        last = ds.get_item(_last_tag(ds), keep_deferred=True) if len(ds) else None
     except _DECODE_ERRORS as exc:
         raise InvalidInstanceError(
             f"data set cannot be decoded: {exc}", status=STATUS_CANNOT_UNDERSTAND
@@ -138,6 +138,11 @@ def _from_file(path: Path) -> Any:
 
 
 _DECODE_ERRORS = (InvalidDicomError, EOFError, ValueError, KeyError, OSError, NotImplementedError)
+
+
+def _last_tag(ds: Any) -> int:
+    """The data set's highest tag, compared as plain ints (pydicom's Tag compares in Python)."""
+    return max(ds.keys(), key=int)
 
 
 def _end_of(element: Any) -> int | None:
@@ -190,7 +195,7 @@ def header_from_head(parsed: HeadParse, data_size: int) -> InstanceHeader | None
     exactly where the received data ends, or when the whole data set was in the head.
     """
     ds = parsed.dataset
-    last = ds.get_item(max(ds.keys()), keep_deferred=True)
+    last = ds.get_item(_last_tag(ds), keep_deferred=True)
     end = _end_of(last)
     if end is not None and end > data_size:
         raise _truncated(last, end, data_size)
