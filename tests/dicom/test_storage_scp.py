@@ -187,6 +187,31 @@ def test_disk_below_floor_answers_out_of_resources(make_box: BoxFactory, tmp_pat
     assert echoscu(LOOPBACK, box.dicom.port).returncode == 0
 
 
+def test_disk_filling_while_an_object_arrives_answers_out_of_resources_first(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Room when the C-STORE began, none once it has arrived: 0xA700 before any other check."""
+    import threading
+
+    box = make_box(storage={"min_free_mb": 1})
+
+    def free_bytes() -> int:
+        # The association thread checks at the command; the store checks on a header worker.
+        return 0 if threading.current_thread().name.startswith("header") else 10**12
+
+    monkeypatch.setattr(box.spool, "free_bytes", free_bytes)
+    # An invalid UID as well: conformance.md checks the floor first, so this is not 0xC212.
+    path = make_instance(tmp_path / "a.dcm", sop_instance_uid="1.2.03.4")
+    assert send_raw(box.dicom.port, path) == 0xA700
+    assert object_files(box) == [] and box.index.studies() == []
+    assert box.index.quarantine() == []
+    assert wait_until(lambda: list(box.spool.tmp_dir.iterdir()) == [])
+    monkeypatch.undo()
+    good = make_instance(tmp_path / "b.dcm")
+    assert send_raw(box.dicom.port, good) == 0x0000
+    assert len(object_files(box)) == 1
+
+
 @pytest.mark.parametrize(
     ("uid", "why"),
     [

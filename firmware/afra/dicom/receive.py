@@ -143,15 +143,14 @@ class Receiver:
             return STATUS_OUT_OF_RESOURCES
 
     def _store(self, tmp: Path, request: StoreRequest, sender: str) -> int:
-        sop_uid = check_uid(request.sop_instance_uid, "Affected SOP Instance UID")
-        # The stripe is held from the lookup to the index commit, so two associations
+        # The UID's stripe is held from the lookup to the index commit, so two associations
         # delivering one UID at once store it once.
-        with self._uid_locks[hash(sop_uid) % _LOCK_STRIPES]:
-            # What does not make the file durable (the free-space check, the header, the
-            # lookup) runs on a worker while this thread waits in fsync, which releases the
-            # GIL. The order that makes the file durable stays fsync, rename, fsync dir,
-            # index commit.
-            examined = self._parse_pool.submit(self._examine, tmp, request, sop_uid)
+        with self._uid_locks[hash(request.sop_instance_uid) % _LOCK_STRIPES]:
+            # What does not make the file durable (the free-space check, the UIDs, the
+            # header, the lookup) runs on a worker while this thread waits in fsync, which
+            # releases the GIL. The order that makes the file durable stays fsync, rename,
+            # fsync dir, index commit.
+            examined = self._parse_pool.submit(self._examine, tmp, request)
             try:
                 if request.fd >= 0:
                     os.fsync(request.fd)
@@ -162,6 +161,7 @@ class Receiver:
             if found is None:
                 return STATUS_OUT_OF_RESOURCES
             header, held = found
+            sop_uid = header.sop_instance_uid
             now = self.clock.time()
             if held is not None:
                 return self._duplicate(tmp, request, sender, held.path, now)
@@ -185,11 +185,12 @@ class Receiver:
         return STATUS_SUCCESS
 
     def _examine(
-        self, tmp: Path, request: StoreRequest, sop_uid: str
+        self, tmp: Path, request: StoreRequest
     ) -> tuple[InstanceHeader, StoredInstance | None] | None:
         """Check the object and look its UID up; None when the disk is below the floor.
 
-        Raises InvalidInstanceError with the status to answer.
+        In the order docs/conformance.md gives: the floor, the command's UIDs and SOP class,
+        the data set. Raises InvalidInstanceError with the status to answer.
         """
         free = self.spool.free_bytes()
         if free < self.min_free_bytes:
@@ -204,6 +205,7 @@ class Receiver:
                 self._warned_full = True
             return None
         self._warned_full = False
+        sop_uid = check_uid(request.sop_instance_uid, "Affected SOP Instance UID")
         check_uid(request.sop_class_uid, "Affected SOP Class UID")
         if request.sop_class_uid != request.context_abstract_syntax:
             raise InvalidInstanceError(
