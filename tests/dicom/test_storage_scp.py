@@ -26,7 +26,7 @@ from pydicom.uid import (
 from pynetdicom import AE
 
 from afra.app import Appliance, build_appliance
-from tests.conftest import BoxFactory, make_config
+from tests.conftest import BoxFactory, make_config, wait_for
 from tests.dicom.conftest import LOOPBACK, send_raw
 from tests.dicom.test_acceptor_protocol import wait_until
 from tests.dicomgen import dataset_bytes_hash, make_ct_series, make_instance
@@ -205,7 +205,7 @@ def test_disk_filling_while_an_object_arrives_answers_out_of_resources_first(
     assert send_raw(box.dicom.port, path) == 0xA700
     assert object_files(box) == [] and box.index.studies() == []
     assert box.index.quarantine() == []
-    assert wait_until(lambda: list(box.spool.tmp_dir.iterdir()) == [])
+    wait_for(lambda: list(box.spool.tmp_dir.iterdir()) == [], timeout=10, what="tmp/ empty")
     monkeypatch.undo()
     good = make_instance(tmp_path / "b.dcm")
     assert send_raw(box.dicom.port, good) == 0x0000

@@ -6,11 +6,11 @@ netns.py): box A and box B, joined by one virtual cable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from afra.app import Appliance, build_appliance
 from afra.config import Config
 from afra.errors import ConfigError
 from afra.mdns import DICOM_TYPE, HTTP_TYPE, Advert, MdnsAdvertiser, instance_name, short_id
-from tests.conftest import make_config
+from tests.conftest import make_config, wait_for
 from tests.fakes import FakeClock
 from tests.mdns.netns import ADDRESS_A, ADDRESS_B, Lan, lan, run_in
 
@@ -171,64 +171,61 @@ class Watcher(ServiceListener):
                 return
 
 
+@contextlib.contextmanager
+def watching(
+    net: Lan, box: MdnsAdvertiser, service_type: str
+) -> Iterator[tuple[Zeroconf, Watcher]]:
+    """Box B advertising, box A browsing `service_type`; the box's first advert seen."""
+    watcher = Watcher()
+    zc = run_in(net.a, lambda: Zeroconf(interfaces=[ADDRESS_A]))
+    browser = ServiceBrowser(zc, service_type, watcher)
+    try:
+        run_in(net.b, box.start)
+        watcher.until("add", f"Radiology.{service_type}")
+        yield zc, watcher
+    finally:
+        box.stop()
+        browser.cancel()
+        zc.close()
+
+
 def test_a_new_address_is_announced_and_stop_says_goodbye(net: Lan, clock: FakeClock) -> None:
     advert = Advert("Radiology", "bbbbbb", 8080, 11112, "AFRA", "0.1.0")
     box = MdnsAdvertiser(lambda: advert, clock=clock, check_interval=3600)
-    watcher = Watcher()
-    zc = run_in(net.a, lambda: Zeroconf(interfaces=[ADDRESS_A]))
-    browser = ServiceBrowser(zc, HTTP_TYPE, watcher)
     name = f"Radiology.{HTTP_TYPE}"
-    try:
-        run_in(net.b, box.start)
-        watcher.until("add", name)
+    with watching(net, box, HTTP_TYPE) as (zc, watcher):
         info = zc.get_service_info(HTTP_TYPE, name, timeout=3000)
         assert info is not None and info.parsed_addresses() == [ADDRESS_B]
 
         net.move_b(NEW_ADDRESS_B)
         assert run_in(net.b, box.check_addresses)  # what the box does every interval
         watcher.until("update", name)
+
         # The old address's goodbye ends it within a second (RFC 6762 10.1), not its TTL.
-        deadline = time.monotonic() + 10
-        while True:
+        def moved() -> bool:
             info = zc.get_service_info(HTTP_TYPE, name, timeout=3000)
             assert info is not None
-            if info.parsed_addresses() == [NEW_ADDRESS_B] or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert info.parsed_addresses() == [NEW_ADDRESS_B]
+            return info.parsed_addresses() == [NEW_ADDRESS_B]
+
+        wait_for(moved, timeout=10, what="only the new address advertised")
         assert box.snapshot()["addresses"] == [NEW_ADDRESS_B]
 
         box.stop()
         watcher.until("remove", name)  # goodbye packets: gone at once, not after the TTL
-    finally:
-        box.stop()
-        browser.cancel()
-        zc.close()
 
 
 def test_settings_changed_while_running_are_advertised_anew(net: Lan, clock: FakeClock) -> None:
     adverts = [Advert("Radiology", "cccccc", 8080, 11112, "AFRA", "0.1.0")]
     box = MdnsAdvertiser(lambda: adverts[-1], clock=clock, check_interval=3600)
-    watcher = Watcher()
-    zc = run_in(net.a, lambda: Zeroconf(interfaces=[ADDRESS_A]))
-    browser = ServiceBrowser(zc, DICOM_TYPE, watcher)
     name = f"Radiology.{DICOM_TYPE}"
-    try:
-        run_in(net.b, box.start)
-        watcher.until("add", name)
-
+    with watching(net, box, DICOM_TYPE) as (zc, _watcher):
         # The wizard's DICOM step: a new port and AE title (Appliance.apply_dicom refreshes).
         adverts.append(Advert("Radiology", "cccccc", 8080, 104, "NEWAE", "0.1.0"))
         box.refresh()
-        deadline = time.monotonic() + 15
-        while True:
+
+        def advertised() -> bool:
             info = zc.get_service_info(DICOM_TYPE, name, timeout=3000)
             seen = (info.port, info.decoded_properties.get("aet")) if info else None
-            if seen == (104, "NEWAE") or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert seen == (104, "NEWAE")
-    finally:
-        box.stop()
-        browser.cancel()
-        zc.close()
+            return seen == (104, "NEWAE")
+
+        wait_for(advertised, timeout=15, what="port 104 and AE NEWAE advertised")

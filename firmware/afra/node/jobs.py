@@ -615,7 +615,7 @@ class DownloadManager:
 
     def _zip(self, study_zip: StudyZip, path: Path) -> None:
         """One instance into the zip, unless the disk is at the intake's reserve."""
-        if self.spool.free_bytes() < self.min_free_bytes + path.stat().st_size * 2:
+        if not self._room_for(path.stat().st_size):
             raise ExportError(
                 "the box's disk is down to the reserve kept for receiving studies; "
                 "downloads wait until space is freed"

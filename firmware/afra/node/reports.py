@@ -40,6 +40,11 @@ def _iso(date: str, time: str) -> str | None:
         return None
 
 
+def _unknown(uid: str) -> ReportStatus:
+    """Neither the box nor the PACS could say whether the study has reports."""
+    return ReportStatus(StudyInstanceUID=uid, HasReport=False, Count=0, Source="unknown")
+
+
 class ReportStatusService:
     def __init__(self, index: Index, spool: Spool, pacs: PacsClient | None) -> None:
         self.index = index
@@ -49,17 +54,22 @@ class ReportStatusService:
     def answer(self, request: ReportStatusRequest) -> ReportStatusResponse:
         out: list[ReportStatus] = []
         lookups = 0
-        pacs_down: list[bool] = [False]  # this request's own: requests run side by side
+        pacs_reachable = True  # this request's own: requests run side by side
         for uid in dict.fromkeys(request.StudyInstanceUIDs):
             if self.index.holding(uid).revisions:
                 out.append(self._from_index(uid))
-            elif self.pacs is not None and lookups < PACS_LOOKUPS and not pacs_down[0]:
+            elif self.pacs is not None and lookups < PACS_LOOKUPS and pacs_reachable:
                 lookups += 1
-                out.append(self._from_pacs(uid, pacs_down))
+                try:
+                    out.append(self._from_pacs(uid))
+                except AssociationFailedError as exc:
+                    # One unreachable PACS is not asked again in this request: the rest
+                    # answer "unknown" at once instead of each waiting out the timeout.
+                    pacs_reachable = False
+                    LOG.warning("report status of %s: the PACS did not answer (%s)", uid, exc)
+                    out.append(_unknown(uid))
             else:
-                out.append(
-                    ReportStatus(StudyInstanceUID=uid, HasReport=False, Count=0, Source="unknown")
-                )
+                out.append(_unknown(uid))
         return ReportStatusResponse(Studies=tuple(out))
 
     def _when(self, report: ReportInstance) -> str:
@@ -90,7 +100,8 @@ class ReportStatusService:
             Source="node",
         )
 
-    def _from_pacs(self, uid: str, pacs_down: list[bool]) -> ReportStatus:
+    def _from_pacs(self, uid: str) -> ReportStatus:
+        """The PACS's answer; AssociationFailedError when it cannot be reached at all."""
         assert self.pacs is not None
         try:
             series = self.pacs.find(
@@ -103,14 +114,13 @@ class ReportStatusService:
                     "NumberOfSeriesRelatedInstances": "",
                 },
             )
+        except AssociationFailedError:
+            raise
         except (AfraError, OSError, ValueError) as exc:
-            # One unreachable PACS is not asked again in this request: the rest answer
-            # "unknown" at once instead of each waiting out the association timeout.
-            pacs_down[0] = isinstance(exc, AssociationFailedError)
             LOG.warning("report status of %s: the PACS did not answer (%s)", uid, exc)
-            return ReportStatus(StudyInstanceUID=uid, HasReport=False, Count=0, Source="unknown")
+            return _unknown(uid)
         if not series:
-            return ReportStatus(StudyInstanceUID=uid, HasReport=False, Count=0, Source="unknown")
+            return _unknown(uid)
         count, kinds, latest = 0, set(), None
         for match in series:
             kind = KIND_BY_MODALITY.get(str(match.get("Modality", "")).upper())
