@@ -12,7 +12,7 @@ from pydicom import dcmread
 
 from afra.app import Appliance
 from afra.dicom import dimse
-from tests.conftest import BoxFactory
+from tests.conftest import BoxFactory, wait_for
 from tests.dicom.conftest import RawPeer, store_command
 from tests.dicomgen import dataset_offset, make_instance
 from tests.peers import echoscu
@@ -44,15 +44,6 @@ def spool_is_clean(box: Appliance) -> bool:
     )
 
 
-def wait_until(predicate: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_peer_vanishing_mid_object_leaves_nothing(
     box: Appliance, tmp_path: Path, raw_peer: PeerFactory
 ) -> None:
@@ -64,7 +55,7 @@ def test_peer_vanishing_mid_object_leaves_nothing(
     peer.p_data(store_command(CT, ds.SOPInstanceUID), command=True, last=True)
     peer.p_data(data[: len(data) // 2], command=False, last=False)
     peer.close()
-    assert wait_until(lambda: spool_is_clean(box))
+    wait_for(lambda: spool_is_clean(box), timeout=10, what="tmp/ empty, nothing kept")
     assert box.index.studies() == []
     assert echoscu("127.0.0.1", box.dicom.port).returncode == 0
 
@@ -80,7 +71,7 @@ def test_silent_peer_is_timed_out(
     peer.p_data(store_command(CT, ds.SOPInstanceUID), command=True, last=True)
     kind, _ = peer.read_pdu()  # the box gives up on the silent peer with an A-ABORT
     assert kind == ABORT
-    assert wait_until(lambda: spool_is_clean(box))
+    wait_for(lambda: spool_is_clean(box), timeout=10, what="tmp/ empty, nothing kept")
 
 
 def test_pdu_larger_than_negotiated_is_aborted(make_box: BoxFactory, raw_peer: PeerFactory) -> None:

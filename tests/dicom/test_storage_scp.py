@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
+import threading
 import warnings
 from pathlib import Path
 
@@ -28,7 +29,6 @@ from pynetdicom import AE
 from afra.app import Appliance, build_appliance
 from tests.conftest import BoxFactory, make_config, wait_for
 from tests.dicom.conftest import LOOPBACK, send_raw
-from tests.dicom.test_acceptor_protocol import wait_until
 from tests.dicomgen import dataset_bytes_hash, make_ct_series, make_instance
 from tests.peers import echoscu, storescu
 
@@ -63,7 +63,7 @@ def test_series_from_storescu_stored_byte_for_byte(box: Appliance, tmp_path: Pat
     assert ds.SOPInstanceUID not in "".join(str(p) for p in object_files(box))
     assert studies[0].patient_id == ds.PatientID
     # The temp file an association keeps open for its next C-STORE goes when it ends.
-    assert wait_until(lambda: not list(box.spool.tmp_dir.iterdir()))
+    wait_for(lambda: not list(box.spool.tmp_dir.iterdir()), timeout=10, what="tmp/ empty")
 
 
 def _encapsulated(path: Path, ts: str) -> Path:
@@ -191,8 +191,6 @@ def test_disk_filling_while_an_object_arrives_answers_out_of_resources_first(
     make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Room when the C-STORE began, none once it has arrived: 0xA700 before any other check."""
-    import threading
-
     box = make_box(storage={"min_free_mb": 1})
 
     def free_bytes() -> int:

@@ -53,15 +53,15 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA foreign_keys = ON")
-        self._db.executescript(schema)
-        if reserve_wal:
-            self._reserve_wal()
         self._pending: list[_Pending[Any]] = []
         self._pending_lock = threading.Lock()
         # Opened on first use: only the index's receive path reads beside its writer.
         self._reader: sqlite3.Connection | None = None
         self._timeout = timeout
         self._read_lock = threading.Lock()
+        self._db.executescript(schema)
+        if reserve_wal:
+            self._reserve_wal()
 
     def _reserve_wal(self) -> None:
         """Grow the WAL to WAL_RESERVE_BYTES (unless it is already that big), then restart it.

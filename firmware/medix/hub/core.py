@@ -500,9 +500,7 @@ class Hub:
 
     def register(self, node: NodeRow, reg: StudyRegistration) -> tuple[Registration, bool]:
         """The upload for a study revision: (registration, True) when newly made."""
-        self._check_size(
-            "Study", f"stream_size {reg.stream_size}", reg.stream_size, reg.part_size, reg.parts
-        )
+        self._check_size("Study", "stream_size", reg.stream_size, reg.part_size, reg.parts)
         body = _canonical(reg)
         upload, created = self.store.add_upload(
             uuid.uuid4().hex,
@@ -760,8 +758,9 @@ class Hub:
             saved=self._file_saved(row),
         )
 
-    def _check_size(self, what: str, named: str, size: int, part_size: int, parts: int) -> None:
+    def _check_size(self, what: str, field: str, size: int, part_size: int, parts: int) -> None:
         """413 above max_stream_bytes; 422 when `parts` is not what `size` makes in parts."""
+        named = f"{field} {size}"
         if size > self.config.max_stream_bytes:
             raise HubError(
                 413, f"{what} too large", f"{named} exceeds {self.config.max_stream_bytes}"
@@ -856,9 +855,7 @@ class Hub:
                         f"SHA-256 {row.sha256}",
                     )
                 return saved
-            self._check_size(
-                "File", f"size {request.size}", request.size, row.part_size, request.parts
-            )
+            self._check_size("File", "size", request.size, row.part_size, request.parts)
             held = {p.n: p for p in self.store.file_parts(file_id)}
             if any(n not in held for n in range(request.parts)):
                 raise HubError(409, "Parts missing", _missing_detail(set(held), request.parts))
