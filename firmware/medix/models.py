@@ -59,6 +59,22 @@ class Window(Message):
     end: HHMM
 
 
+VERSION_PATTERN = r"^[0-9][0-9A-Za-z.+-]{0,47}$"
+
+
+class UpdateOffer(Message):
+    """A system update the hub offers its nodes: a signed RAUC bundle the hub holds.
+
+    The node fetches it from `GET {API_PREFIX}/updates/{sha256}` over its mutual-TLS link,
+    checks the hash, then the signature against the key baked into its image, and installs
+    it only when `compatible` is its own and `version` is newer than what it runs."""
+
+    version: str = Field(pattern=VERSION_PATTERN)
+    compatible: str = Field(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z._-]+$")
+    sha256: Sha256
+    size: int = Field(ge=1, le=4 * 2**30)
+
+
 class Policy(Message):
     """Federation policy, set once at the hub and applied whole by every node."""
 
@@ -72,6 +88,7 @@ class Policy(Message):
     code_expiry_days: int = Field(90, ge=1, description="hub side: Medis code lifetime")
     code_max_attempts: int = Field(5, ge=1, description="hub side: wrong tries before lockout")
     webhook_hosts: tuple[str, ...] = Field((), description="hosts a download webhook may name")
+    update: UpdateOffer | None = Field(None, description="a system update the nodes install")
 
 
 # -- enrolment and heartbeat --------------------------------------------------------------
@@ -109,11 +126,22 @@ class QueueStats(Message):
     bytes_waiting: int = Field(ge=0)
 
 
+class UpdateReport(Message):
+    """Where the node's last system update stands (afra: the update record)."""
+
+    state: str = Field(max_length=32, description="idle, downloading, ..., kept, rolled_back")
+    version: str = Field("", max_length=48, description="the version being or last installed")
+    progress: int = Field(0, ge=0, le=100)
+    message: str = Field("", max_length=500)
+    at: float = 0.0
+
+
 class Heartbeat(Message):
-    software_version: str = Field(max_length=32)
+    software_version: str = Field(max_length=48)
     policy_version: int = Field(ge=0)
     health: str = Field(max_length=32)
     queue: QueueStats
+    update: UpdateReport | None = None
 
 
 class HeartbeatResponse(Message):

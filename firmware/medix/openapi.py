@@ -318,6 +318,44 @@ def _node_to_hub(b: _Builder) -> dict[str, Any]:
                 },
             }
         },
+        f"{prefix}/updates/{{sha256}}": {
+            "get": {
+                "operationId": "getUpdate",
+                "tags": tags,
+                "summary": "A system update bundle the policy offers (byte ranges resume it)",
+                "description": (
+                    "The RAUC bundle named by policy.update.sha256. The node checks the hash, "
+                    "then the signature against the key in its own image, the compatible "
+                    "string and the version, before it installs anything."
+                ),
+                "security": MTLS,
+                "parameters": [
+                    _path_param("sha256", "the bundle's SHA-256", {"type": "string"}),
+                    {
+                        "name": "Range",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "bytes=N- to resume a cut download",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the bundle",
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {
+                                    "type": "string",
+                                    "contentMediaType": "application/octet-stream",
+                                }
+                            }
+                        },
+                    },
+                    "206": {"description": "the rest of the bundle, from the range asked"},
+                    **_errors(*NODE_ERRORS, 404),
+                },
+            }
+        },
         f"{prefix}/commands/{{id}}/result": {
             "post": {
                 "operationId": "commandResult",
@@ -686,6 +724,48 @@ def _admin(b: _Builder) -> dict[str, Any]:
         },
         "/admin/nodes": {
             "get": op("listNodes", "Enrolled nodes", ("200", b.json_response(schemas.NodeList, "")))
+        },
+        "/admin/updates": {
+            "put": {
+                **op(
+                    "addUpdate",
+                    "Store a system update bundle; the offer to put into a policy",
+                    ("201", b.json_response(models.UpdateOffer, "stored")),
+                    errors=(400, 413),
+                    parameters=[
+                        {
+                            "name": "version",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "compatible",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "publish",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "enum": ["1", "true", "yes"]},
+                            "description": "also publish a new policy version offering it",
+                        },
+                    ],
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {
+                                "type": "string",
+                                "contentMediaType": "application/octet-stream",
+                            }
+                        }
+                    },
+                },
+            }
         },
         "/admin/nodes/{node_id}/commands": {
             "post": op(

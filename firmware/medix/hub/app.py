@@ -36,6 +36,7 @@ from medix.hub.core import (
     validation_detail,
 )
 from medix.hub.templates import TEMPLATES
+from medix.hub.updates import MAX_BUNDLE_BYTES
 from medix.models import (
     API_PREFIX,
     CommandResult,
@@ -271,6 +272,15 @@ def poll_commands() -> Response:
     return _json(_hub().poll_commands(g.node, float(wait)))
 
 
+@node_api.get("/updates/<sha256>")
+def update_bundle(sha256: str) -> Response:
+    path = _hub().update_bundle(g.node, sha256)
+    # conditional: byte ranges, so a node resumes a download cut off halfway
+    return send_file(
+        path, mimetype="application/octet-stream", conditional=True, etag=sha256, max_age=0
+    )
+
+
 @node_api.post("/commands/<command_id>/result")
 def command_result(command_id: str) -> Response:
     _hub().command_result(g.node, command_id, _body(CommandResult))
@@ -307,6 +317,24 @@ def current_policy() -> Response:
 @admin.post("/policy")
 def publish_policy() -> Response:
     return _json(_hub().publish_policy(_body(Policy)))
+
+
+@admin.put("/updates")
+def add_update() -> Response:
+    request.max_content_length = MAX_BUNDLE_BYTES  # above the app's outer fence, this route only
+    version = request.args.get("version", "")
+    compatible = request.args.get("compatible", "")
+    length = request.content_length
+    if length is not None and length > MAX_BUNDLE_BYTES:
+        raise HubError(413, "Body too large", f"{length} bytes; the limit is {MAX_BUNDLE_BYTES}")
+    stream = request.stream
+    chunks = iter(lambda: stream.read(READ_CHUNK), b"")
+    offer = _hub().add_update(
+        chunks, version=version, compatible=compatible, limit=MAX_BUNDLE_BYTES
+    )
+    if request.args.get("publish") in ("1", "true", "yes"):
+        _hub().publish_update(offer)
+    return _json(offer, 201)
 
 
 @admin.get("/nodes")

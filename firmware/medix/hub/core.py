@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +57,7 @@ from medix.hub.store import (
     StaleError,
     UploadRow,
 )
+from medix.hub.updates import UpdateShelf
 from medix.models import (
     NODE_HEADER,
     SIGNATURE_HEADER,
@@ -82,6 +83,8 @@ from medix.models import (
     Registration,
     ReportStatusRequest,
     StudyRegistration,
+    UpdateOffer,
+    UpdateReport,
     WebhookProgress,
     webhook_signature,
 )
@@ -328,6 +331,7 @@ class Hub:
         )
         self.admin_token = config.admin_token or self._stored_admin_token()
         self._link_key = self.ca.new_secret("links.key")
+        self.updates = UpdateShelf(config.data_dir / "updates")
         self._tmp_dir = config.data_dir / "tmp"
         self._tmp_dir.mkdir(mode=0o700, exist_ok=True)
         self._commands = threading.Condition()
@@ -465,6 +469,7 @@ class Hub:
             beat.queue.model_dump_json(),
             beat.software_version,
             beat.policy_version,
+            beat.update.model_dump_json() if beat.update is not None else "",
         )
         policy = self.policy()
         return HeartbeatResponse(
@@ -1216,9 +1221,48 @@ class Hub:
                     commands_waiting=self.store.waiting_commands(row.id),
                     has_webhook_key=bool(row.webhook_key),
                     has_api_token=bool(row.api_token),
+                    update=(
+                        UpdateReport.model_validate_json(row.update_json)
+                        if row.update_json
+                        else None
+                    ),
                 )
             )
         return schemas.NodeList(nodes=tuple(infos))
+
+    # -- system updates ------------------------------------------------------------------------
+
+    def add_update(
+        self, chunks: Iterable[bytes], *, version: str, compatible: str, limit: int
+    ) -> UpdateOffer:
+        """Keep an uploaded bundle; the offer a policy names it by (not published yet)."""
+        try:
+            offer = self.updates.add(chunks, version=version, compatible=compatible, limit=limit)
+        except ValidationError as exc:
+            raise HubError(400, "Bad update", validation_detail(exc)) from None
+        except ValueError as exc:
+            raise HubError(400, "Bad update", str(exc)) from None
+        log.info(
+            "update %s (%s, %d bytes) stored as %s",
+            offer.version,
+            offer.compatible,
+            offer.size,
+            offer.sha256,
+        )
+        return offer
+
+    def publish_update(self, offer: UpdateOffer) -> Policy:
+        """A new policy version: the current one with this update offered to every node."""
+        current = self.policy()
+        return self.publish_policy(
+            current.model_copy(update={"version": current.version + 1, "update": offer})
+        )
+
+    def update_bundle(self, node: NodeRow, sha256: str) -> Path:
+        path = self.updates.find(sha256)
+        if path is None:
+            raise HubError(404, "No such update", sha256)
+        return path
 
     def studies(self) -> schemas.StudyList:
         infos = []

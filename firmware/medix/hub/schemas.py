@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medix.models import CommandType, Policy, QueueStats, Receipt
+from medix.models import CommandType, Policy, QueueStats, Receipt, UpdateReport
 
 
 class AdminMessage(BaseModel):
@@ -71,6 +71,7 @@ class NodeInfo(AdminMessage):
     has_api_token: bool = Field(
         description="the hub holds a token for the node's HTTP API (never shown)"
     )
+    update: UpdateReport | None = Field(None, description="the node's last system update")
 
 
 class NodeList(AdminMessage):

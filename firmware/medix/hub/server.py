@@ -51,6 +51,7 @@ class HubServer:
         hub_name: str = "Reference hub",
         tls: bool = True,
         clock: Clock | None = None,
+        server_names: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -59,7 +60,7 @@ class HubServer:
             data_dir=self.data_dir,
             admin_token=admin_token,
             hub_name=hub_name,
-            server_names=(host,),
+            server_names=(host, *server_names),  # names nodes reach it by (TLS SANs)
         )
         self._clock = clock
         self._port = port

@@ -163,6 +163,7 @@ CREATE TABLE IF NOT EXISTS file_parts (
 ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("nodes", "webhook_key", "TEXT NOT NULL DEFAULT ''"),
     ("nodes", "api_token", "TEXT NOT NULL DEFAULT ''"),
+    ("nodes", "update_json", "TEXT NOT NULL DEFAULT ''"),
     ("webhooks", "node_id", "TEXT NOT NULL DEFAULT ''"),
     ("webhooks", "verified", "INTEGER NOT NULL DEFAULT 0"),
     ("webhooks", "answered", "INTEGER NOT NULL DEFAULT 204"),
@@ -182,7 +183,8 @@ SQL_GET_META = "SELECT value FROM meta WHERE key = ?"
 
 _NODE_COLUMNS = (
     "id, name, fingerprint, certificate_pem, software_version, address, enrolled_at, "
-    "last_heartbeat, health, queue_json, policy_version, revoked, webhook_key, api_token"
+    "last_heartbeat, health, queue_json, policy_version, revoked, webhook_key, api_token, "
+    "update_json"
 )
 SQL_INSERT_NODE = """
 INSERT INTO nodes (id, name, fingerprint, certificate_pem, software_version, address,
@@ -194,7 +196,7 @@ SQL_NODE_BY_ID = f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?"
 SQL_LIST_NODES = f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY enrolled_at"
 SQL_HEARTBEAT = """
 UPDATE nodes SET last_heartbeat = ?, health = ?, queue_json = ?, software_version = ?,
-    policy_version = ?
+    policy_version = ?, update_json = ?
 WHERE id = ?
 """
 SQL_REVOKE_NODE = "UPDATE nodes SET revoked = 1 WHERE id = ?"
@@ -347,6 +349,7 @@ class NodeRow:
     # of reprs so a logged row does not leak them.
     webhook_key: str = field(repr=False)
     api_token: str = field(repr=False)
+    update_json: str = ""  # the node's last UpdateReport ('' before it sent one)
 
 
 @dataclass(frozen=True)
@@ -572,11 +575,12 @@ class HubStore:
         queue_json: str,
         software_version: str,
         policy_version: int,
+        update_json: str = "",
     ) -> None:
         with self._tx() as db:
             db.execute(
                 SQL_HEARTBEAT,
-                (at, health, queue_json, software_version, policy_version, node_id),
+                (at, health, queue_json, software_version, policy_version, update_json, node_id),
             )
 
     def revoke_node(self, node_id: str) -> bool:
