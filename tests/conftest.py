@@ -108,6 +108,14 @@ def orthanc(box_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield pacs
 
 
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """RAUC bundles (tests.bundles) and the configuration `rauc info` reads on a box."""
+    from tests.bundles import make_bundles
+
+    return make_bundles(tmp_path_factory.mktemp("bundles"))
+
+
 @pytest.fixture(autouse=True)
 def _quiet_pynetdicom() -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)

@@ -1,4 +1,4 @@
-"""Fakes for what CI cannot have for real: here, the clock."""
+"""Fakes for what CI cannot have for real: the clock, and an A/B disk with a reboot (RAUC)."""
 
 from __future__ import annotations
 
@@ -30,3 +30,53 @@ class FakeClock:
         if stop is None:
             return False
         return stop.wait(0.01)
+
+
+class FakeRauc:
+    """RAUC and the reboot, for the update flow: CI has no A/B disk to write and no machine
+    to restart. Records what the box asked for; the bundle check can be the real `rauc info`
+    (pass `info`), the rest is scripted."""
+
+    def __init__(self, *, booted: str = "A", info=None, install_error: str = "") -> None:
+        from afra.update.rauc import RaucStatus, SlotState
+
+        self.booted = booted
+        self.calls: list[tuple[str, ...]] = []
+        self._info = info
+        self.install_error = install_error
+        self.installed: list[bytes] = []
+        self._status = lambda: RaucStatus(
+            compatible="afra-rpi4-arm64",
+            booted=self.booted,
+            primary=self.booted,
+            slots=tuple(
+                SlotState(f"rootfs.{i}", name, "booted" if name == self.booted else "inactive",
+                          "good", "")
+                for i, name in enumerate("AB")
+            ),
+        )  # fmt: skip
+
+    def info(self, bundle):
+        self.calls.append(("info", bundle.name))
+        if self._info is None:
+            raise AssertionError("no bundle check scripted")
+        return self._info(bundle)
+
+    def install(self, bundle, progress):
+        from afra.update.rauc import InstallFailed
+
+        self.calls.append(("install", bundle.name))
+        progress(40, "Copying image to rootfs.1")
+        if self.install_error:
+            raise InstallFailed(self.install_error)
+        self.installed.append(bundle.read_bytes())
+        progress(100, "Installing done.")
+
+    def status(self):
+        return self._status()
+
+    def mark(self, verdict: str, slot: str = "booted") -> None:
+        self.calls.append(("mark", verdict, slot))
+
+    def reboot(self) -> None:
+        self.calls.append(("reboot",))

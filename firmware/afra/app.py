@@ -35,6 +35,11 @@ from afra.panel import Panel, SetupWindow, load_layout, locate_handler
 from afra.panel.reset import factory_reset
 from afra.store.completion import StudyCompletion
 from afra.store.index import Index
+from afra.system.notify import Liveness
+from afra.system.provision import ensure_box_id
+from afra.system.release import Release, running_release
+from afra.update.manager import UpdateManager
+from afra.update.rauc import Rauc, RaucCli
 from afra.uplink.client import HubClient
 from afra.uplink.commands import (
     CommandChannel,
@@ -47,6 +52,7 @@ from afra.uplink.identity import NodeIdentity
 from afra.uplink.policy import PolicyStore
 from afra.uplink.worker import Uplink, UplinkSettings
 from afra.wsgi import WsgiServer
+from medix.models import UpdateReport
 
 LOG = logging.getLogger("afra")
 
@@ -85,6 +91,8 @@ class Appliance:
     panel: Panel | None = None
     mdns: MdnsAdvertiser | None = None
     monitor: HealthMonitor | None = None
+    release: Release = field(default_factory=running_release)
+    updates: UpdateManager | None = None
     restart_requested: threading.Event = field(default_factory=threading.Event)
     on_restart: list[Callable[[], None]] = field(default_factory=list)
     startup: StartupReport = field(default_factory=StartupReport)
@@ -98,6 +106,7 @@ class Appliance:
             logging.getLogger("afra").addHandler(self.log_ring)
             self.startup = recover(self.spool, self.index, self.clock)
             self.identity.ensure_key()
+            ensure_box_id(self.spool.root, self.identity.key_path)  # kept for the host name
             self.dicom.start()
             self.completion.start()
             self.uplink.start()
@@ -107,6 +116,8 @@ class Appliance:
                 self.node_api.start()
             if self.commands is not None:
                 self.commands.start()
+            if self.updates is not None:
+                self.updates.start()
             for part in (self.monitor, self.panel, self.mdns):
                 if part is not None:
                     part.start()
@@ -119,6 +130,8 @@ class Appliance:
             for part in (self.mdns, self.panel, self.monitor):  # mDNS says goodbye first
                 if part is not None:
                     part.stop()
+            if self.updates is not None:
+                self.updates.stop()
             if self.commands is not None:
                 self.commands.stop()
             if self.node_api is not None:
@@ -131,12 +144,40 @@ class Appliance:
             logging.getLogger("afra").removeHandler(self.log_ring)
             self._started = False
 
+    def liveness(self) -> list[Liveness]:
+        """The threads the box cannot work without: systemd's watchdog is fed while they run."""
+        checks: list[Liveness] = [
+            ("the DICOM service", lambda: self.dicom.alive),
+            ("study completion", lambda: self.completion.alive),
+            ("the uplink", lambda: self.uplink.alive),
+        ]
+        if self.monitor is not None:
+            monitor = self.monitor
+            checks.append(("the health monitor", lambda: monitor.alive))
+        return checks
+
+    def update_report(self) -> UpdateReport | None:
+        """Where the last system update stands, for the hub's heartbeat."""
+        if self.updates is None or not self.updates.available:
+            return None
+        status = self.updates.status
+        return UpdateReport(
+            state=status.state,
+            version=status.version[:48],
+            progress=max(0, min(100, status.progress)),
+            message=status.message[:500],
+            at=status.at,
+        )
+
     # -- what the wizard can change while the box runs -------------------------------------
 
     def advert(self) -> Advert:
         """The mDNS advert for the settings as they are now."""
         return advert_for(
-            self.config, key_path=self.identity.key_path, dicom_port=lambda: self.dicom.port
+            self.config,
+            key_path=self.identity.key_path,
+            dicom_port=lambda: self.dicom.port,
+            data_dir=self.spool.root,
         )
 
     def current_pacs(self) -> tuple[Callable[[], int], str] | None:
@@ -316,8 +357,11 @@ def build_appliance(
     storage_root: Path | None = None,
     pin_factory: Any = None,
     hub: HubClient | None = None,
+    rauc: Rauc | None = None,
+    release: Release | None = None,
 ) -> Appliance:
     clock = clock or SystemClock()
+    release = release or running_release()
     root = storage_root or config.box.data_dir
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -370,6 +414,7 @@ def build_appliance(
         ),
         health=lambda: health.state,
         on_activity=activity,
+        software_version=release.version,
     )
     guard = WebhookGuard(
         config.downloads,
@@ -420,7 +465,21 @@ def build_appliance(
         health=health,
         setup_window=setup_window,
         panel=panel,
+        release=release,
     )
+    box.updates = UpdateManager(
+        root / "update",
+        rauc=rauc or RaucCli(),
+        release=release,
+        policy=policy,
+        hub=lambda: box.hub,
+        health=health,
+        clock=clock,
+        settings=config.update,
+        free_bytes=spool.free_bytes,
+        min_free_bytes=config.storage.min_free_mb * 2**20,
+    )
+    uplink.update_report = box.update_report
     if config.mdns.enabled:
         box.mdns = MdnsAdvertiser(
             box.advert,

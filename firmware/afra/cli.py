@@ -102,6 +102,18 @@ def _parser() -> argparse.ArgumentParser:
         "setup-code", help="make the box's setup code (image build): print it for the label"
     )
     sp.add_argument("--force", action="store_true", help="replace an existing setup code")
+    sp = sub.add_parser(
+        "selftest", help="check the running box (after an update: keep it or roll it back)"
+    )
+    sp.add_argument(
+        "--decide",
+        action="store_true",
+        help="act on the result: mark the slot good, or after a failed update mark it bad "
+        "and reboot into the previous one (afra-selftest.service)",
+    )
+    sp.add_argument("--json", action="store_true")
+    sp = sub.add_parser("update-status", help="where the last system update stands")
+    sp.add_argument("--json", action="store_true")
     sp = sub.add_parser("slip", help="print a study's patient slip (HTML) for the reception desk")
     sp.add_argument("study", help="the study's Medis code or Study Instance UID")
     sp.add_argument("--out", type=Path, help="write to this file instead of standard output")
@@ -218,9 +230,19 @@ def cmd_setup_code(config: Config, force: bool) -> int:
     return 0
 
 
+def _take_provisioning(config: Config) -> bool:
+    """What the card brought for this box (afra-identity.service moved it onto the data
+    partition): checked and put in place before the box starts; whether anything was."""
+    from afra.system.provision import INBOX, take_provisioning
+
+    return bool(take_provisioning(config.box.data_dir / INBOX, config.box.data_dir))
+
+
 def cmd_run(config: Config) -> int:
     from afra.app import build_appliance
+    from afra.system.notify import Notifier, Watchdog
 
+    notifier = Notifier()
     appliance = build_appliance(config)
     stop = threading.Event()
 
@@ -238,10 +260,18 @@ def cmd_run(config: Config) -> int:
         flush=True,
     )
     web = None
+    watchdog = Watchdog(notifier, appliance.liveness())
     try:
         web = _start_web(appliance)
+        notifier.ready(
+            f"DICOM on port {appliance.dicom.port} as {d.ae_title}"
+            + (f", setup page on port {web.port}" if web is not None else "")
+        )
+        watchdog.start()
         stop.wait()
     finally:
+        notifier.stopping()
+        watchdog.stop()
         if web is not None:
             web.stop()
         appliance.close()
@@ -249,6 +279,61 @@ def cmd_run(config: Config) -> int:
         print("AFRA stopped for a restart (factory reset)", flush=True)
         return EXIT_RESTART
     print("AFRA stopped", flush=True)
+    return 0
+
+
+def cmd_selftest(config: Config, args: argparse.Namespace) -> int:
+    from afra.clock import SystemClock
+    from afra.system.release import running_release
+    from afra.update.rauc import RaucCli
+    from afra.update.selftest import SelfTest, decide, is_trial, save_report
+    from afra.update.status import UpdateRecord
+
+    release = running_release()
+    directory = config.box.data_dir / "update"
+    record = UpdateRecord(directory / "status.json", SystemClock())
+    trial = is_trial(record, release)
+    if trial:
+        print(f"first boot of {release.version} in slot {release.slot}: its trial", flush=True)
+    test = SelfTest(config, units=("afra.service",) if release.image else ())
+    report = test.run(
+        timeout=config.update.selftest_timeout,
+        hub_wait=config.update.selftest_hub_wait,
+        trial=trial,
+    )
+    save_report(report, directory)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        for check in report.checks:
+            print(f"{'ok  ' if check.ok else 'FAIL'} {check.name:<8} {check.detail}")
+    if args.decide:
+        outcome = decide(report, record=record, rauc=RaucCli(), release=release)
+        print(f"verdict: {outcome}", flush=True)
+    return 0 if report.ok else 1
+
+
+def cmd_update_status(config: Config, as_json: bool) -> int:
+    from afra.clock import SystemClock
+    from afra.system.release import running_release
+    from afra.update.selftest import read_report
+    from afra.update.status import UpdateRecord
+
+    directory = config.box.data_dir / "update"
+    status = UpdateRecord(directory / "status.json", SystemClock()).current
+    release = running_release()
+    if as_json:
+        doc = {
+            "release": asdict(release),
+            "update": status.as_dict(),
+            "selftest": read_report(directory),
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"running {release.version}" + (f" from slot {release.slot}" if release.slot else ""))
+    print(f"update: {status.state} ({status.summary})")
+    if status.version:
+        print(f"  version {status.version} from {status.source or '?'}: {status.message}")
     return 0
 
 
@@ -413,6 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, cli_overrides=args.overrides)
         _setup_logging(config.box.log_level)
         if args.command == "run":
+            if _take_provisioning(config):  # the card's settings are read with the rest
+                config = load_config(args.config, cli_overrides=args.overrides)
             return cmd_run(config)
         if args.command == "emulate":
             return cmd_emulate(config, args.hub_port)
@@ -454,6 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_slip(config, args)
         if args.command == "setup-code":
             return cmd_setup_code(config, args.force)
+        if args.command == "selftest":
+            return cmd_selftest(config, args)
+        if args.command == "update-status":
+            return cmd_update_status(config, args.json)
         if args.command == "jobs":
             return cmd_jobs(config, args)
         if args.command in ("diagnostics", "report-status"):

@@ -220,6 +220,21 @@ class MdnsSettings(Section):
     address_check_interval: Seconds = 10.0
 
 
+class UpdateSettings(Section):
+    """System updates (afra.update): RAUC bundles from the hub's policy or the dashboard."""
+
+    # Install what the hub's policy offers (a dashboard upload works either way).
+    from_hub: bool = True
+    max_bundle_mb: int = Field(1024, ge=16, le=4096)
+    check_interval: Seconds = 60.0
+    # A hub update that failed (download, install) is tried again this much later.
+    retry_after: Seconds = 3600.0
+    # How long the self-test waits for the box to come up, and on the first boot of an
+    # update also for the hub, before it decides.
+    selftest_timeout: Seconds = 600.0
+    selftest_hub_wait: Seconds = 300.0
+
+
 class Config(Section):
     box: BoxSettings = BoxSettings()
     dicom: DicomSettings = DicomSettings()
@@ -233,6 +248,7 @@ class Config(Section):
     health: HealthSettings = HealthSettings()
     panel: PanelSettings = PanelSettings()
     mdns: MdnsSettings = MdnsSettings()
+    update: UpdateSettings = UpdateSettings()
 
 
 def _describe(exc: ValidationError, source: str) -> str:

@@ -568,6 +568,11 @@ class HealthMonitor:
         self._written = (signature, now)
         return True
 
+    @property
+    def alive(self) -> bool:
+        """Whether its thread runs (systemd's watchdog is fed only while it does)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="health", daemon=True)

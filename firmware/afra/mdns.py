@@ -18,7 +18,6 @@ Addresses are checked every `mdns.address_check_interval` on the injected clock;
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 import logging
 import threading
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import ifaddr
-from cryptography.hazmat.primitives import serialization
 from zeroconf import (
     DNSAddress,
     DNSOutgoing,
@@ -44,6 +42,8 @@ from zeroconf import (
 from afra import __version__
 from afra.clock import Clock
 from afra.config import Config
+from afra.system.provision import box_id as stored_box_id
+from afra.system.provision import key_box_id
 
 LOG = logging.getLogger("afra.mdns")
 
@@ -55,12 +55,8 @@ NAME_PLACEHOLDERS = ("name", "id", "ae")
 
 
 def short_id(key_path: Path) -> str:
-    """The box's short id: the first hex digits of the SHA-256 of its public key."""
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest()[:SHORT_ID_CHARS]
+    """The short id a node key gives: the first hex digits of its public key's SHA-256."""
+    return key_box_id(key_path)
 
 
 def instance_name(template: str, *, name: str, box_id: str, ae_title: str) -> str:
@@ -137,13 +133,15 @@ def advert_for(
     key_path: Path,
     dicom_port: Callable[[], int],
     web_port: Callable[[], int | None] | None = None,
+    data_dir: Path | None = None,
 ) -> Advert:
     """The advert of a configured box (called at start: the key and the ports exist then).
 
-    The web port is `web_port()` when given (the server's bound port), else `web.port`;
-    with the web service off or its port unknown only DICOM is advertised.
+    The id is the box's own (`<data_dir>/box-id`, from its card) when there is one, else the
+    key's. The web port is `web_port()` when given (the server's bound port), else
+    `web.port`; with the web service off or its port unknown only DICOM is advertised.
     """
-    box_id = short_id(key_path)
+    box_id = stored_box_id(data_dir, key_path) if data_dir is not None else short_id(key_path)
     web = config.web
     port = web_port() if web_port is not None else web.port
     return Advert(

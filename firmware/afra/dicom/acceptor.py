@@ -83,6 +83,11 @@ UNKNOWN_POOL = 8  # connections at once from addresses no peer entry covers
 ACCEPT_BACKOFF_S = 0.1  # no honest A-ASSOCIATE-RQ is anywhere near this
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
+# The box's own self-test (afra.update.selftest) calls with this AE title from the box's own
+# loopback address and is admitted whatever the peer list says: only a process on the box
+# connects from there.
+SELFTEST_AE = "AFRA-SELFTEST"
+SELF_ADDRESSES = frozenset({ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")})
 REJECT_UNKNOWN_PEER = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE not recognized
 REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, service-provider (presentation), local limit
 REJECT_BAD_CONTEXT_NAME = (0x01, 0x01, 0x02)  # application context name not supported
@@ -122,17 +127,22 @@ class PeerPolicy:
         )
 
     def may_connect(self, address: str) -> bool:
-        """Whether any peer entry covers this source address (checked at TCP accept)."""
+        """Whether any peer entry covers this source address, or it is the box itself
+        (checked at TCP accept)."""
         if self.allow_any:
             return True
         ip = _ip(address)
-        return ip is not None and any(ip in net for _title, net in self.peers)
+        return ip is not None and (ip in SELF_ADDRESSES or any(ip in net for _, net in self.peers))
 
     def allows(self, ae_title: str, address: str) -> bool:
         if self.allow_any:
             return True
         ip = _ip(address)
-        return ip is not None and any(ae_title == title and ip in net for title, net in self.peers)
+        if ip is None:
+            return False
+        if ae_title == SELFTEST_AE and ip in SELF_ADDRESSES:
+            return True
+        return any(ae_title == title and ip in net for title, net in self.peers)
 
 
 def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -606,6 +616,11 @@ class Acceptor:
     @property
     def running(self) -> bool:
         return self._listener is not None
+
+    @property
+    def alive(self) -> bool:
+        """Whether its thread runs (systemd's watchdog is fed only while it does)."""
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def port(self) -> int:

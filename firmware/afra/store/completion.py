@@ -82,6 +82,11 @@ class StudyCompletion:
             return True
         return False
 
+    @property
+    def alive(self) -> bool:
+        """Whether its thread runs (systemd's watchdog is fed only while it does)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="study-completion", daemon=True)

@@ -77,6 +77,11 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 """
 
+# The box's own self-test stores objects under this prefix (afra.update.selftest) and removes
+# them at once; study completion never picks them up, so they get no code and never leave.
+SELFTEST_UID_PREFIX = "1.2.826.0.1.3680043.8.498.77."
+SELFTEST_LIKE = SELFTEST_UID_PREFIX + "%"
+
 RECEIVED = "received"
 COMPLETE = "complete"
 QUEUED = "queued"  # Medis code issued, waiting for the uplink
@@ -139,7 +144,8 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 SQL_DUE_STUDIES = """
 SELECT id, study_uid, revision, instance_count, last_received_at, waiting_since, expected_count
-FROM studies WHERE state = 'received' AND last_received_at <= ? ORDER BY last_received_at
+FROM studies WHERE state = 'received' AND last_received_at <= ? AND study_uid NOT LIKE ?
+ORDER BY last_received_at
 """
 SQL_STUDY_TOTAL = "SELECT COALESCE(SUM(instance_count), 0) FROM studies WHERE study_uid = ?"
 SQL_MARK_COMPLETE = """
@@ -228,6 +234,13 @@ SQL_RECENT_INSTANCES = "SELECT received_at, size FROM instances ORDER BY rowid D
 SQL_DELIVERED_SINCE = """
 SELECT delivered_at, bytes FROM studies WHERE state = 'delivered' AND delivered_at >= ?
 """
+SQL_SELFTEST_PATHS = """
+SELECT i.path FROM instances i JOIN studies s ON s.id = i.study_id WHERE s.study_uid LIKE ?
+"""
+SQL_DELETE_SELFTEST_INSTANCES = """
+DELETE FROM instances WHERE study_id IN (SELECT id FROM studies WHERE study_uid LIKE ?)
+"""
+SQL_DELETE_SELFTEST_STUDIES = "DELETE FROM studies WHERE study_uid LIKE ?"
 SQL_LIST_CONFLICTS = """
 SELECT id, sop_instance_uid, path, size, received_at, calling_ae FROM conflicts ORDER BY id
 """
@@ -507,7 +520,7 @@ class Index(SqliteStore):
 
     def due_studies(self, received_before: float) -> list[DueStudy]:
         with self._lock:
-            rows = self._db.execute(SQL_DUE_STUDIES, (received_before,)).fetchall()
+            rows = self._db.execute(SQL_DUE_STUDIES, (received_before, SELFTEST_LIKE)).fetchall()
         return [DueStudy(*r) for r in rows]
 
     def study_total(self, study_uid: str) -> int:
@@ -620,6 +633,14 @@ class Index(SqliteStore):
     def purgeable(self, delivered_before: float) -> list[int]:
         with self._lock:
             return [int(r[0]) for r in self._db.execute(SQL_PURGEABLE, (delivered_before,))]
+
+    def remove_selftest(self) -> list[str]:
+        """Forget every self-test object (SELFTEST_UID_PREFIX); their paths, for the spool."""
+        with self._transaction() as db:
+            paths = [str(r[0]) for r in db.execute(SQL_SELFTEST_PATHS, (SELFTEST_LIKE,))]
+            db.execute(SQL_DELETE_SELFTEST_INSTANCES, (SELFTEST_LIKE,))
+            db.execute(SQL_DELETE_SELFTEST_STUDIES, (SELFTEST_LIKE,))
+        return paths
 
     def mark_purged(self, study_id: int, now: float) -> None:
         with self._transaction() as db:

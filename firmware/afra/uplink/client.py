@@ -9,7 +9,9 @@ wrong; the problem's detail says why).
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,6 +43,8 @@ from medix.models import (
 LOG = logging.getLogger("afra.uplink")
 
 M = TypeVar("M", bound=BaseModel)
+
+DOWNLOAD_CHUNK = 1 << 20
 
 
 class HubError(AfraError):
@@ -246,6 +250,55 @@ class HubClient:
 
     def commit_file(self, file_id: str, request: FileCommit) -> FileSaved:
         return self._json("POST", f"/files/{file_id}/commit", request, FileSaved)
+
+    def download(
+        self,
+        path: str,
+        dest: Path,
+        *,
+        size: int,
+        progress: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """GET `path` into `dest`, appending to what an earlier, cut-off try left there
+        (an HTTP byte range). At most `size` bytes are taken."""
+        have = dest.stat().st_size if dest.exists() else 0
+        if have >= size:
+            return
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        response = _send(
+            self._session,
+            "GET",
+            self.base + path,
+            headers=headers,
+            stream=True,
+            timeout=self.timeout,
+        )
+        try:
+            if have and response.status_code != 206:
+                have = 0  # the hub sent the whole file again: start over
+            mode = "ab" if have else "wb"
+            with dest.open(mode) as fp:
+                try:
+                    for chunk in response.iter_content(DOWNLOAD_CHUNK):
+                        if stop is not None and stop.is_set():
+                            raise HubUnavailable("the download was stopped")
+                        if have + len(chunk) > size:
+                            raise HubRefused("the hub sent more bytes than it announced", 502)
+                        fp.write(chunk)
+                        have += len(chunk)
+                        if progress is not None:
+                            progress(have)
+                except requests.RequestException as exc:
+                    broke = exc.__class__.__name__
+                    raise HubUnavailable(f"the download broke off: {broke}") from None
+                finally:
+                    fp.flush()
+                    os.fsync(fp.fileno())
+        finally:
+            response.close()
+        if have != size:
+            raise HubUnavailable(f"the download ended at {have} of {size} bytes")
 
     def commands(self, wait: int) -> CommandBatch:
         response = _send(

@@ -38,6 +38,7 @@ from medix.models import (
     QueueStats,
     Receipt,
     StudyRegistration,
+    UpdateReport,
 )
 
 LOG = logging.getLogger("afra.uplink")
@@ -98,9 +99,14 @@ class Uplink:
         codes: CodeIssuer | None = None,
         health: Callable[[], str] | None = None,
         on_activity: Callable[[], None] | None = None,
+        software_version: str = __version__,
+        update_report: Callable[[], UpdateReport | None] | None = None,
     ) -> None:
-        # The heartbeat reports health() (afra.health); on_activity() flickers the panel's LED.
+        # The heartbeat reports health() (afra.health), the system's version and where its
+        # last update stands; on_activity() flickers the panel's LED.
         self.health = health
+        self.software_version = software_version
+        self.update_report = update_report
         self.on_activity = on_activity
         self.index = index
         self.spool = spool
@@ -150,10 +156,11 @@ class Uplink:
         """What the box tells the hub about itself: version, policy, health, queue."""
         count, oldest, size = self.index.queue_stats(self.clock.time())
         return Heartbeat(
-            software_version=__version__,
+            software_version=self.software_version,
             policy_version=self.policy.current.version,
             health=self.health() if self.health is not None else "healthy",
             queue=QueueStats(studies_waiting=count, oldest_waiting_s=oldest, bytes_waiting=size),
+            update=self.update_report() if self.update_report is not None else None,
         )
 
     def heartbeat(self) -> None:
@@ -338,6 +345,11 @@ class Uplink:
         return purged
 
     # -- the thread -----------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        """Whether its thread runs (systemd's watchdog is fed only while it does)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         self._stop.clear()

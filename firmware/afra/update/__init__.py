@@ -1,0 +1,1 @@
+"""System updates: RAUC bundles into the other A/B slot, kept only after a self-test."""

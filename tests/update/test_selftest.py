@@ -1,0 +1,259 @@
+"""`afra selftest` against a real running box (its SCP, its setup page, its index), and the
+verdict it gives after an update (with RAUC and the reboot faked: CI has no A/B disk)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pynetdicom import AE
+
+from afra.app import Appliance, build_appliance
+from afra.clock import SystemClock
+from afra.store.index import SELFTEST_UID_PREFIX
+from afra.system.release import Release
+from afra.update.selftest import Check as SelfCheck
+from afra.update.selftest import Report, SelfTest, decide
+from afra.update.status import UpdateRecord
+from afra_web.server import start_web
+from tests.conftest import make_config
+from tests.fakes import FakeRauc
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[Appliance, Any]]:
+    """A box as on a card: no DICOM peer configured yet, its setup page up, the real clock
+    (the self-test reads the status file another process writes)."""
+    config = make_config(
+        tmp_path / "box",
+        dicom={"allow_any_peer": False},
+        web={"bind": "127.0.0.1", "port": 0},
+    )
+    box = build_appliance(config, clock=SystemClock())
+    box.start()
+    web = start_web(box)
+    try:
+        assert box.monitor is not None
+        box.monitor.run_once()
+        box.health.set("booting", False)
+        box.monitor.write_status(force=True)
+        yield box, web
+    finally:
+        web.stop()
+        box.close()
+
+
+def selftest(box: Appliance, web: Any, **kw: Any) -> SelfTest:
+    return SelfTest(
+        box.config,
+        units=(),
+        dicom_port=box.dicom.port,
+        web_port=web.port,
+        sleep=lambda s: None,
+        **kw,
+    )
+
+
+def test_every_check_passes_on_a_working_box_and_nothing_is_left_behind(
+    running: tuple[Appliance, Any],
+) -> None:
+    box, web = running
+    report = selftest(box, web).run(timeout=30, hub_wait=0)
+    assert [c.name for c in report.checks] == ["service", "web", "echo", "store", "index"]
+    assert report.ok, report.as_dict()
+    # The object went through the real receive path and is gone again: not in the index,
+    # not in the spool, never a study for completion, a code or the hub.
+    assert box.index.studies(10) == []
+    assert list(box.spool.iter_objects()) == []
+
+
+def test_a_box_whose_dicom_service_is_down_fails_echo_and_store(
+    running: tuple[Appliance, Any],
+) -> None:
+    box, web = running
+    port = box.dicom.port
+    box.dicom.stop()
+    report = SelfTest(
+        box.config, units=(), dicom_port=port, web_port=web.port, sleep=lambda s: None
+    ).run(timeout=0, hub_wait=0)
+    failed = {c.name for c in report.failures}
+    assert failed == {"echo", "store"}, report.as_dict()
+    assert not report.ok
+
+
+def test_a_unit_that_is_not_active_fails_the_service_check(running: tuple[Appliance, Any]) -> None:
+    box, web = running
+    test = SelfTest(
+        box.config,
+        units=("afra.service",),
+        unit_state=lambda unit: "failed",
+        dicom_port=box.dicom.port,
+        web_port=web.port,
+        sleep=lambda s: None,
+    )
+    report = test.run(timeout=0, hub_wait=0)
+    assert report.failures[0] == SelfCheck("service", False, "afra.service is failed")
+
+
+def test_a_self_test_object_left_by_a_crash_is_never_completed_and_is_removed_next_time(
+    running: tuple[Appliance, Any], tmp_path: Path
+) -> None:
+    box, web = running
+    ds = Dataset()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid(prefix=SELFTEST_UID_PREFIX)
+    ds.StudyInstanceUID = generate_uid(prefix=SELFTEST_UID_PREFIX)
+    ds.SeriesInstanceUID = generate_uid(prefix=SELFTEST_UID_PREFIX)
+    ds.PatientID = "AFRA-SELFTEST"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ae = AE(ae_title="AFRA-SELFTEST")
+    ae.add_requested_context(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", box.dicom.port, ae_title=box.config.dicom.ae_title)
+    assert assoc.is_established
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    assert len(box.index.studies(10)) == 1
+    assert box.index.due_studies(received_before=1e12) == []  # completion skips it
+    assert selftest(box, web).run(timeout=30, hub_wait=0).ok
+    assert box.index.studies(10) == []
+
+
+def test_a_peer_pretending_to_be_the_self_test_from_the_lan_is_refused(
+    running: tuple[Appliance, Any],
+) -> None:
+    box, _web = running
+    ae = AE(ae_title="AFRA-SELFTEST")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    # 127.0.0.5 is not the box's own address: the peer list applies, and it is empty.
+    assoc = ae.associate(
+        "127.0.0.1", box.dicom.port, ae_title="AFRA", bind_address=("127.0.0.5", 0)
+    )
+    assert assoc.is_rejected
+
+
+# -- the verdict ---------------------------------------------------------------------------------
+
+
+def _report(ok: bool) -> Report:
+    checks = [SelfCheck("service", True, "running"), SelfCheck("echo", ok, "C-ECHO status 0x0")]
+    return Report(checks=checks, at=1.0)
+
+
+def _record(tmp_path: Path, state: str, slot: str) -> UpdateRecord:
+    record = UpdateRecord(tmp_path / "status.json", SystemClock())
+    record.move("checking", from_version="1.0", source="hub")
+    record.move("installing", version="1.1", slot=slot)
+    record.move("rebooting")
+    if state == "kept":
+        record.move("trial")
+        record.move("kept")
+    return record
+
+
+def _release(slot: str | None) -> Release:
+    return Release(version="1.1", image=slot is not None, compatible="afra-rpi4-arm64", slot=slot)
+
+
+def test_an_update_that_passes_its_trial_is_kept(tmp_path: Path) -> None:
+    record, rauc = _record(tmp_path, "rebooting", "B"), FakeRauc(booted="B")
+    assert decide(_report(True), record=record, rauc=rauc, release=_release("B")) == "kept"
+    assert rauc.calls == [("mark", "good", "booted")]
+    assert record.current.state == "kept"
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "kept"
+
+
+def test_an_update_that_fails_its_trial_is_marked_bad_and_the_box_restarts(
+    tmp_path: Path,
+) -> None:
+    record, rauc = _record(tmp_path, "rebooting", "B"), FakeRauc(booted="B")
+    assert decide(_report(False), record=record, rauc=rauc, release=_release("B")) == "rolled_back"
+    assert rauc.calls == [("mark", "bad", "booted"), ("reboot",)]
+    assert record.current.state == "rolled_back"
+    assert "echo: C-ECHO" in record.current.message and "1.0" in record.current.message
+
+
+def test_a_boot_on_the_old_slot_while_the_new_one_waits_means_it_never_came_up(
+    tmp_path: Path,
+) -> None:
+    record, rauc = _record(tmp_path, "rebooting", "B"), FakeRauc(booted="A")
+    assert decide(_report(True), record=record, rauc=rauc, release=_release("A")) == "rolled_back"
+    assert rauc.calls == [("mark", "good", "booted")]
+    assert "did not start" in record.current.message
+
+
+def test_an_ordinary_boot_that_fails_keeps_its_slot(tmp_path: Path) -> None:
+    record, rauc = _record(tmp_path, "kept", "B"), FakeRauc(booted="B")
+    assert decide(_report(False), record=record, rauc=rauc, release=_release("B")) == "fail"
+    assert rauc.calls == [("mark", "good", "booted")]  # no reboot: it would not mend it
+    assert record.current.state == "kept"
+
+
+def test_outside_an_image_nothing_is_marked(tmp_path: Path) -> None:
+    record, rauc = _record(tmp_path, "kept", "B"), FakeRauc()
+    assert decide(_report(True), record=record, rauc=rauc, release=_release(None)) == "pass"
+    assert rauc.calls == []
+
+
+# -- the guard for a self-test that gives no verdict ----------------------------------------------
+
+
+@pytest.fixture
+def guard(tmp_path: Path) -> Any:
+    """The real trial-guard script, with stand-ins for rauc and systemctl that record calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    for name in ("rauc", "systemctl"):
+        tool = bin_dir / name
+        tool.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n')
+        tool.chmod(0o755)
+
+    def run(record: dict[str, Any] | None, cmdline: str) -> list[str]:
+        status = tmp_path / "status.json"
+        status.unlink(missing_ok=True)
+        if record is not None:
+            status.write_text(json.dumps(record, indent=2))
+        (tmp_path / "cmdline").write_text(cmdline)
+        calls.write_text("")
+        env = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "AFRA_RECORD": str(status),
+            "AFRA_CMDLINE": str(tmp_path / "cmdline"),
+        }
+        subprocess.run(
+            [str(REPO / "image-build/rootfs/usr/lib/afra/trial-guard")], env=env, check=True
+        )
+        return calls.read_text().splitlines()
+
+    return run
+
+
+def test_the_guard_rolls_back_a_trial_whose_self_test_crashed(guard: Any) -> None:
+    calls = guard({"state": "trial", "slot": "B"}, "root=PARTUUID=x rauc.slot=B panic=10")
+    assert calls == ["rauc status mark-bad booted", "systemctl reboot"]
+
+
+def test_the_guard_leaves_an_ordinary_boot_alone(guard: Any) -> None:
+    assert guard({"state": "kept", "slot": "B"}, "rauc.slot=B") == []
+    assert guard({"state": "rebooting", "slot": "B"}, "rauc.slot=A") == []  # the old slot
+    assert guard(None, "rauc.slot=B") == []
+
+
+def test_the_running_box_sees_the_verdict_the_self_test_wrote(tmp_path: Path) -> None:
+    """The self-test is another process: the box's own record (heartbeat, dashboard) must
+    read the file again once the verdict is written."""
+    box_view = _record(tmp_path, "rebooting", "B")
+    selftest_view = UpdateRecord(tmp_path / "status.json", SystemClock())
+    decide(_report(True), record=selftest_view, rauc=FakeRauc(booted="B"), release=_release("B"))
+    assert box_view.current.state == "kept"
