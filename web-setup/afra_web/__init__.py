@@ -164,6 +164,10 @@ def create_app(
             progress.epoch,
             touch=not request.path.startswith("/api/"),
         )
+        if request.endpoint == "dashboard.upload_update" and g.operator is not None:
+            # A system update is the one large upload, and only from a signed-in operator:
+            # the limit is raised before the CSRF check parses the form.
+            request.max_content_length = web.appliance.config.update.max_bundle_mb * 2**20
         security.check_csrf()
         if request.endpoint in PUBLIC_ENDPOINTS or g.operator is not None:
             return None

@@ -428,4 +428,44 @@ PERSIAN: dict[str, str] = {
     "slip printed": "برگه چاپ شد",
     "audit log exported": "خروجی گزارش ممیزی",
     "diagnostics downloaded": "بستهٔ عیب‌یابی دریافت شد",
+    # -- system update (settings)
+    "System update": "به‌روزرسانی سامانه",
+    "Running": "نسخهٔ در حال اجرا",
+    "system {slot}": "سامانهٔ {slot}",
+    "Last update": "آخرین به‌روزرسانی",
+    "Details": "جزئیات",
+    "Self-test": "خودآزمایی",
+    "passed": "موفق",
+    "did not pass": "ناموفق",
+    "Update file": "فایل به‌روزرسانی",
+    "Install the update": "نصب به‌روزرسانی",
+    "An update from the hub is installed by itself. Here you can install an update file (.raucb) from the AFRA support desk: the box checks its signature, installs it next to the running system, restarts into it and keeps it only if it passes its self-test. Studies on the box are never touched.": (
+        "به‌روزرسانی‌ای که از هاب برسد خودکار نصب می‌شود. اینجا می‌توانید فایل به‌روزرسانی (.raucb) را که پشتیبانی AFRA داده است نصب کنید: دستگاه امضای آن را بررسی می‌کند، آن را کنار سامانهٔ در حال اجرا نصب می‌کند، با آن راه‌اندازی دوباره می‌شود و فقط اگر از خودآزمایی سربلند بیرون بیاید نگهش می‌دارد. به مطالعه‌های روی دستگاه هرگز دست زده نمی‌شود."
+    ),
+    "Updates are installed on an AFRA box; this one runs from a development checkout.": (
+        "به‌روزرسانی روی دستگاه AFRA نصب می‌شود؛ این نسخه از کد توسعه اجرا می‌شود."
+    ),
+    "An update is already under way.": "یک به‌روزرسانی هم‌اکنون در جریان است.",
+    "Choose the update file (it ends in .raucb).": "فایل به‌روزرسانی را انتخاب کنید (پسوند آن .raucb است).",
+    "The file was not taken: {why}": "فایل پذیرفته نشد: {why}",
+    "The update was refused: {why}": "به‌روزرسانی رد شد: {why}",
+    "The update was checked and is being installed. The box restarts when it is done; this page shows how it goes.": (
+        "به‌روزرسانی بررسی شد و در حال نصب است. دستگاه پس از پایان کار دوباره راه‌اندازی می‌شود؛ این صفحه روند کار را نشان می‌دهد."
+    ),
+    "No update has been installed on this box yet.": "هنوز هیچ به‌روزرسانی‌ای روی این دستگاه نصب نشده است.",
+    "Fetching {version} from the hub: {progress}%.": "در حال دریافت {version} از هاب: {progress}٪.",
+    "Checking the update's signature.": "در حال بررسی امضای به‌روزرسانی.",
+    "Installing {version}: {progress}%. Do not unplug the box.": "در حال نصب {version}: {progress}٪. دستگاه را از برق نکشید.",
+    "{version} is installed; the box restarts into it. Do not unplug the box.": (
+        "{version} نصب شد؛ دستگاه با آن دوباره راه‌اندازی می‌شود. دستگاه را از برق نکشید."
+    ),
+    "{version} is testing itself. Do not unplug the box.": "{version} در حال خودآزمایی است. دستگاه را از برق نکشید.",
+    "{version} passed its self-test and is kept.": "{version} از خودآزمایی گذشت و نگه داشته شد.",
+    "{version} failed its self-test: the box went back to {previous}.": (
+        "{version} در خودآزمایی ناموفق بود: دستگاه به {previous} بازگشت."
+    ),
+    "The update to {version} could not be installed.": "به‌روزرسانی به {version} نصب نشد.",
+    "The update was refused.": "به‌روزرسانی رد شد.",
+    "update refused": "به‌روزرسانی رد شد",
+    "update started": "نصب به‌روزرسانی آغاز شد",
 }

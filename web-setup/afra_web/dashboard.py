@@ -24,6 +24,7 @@ from flask import (
 
 from afra.medis.codes import format_code
 from afra.medis.slip import render_slip
+from afra.update.manager import UpdateBusy, UploadRejected
 from afra_web import Web, current, security, status
 from afra_web.echo import echo
 from afra_web.forms import Errors, Msg, check_password
@@ -33,6 +34,33 @@ bp = Blueprint("dashboard", __name__)
 
 RECENT_STUDIES = 25
 TOO_MANY = Msg("Too many wrong attempts. Try again later.")
+UPLOAD_CHUNK = 1 << 20
+
+# Where the last system update stands, in words (afra.update.status.PHASES).
+UPDATE_PHASES: dict[str, Msg] = {
+    "idle": Msg("No update has been installed on this box yet."),
+    "downloading": Msg("Fetching {version} from the hub: {progress}%."),
+    "checking": Msg("Checking the update's signature."),
+    "installing": Msg("Installing {version}: {progress}%. Do not unplug the box."),
+    "rebooting": Msg("{version} is installed; the box restarts into it. Do not unplug the box."),
+    "trial": Msg("{version} is testing itself. Do not unplug the box."),
+    "kept": Msg("{version} passed its self-test and is kept."),
+    "rolled_back": Msg("{version} failed its self-test: the box went back to {previous}."),
+    "failed": Msg("The update to {version} could not be installed."),
+    "refused": Msg("The update was refused."),
+}
+
+
+def update_phase(info: dict[str, Any]) -> Msg:
+    phase = UPDATE_PHASES.get(str(info.get("state")), UPDATE_PHASES["idle"])
+    return Msg(
+        phase.text,
+        {
+            "version": info.get("target") or "?",
+            "previous": info.get("previous") or "?",
+            "progress": info.get("progress", 0),
+        },
+    )
 
 
 @bp.before_request
@@ -211,6 +239,7 @@ def settings() -> str:
 
 def _settings_page(code: int, errors: Errors) -> tuple[str, int]:
     web = current()
+    update = status.update(web.appliance)
     return (
         render_template(
             "dashboard/settings.html",
@@ -218,9 +247,61 @@ def _settings_page(code: int, errors: Errors) -> tuple[str, int]:
             errors=errors,
             window=status.setup_window(web.appliance),
             info=web.network.read(),
+            update=update,
+            update_phase=update_phase(update),
         ),
         code,
     )
+
+
+@bp.post("/settings/update")
+def upload_update() -> Any:
+    """A system update uploaded by the technician: checked at once, installed, restarted."""
+    web = current()
+    updates = web.appliance.updates
+    errors: Errors = {}
+    if updates is None or not updates.available:
+        errors["bundle"] = Msg(
+            "Updates are installed on an AFRA box; this one runs from a development checkout."
+        )
+        return _settings_page(400, errors)
+    if updates.status.busy:
+        errors["bundle"] = Msg("An update is already under way.")
+        return _settings_page(409, errors)
+    if web.state.lockout.remaining():
+        errors["update_password"] = TOO_MANY
+    elif not web.state.check_password(request.form.get("update_password", "")):
+        web.state.lockout.failure()
+        errors["update_password"] = Msg("This password is wrong.")
+    else:
+        web.state.lockout.success()
+    upload = request.files.get("bundle")
+    if upload is None or not upload.filename:
+        errors["bundle"] = Msg("Choose the update file (it ends in .raucb).")
+    if errors:
+        web.record("update refused", detail="form incomplete or wrong password")
+        return _settings_page(400, errors)
+    assert upload is not None
+    name = (upload.filename or "")[:100]
+    try:
+        path = updates.receive(iter(lambda: upload.stream.read(UPLOAD_CHUNK), b""), None)
+        after = updates.accept_upload(path)
+    except (UploadRejected, UpdateBusy) as exc:
+        web.record("update refused", detail=f"{name}: {exc}")
+        errors["bundle"] = Msg("The file was not taken: {why}", {"why": str(exc)})
+        return _settings_page(400, errors)
+    if after.state in ("refused", "failed"):
+        web.record("update refused", detail=f"{name}: {after.message}")
+        errors["bundle"] = Msg("The update was refused: {why}", {"why": after.message})
+        return _settings_page(400, errors)
+    web.record("update started", detail=f"{name}: {after.version}")
+    notify(
+        Msg(
+            "The update was checked and is being installed. The box restarts when it is done; "
+            "this page shows how it goes."
+        )
+    )
+    return redirect(url_for(".settings"))
 
 
 @bp.post("/settings/password")

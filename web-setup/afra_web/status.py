@@ -20,6 +20,7 @@ from typing import Any
 
 from afra import __version__
 from afra.app import Appliance
+from afra.update.selftest import read_report
 
 LOG = logging.getLogger("afra.web")
 
@@ -171,6 +172,40 @@ def hub(appliance: Appliance) -> dict[str, Any]:
     return info
 
 
+def update(appliance: Appliance) -> dict[str, Any]:
+    """The running system and where its last update stands (afra.update)."""
+    release = appliance.release
+    info: dict[str, Any] = {
+        "available": appliance.updates is not None and appliance.updates.available,
+        "version": release.version,
+        "slot": release.slot or "",
+        "state": "idle",
+        "busy": False,
+        "target": "",
+        "previous": "",
+        "source": "",
+        "progress": 0,
+        "message": "",
+        "at": 0.0,
+        "selftest": None,
+    }
+    if appliance.updates is None:
+        return info
+    current = appliance.updates.status
+    info.update(
+        state=current.state,
+        busy=current.busy,
+        target=current.version,
+        previous=current.from_version,
+        source=current.source,
+        progress=current.progress,
+        message=current.message,
+        at=current.at,
+        selftest=read_report(appliance.updates.directory),
+    )
+    return info
+
+
 def sightings(appliance: Appliance) -> list[dict[str, Any]]:
     return [dataclasses.asdict(s) for s in appliance.dicom.sightings.all()]
 
@@ -193,6 +228,7 @@ def snapshot(appliance: Appliance) -> dict[str, Any]:
         "hub": hub(appliance),
         "sightings": sightings(appliance),
         "setup_window": setup_window(appliance),
+        "update": update(appliance),
         "time": appliance.clock.time(),
     }
 
@@ -212,7 +248,7 @@ def diagnostics_bundle(appliance: Appliance) -> bytes:
         firmware = {"error": f"{exc.__class__.__name__}: {exc}"}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
-        bundle.writestr("version.txt", f"afra {__version__}\n")
+        bundle.writestr("version.txt", f"afra {__version__}, system {appliance.release.version}\n")
         bundle.writestr("diagnostics.json", json.dumps(firmware, indent=2, default=str))
         bundle.writestr("status.json", json.dumps(snapshot(appliance), indent=2, default=str))
         bundle.writestr(
