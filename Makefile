@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 DEBS := dcmtk orthanc chromium chromium-driver
 RUN_DIR ?= data/emulation
 
-.PHONY: run test lint typecheck pytest system-deps venv bench-ingest bench-memory bench-uplink bench-download clean
+.PHONY: run test lint typecheck pytest system-deps venv image image-test label \
+	bench-ingest bench-memory bench-uplink bench-download clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Debian 12: apt-get install python3 python3-venv)"; exit 1; }
@@ -19,13 +20,25 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests use as real peers, installed only when missing.
+# Debian packages the tests use as real peers and tools, installed only when missing: DCMTK and
+# Orthanc (PACS, modalities), Chromium (pages), and for the image's pieces U-Boot for qemu
+# (the boot script runs in it), RAUC (bundle signatures), mtools, dosfstools and fdisk.
 system-deps:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
+	command -v qemu-system-aarch64 >/dev/null || missing="$$missing qemu-system-arm"; \
+	[ -f /usr/lib/u-boot/qemu_arm64/u-boot.bin ] || missing="$$missing u-boot-qemu"; \
+	command -v mkimage >/dev/null || missing="$$missing u-boot-tools"; \
+	command -v fw_printenv >/dev/null || missing="$$missing libubootenv-tool"; \
+	command -v rauc >/dev/null || missing="$$missing rauc"; \
+	command -v mksquashfs >/dev/null || missing="$$missing squashfs-tools"; \
+	command -v mcopy >/dev/null || missing="$$missing mtools"; \
+	command -v mkfs.vfat >/dev/null || missing="$$missing dosfstools"; \
+	command -v sfdisk >/dev/null || missing="$$missing fdisk"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install$$missing"; exit 1; fi; \
@@ -40,8 +53,8 @@ run: $(STAMP)
 	$(BIN)/afra --config etc/emulation.toml --set box.data_dir=\"$(RUN_DIR)\" emulate
 
 lint: $(STAMP)
-	$(BIN)/ruff check firmware web-setup tests bench
-	$(BIN)/ruff format --check firmware web-setup tests bench
+	$(BIN)/ruff check firmware web-setup image-build tests bench
+	$(BIN)/ruff format --check firmware web-setup image-build tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -50,6 +63,23 @@ pytest: $(STAMP) system-deps
 	$(BIN)/pytest -q
 
 test: system-deps $(STAMP) lint typecheck pytest
+
+# The appliance image (image-build/build.sh installs the builder's own tools when missing).
+image: $(STAMP)
+	image-build/build.sh
+
+# Boots the image under qemu and checks boot, update, rollback and refusal (about 20 minutes;
+# builds the image first when build/ has none).
+image-test: system-deps $(STAMP)
+	PYTHONPATH=image-build:. $(BIN)/python -m afra_image.imagetest
+
+# Writes an image onto a card or an image file for one box and prints its label:
+#   make label TARGET=/dev/sdX [IMAGE=build/afra-<v>-arm64.img.xz] [SETTINGS=site.toml] [YES=1]
+IMAGE ?= $(wildcard build/afra-*-arm64.img.xz)
+label: $(STAMP)
+	@[ -n "$(TARGET)" ] || { echo "make label TARGET=<card device or image file> [IMAGE=...] [SETTINGS=...]"; exit 2; }
+	PYTHONPATH=image-build $(BIN)/python -m afra_image.flash "$(IMAGE)" "$(TARGET)" \
+	  $(if $(SETTINGS),--settings "$(SETTINGS)") $(if $(YES),--yes)
 
 bench-ingest: system-deps $(STAMP)
 	$(BIN)/python bench/ingest.py

@@ -1,0 +1,309 @@
+"""afra-flash (`make label`): write an AFRA image onto a card (or an image file) for one box,
+with that box's id and setup code, and print its label.
+
+    python -m afra_image.flash IMAGE TARGET [--settings site.toml] [--labels DIR] [--yes]
+
+IMAGE is build/afra-<version>-arm64.img.xz (or the .img); its .sha256 is checked when it is
+beside it. TARGET is a block device (an SD card or USB SSD: refused while mounted, and only
+with --yes) or an image file (made or overwritten; image-test boots one). The box id (six hex
+digits: the host name afra-<id> and the label) and the setup code (the Medis code's form)
+are made here; only the code's scrypt hash goes onto the card, in the boot partition's afra/
+folder, with the optional pre-staged settings (the wizard's settings file, checked first).
+The label (box id, setup code, a QR code of the setup address) is written as PNG and PDF
+into --labels and each box made is added to labels/boxes.csv, so an id is never given twice
+from one provisioning station.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import lzma
+import os
+import secrets
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import segno
+from PIL import Image, ImageDraw, ImageFont
+
+from afra.config import load_config
+from afra.errors import ConfigError
+from afra.medis.codes import format_code, new_code
+from afra.system.provision import CARD_DIR, CardProvisioning, ProvisioningError
+from afra_web.state import hash_secret
+
+CHUNK = 4 << 20
+SECTOR = 512
+DPI = 300
+LABEL_MM = (62, 40)  # a common label-printer tape width, and a box's underside
+
+
+class FlashError(Exception):
+    """The image or the target cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Box:
+    box_id: str
+    setup_code: str  # as printed: XXXX-XXXX-XXXX
+    version: str
+
+    @property
+    def setup_url(self) -> str:
+        return f"http://afra-{self.box_id}.local/"
+
+
+# -- the image ---------------------------------------------------------------------------------
+
+
+def _chunks(image: Path) -> Iterator[bytes]:
+    opener = lzma.open if image.suffix == ".xz" else open
+    with opener(image, "rb") as fp:
+        while chunk := fp.read(CHUNK):
+            yield chunk
+
+
+def check_image(image: Path) -> str:
+    """The image's version (from its name); its SHA-256 checked against the .sha256 file."""
+    if not image.is_file():
+        raise FlashError(f"{image} does not exist: build it with `make image`")
+    name = image.name
+    if not (name.startswith("afra-") and (name.endswith(".img") or name.endswith(".img.xz"))):
+        raise FlashError(f"{image} is not an AFRA image (afra-<version>-arm64.img[.xz])")
+    sums = image.with_name(name + ".sha256")
+    if sums.exists():
+        expected = sums.read_text(encoding="ascii").split()[0]
+        digest = hashlib.sha256()
+        with image.open("rb") as fp:
+            while chunk := fp.read(CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != expected:
+            raise FlashError(f"{image} does not match {sums.name}: download or build it again")
+    return name.removeprefix("afra-").split("-arm64")[0]
+
+
+def _mounted(device: Path) -> list[str]:
+    real = str(device.resolve())
+    found = []
+    with open("/proc/mounts", encoding="utf-8") as fp:
+        for line in fp:
+            source = line.split()[0]
+            if source == real or (
+                source.startswith(real) and source[len(real) :].lstrip("p").isdigit()
+            ):
+                found.append(line.split()[1])
+    return found
+
+
+def write_image(image: Path, target: Path, *, yes: bool) -> None:
+    """Copy the image onto a block device (whole, synced) or into an image file (sparse)."""
+    block = target.exists() and stat.S_ISBLK(target.stat().st_mode)
+    if block:
+        if not yes:
+            raise FlashError(f"{target} is a disk: everything on it is erased; add --yes")
+        mounts = _mounted(target)
+        if mounts:
+            raise FlashError(f"{target} is mounted at {', '.join(mounts)}: unmount it first")
+    elif target.exists() and not target.is_file():
+        raise FlashError(f"{target} is neither a disk nor an image file")
+    flags = os.O_WRONLY | (0 if block else os.O_CREAT | os.O_TRUNC)
+    fd = os.open(target, flags, 0o644)
+    try:
+        written = 0
+        for chunk in _chunks(image):
+            if not block and not chunk.count(0) - len(chunk):  # all zeros: leave a hole
+                os.lseek(fd, len(chunk), os.SEEK_CUR)
+            else:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            written += len(chunk)
+        if not block:
+            os.ftruncate(fd, written)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def boot_partition_offset(target: Path) -> int:
+    """Byte offset of partition 1 (the FAT boot partition), from the GPT."""
+    done = subprocess.run(
+        ["sfdisk", "--json", str(target)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise FlashError(f"{target} has no readable partition table: {done.stderr.strip()}")
+    parts = json.loads(done.stdout)["partitiontable"]["partitions"]
+    boot = next((p for p in parts if p.get("name") == "afra-boot"), None)
+    if boot is None:
+        raise FlashError(f"{target} has no afra-boot partition: is it an AFRA image?")
+    return int(boot["start"]) * SECTOR
+
+
+# -- the box -------------------------------------------------------------------------------------
+
+
+def _issued(labels: Path) -> set[str]:
+    try:
+        with (labels / "boxes.csv").open(encoding="utf-8") as fp:
+            return {row["box_id"] for row in csv.DictReader(fp)}
+    except FileNotFoundError:
+        return set()
+
+
+def new_box(version: str, labels: Path) -> Box:
+    issued = _issued(labels)
+    while True:
+        box_id = secrets.token_hex(3)
+        if box_id not in issued:
+            return Box(box_id=box_id, setup_code=format_code(new_code()), version=version)
+
+
+def check_settings(path: Path | None) -> str | None:
+    """Pre-staged settings: read, and checked against the whole configuration."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FlashError(f"{path} cannot be read: {exc}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        (data / "settings.toml").write_text(text, encoding="utf-8")
+        base = data / "afra.toml"
+        base.write_text(f'[box]\ndata_dir = "{data}"\n', encoding="utf-8")
+        try:
+            load_config(base, environ={})
+        except ConfigError as exc:
+            raise FlashError(f"{path}: {exc}") from None
+    return text
+
+
+def provision(target: Path, box: Box, settings: str | None) -> None:
+    """Write the box's afra/ folder onto the target's boot partition (mtools: no mount)."""
+    card = CardProvisioning(
+        box_id=box.box_id,
+        setup_code_hash=hash_secret(box.setup_code.replace("-", "")),
+        settings_toml=settings,
+    )
+    try:
+        card.check()
+    except ProvisioningError as exc:
+        raise FlashError(str(exc)) from None
+    offset = boot_partition_offset(target)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / CARD_DIR
+        card.write_card_files(folder)
+        image = f"{target}@@{offset}"
+        subprocess.run(["mdeltree", "-i", image, f"::{CARD_DIR}"], capture_output=True, check=False)
+        done = subprocess.run(
+            ["mcopy", "-s", "-o", "-i", image, str(folder), "::"], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise FlashError(f"the boot partition could not be written: {done.stderr.strip()}")
+    if stat.S_ISBLK(target.stat().st_mode):
+        subprocess.run(["sync"], check=False)
+
+
+# -- the label ------------------------------------------------------------------------------------
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",):
+        if Path(path).exists():
+            return ImageFont.truetype(path, size)
+    return ImageFont.load_default(size=size)
+
+
+def render_label(box: Box) -> Image.Image:
+    """The label: product, box id, setup code and the setup address with its QR code."""
+    mm = DPI / 25.4
+    width, height = int(LABEL_MM[0] * mm), int(LABEL_MM[1] * mm)
+    label = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(label)
+    qr = segno.make(box.setup_url, error="m")
+    buffer = io.BytesIO()
+    qr.save(buffer, kind="png", scale=1, border=2)
+    buffer.seek(0)
+    side = height - int(6 * mm)
+    code_image = Image.open(buffer).convert("L").resize((side, side), Image.Resampling.NEAREST)
+    label.paste(code_image, (width - side - int(2 * mm), int(3 * mm)))
+    x, y = int(3 * mm), int(3 * mm)
+    lines = (
+        (_font(int(3.2 * mm)), "AFRA adaptor"),
+        (_font(int(2.4 * mm)), f"Box afra-{box.box_id}"),
+        (_font(int(2.0 * mm)), "Setup code"),
+        (_font(int(3.4 * mm)), box.setup_code),
+        (_font(int(1.8 * mm)), box.setup_url),
+        (_font(int(1.6 * mm)), f"image {box.version}"),
+    )
+    for font, text in lines:
+        draw.text((x, y), text, fill=0, font=font)
+        y += int(font.size * 1.35) if isinstance(font, ImageFont.FreeTypeFont) else 24
+    return label
+
+
+def save_label(box: Box, labels: Path) -> tuple[Path, Path]:
+    labels.mkdir(parents=True, exist_ok=True)
+    image = render_label(box)
+    png = labels / f"afra-{box.box_id}.png"
+    pdf = labels / f"afra-{box.box_id}.pdf"
+    image.save(png, dpi=(DPI, DPI))
+    image.convert("RGB").save(pdf, resolution=DPI)
+    new_file = not (labels / "boxes.csv").exists()
+    with (labels / "boxes.csv").open("a", encoding="utf-8", newline="") as fp:
+        writer = csv.writer(fp)
+        if new_file:
+            writer.writerow(["box_id", "image_version", "made_at"])
+        writer.writerow(
+            [box.box_id, box.version, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())]
+        )
+    return png, pdf
+
+
+def flash(
+    image: Path, target: Path, *, labels: Path, settings: Path | None = None, yes: bool = False
+) -> tuple[Box, Path, Path]:
+    version = check_image(image)
+    staged = check_settings(settings)
+    write_image(image, target, yes=yes)
+    box = new_box(version, labels)
+    provision(target, box, staged)
+    png, pdf = save_label(box, labels)
+    return box, png, pdf
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="afra-flash", description=__doc__.split("\n\n")[0])
+    parser.add_argument("image", type=Path, help="build/afra-<version>-arm64.img.xz or .img")
+    parser.add_argument("target", type=Path, help="a card's block device, or an image file")
+    parser.add_argument("--settings", type=Path, help="settings to pre-stage (settings.toml)")
+    parser.add_argument("--labels", type=Path, default=Path("build/labels"))
+    parser.add_argument("--yes", action="store_true", help="erase a disk given as TARGET")
+    args = parser.parse_args(argv)
+    try:
+        box, png, pdf = flash(
+            args.image, args.target, labels=args.labels, settings=args.settings, yes=args.yes
+        )
+    except FlashError as exc:
+        print(f"afra-flash: {exc}", file=sys.stderr)
+        return 2
+    print(f"box id:      {box.box_id} (host name afra-{box.box_id})")
+    print(f"setup code:  {box.setup_code}")
+    print(f"setup page:  {box.setup_url}")
+    print(f"label:       {png} and {pdf}")
+    print(f"written:     {args.target} ({box.version})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
