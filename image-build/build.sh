@@ -43,9 +43,10 @@ data_mib=256
 
 [ "$(id -u)" = 0 ] || { echo "make image: run as root (mmdebstrap, chroot, file ownership)" >&2; exit 1; }
 [ -x "$python" ] || { echo "make image: $python is missing (make venv)" >&2; exit 1; }
-case "$version" in
-  *[!0-9A-Za-z.+-]* | "") echo "make image: bad version '$version'" >&2; exit 1 ;;
-esac
+# A PEP 440 version: boxes install only bundles newer than what they run (by this order),
+# so an image with a version they cannot order would never take another update.
+"$python" -c 'import sys; from packaging.version import Version; Version(sys.argv[1])' \
+  "$version" 2>/dev/null || { echo "make image: '$version' is not a PEP 440 version" >&2; exit 1; }
 
 mkdir -p "$out/cache"
 log=$out/$name-build.log

@@ -478,6 +478,7 @@ def build_appliance(
         settings=config.update,
         free_bytes=spool.free_bytes,
         min_free_bytes=config.storage.min_free_mb * 2**20,
+        quiet=lambda: box.dicom.open_associations == 0,  # restart between studies
     )
     uplink.update_report = box.update_report
     if config.mdns.enabled:

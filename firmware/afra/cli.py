@@ -292,7 +292,7 @@ def cmd_selftest(config: Config, args: argparse.Namespace) -> int:
     release = running_release()
     directory = config.box.data_dir / "update"
     record = UpdateRecord(directory / "status.json", SystemClock())
-    trial = is_trial(record, release)
+    trial = is_trial(record, release, directory)
     if trial:
         print(f"first boot of {release.version} in slot {release.slot}: its trial", flush=True)
     test = SelfTest(config, units=("afra.service",) if release.image else ())
@@ -308,7 +308,9 @@ def cmd_selftest(config: Config, args: argparse.Namespace) -> int:
         for check in report.checks:
             print(f"{'ok  ' if check.ok else 'FAIL'} {check.name:<8} {check.detail}")
     if args.decide:
-        outcome = decide(report, record=record, rauc=RaucCli(), release=release)
+        outcome = decide(
+            report, record=record, rauc=RaucCli(), release=release, directory=directory
+        )
         print(f"verdict: {outcome}", flush=True)
     return 0 if report.ok else 1
 

@@ -231,7 +231,7 @@ class UpdateSettings(Section):
     retry_after: Seconds = 3600.0
     # How long the self-test waits for the box to come up, and on the first boot of an
     # update also for the hub, before it decides.
-    selftest_timeout: Seconds = 600.0
+    selftest_timeout: Seconds = 1800.0
     selftest_hub_wait: Seconds = 300.0
 
 

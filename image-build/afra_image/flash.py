@@ -92,16 +92,30 @@ def check_image(image: Path) -> str:
     return name.removeprefix("afra-").split("-arm64")[0]
 
 
-def _mounted(device: Path) -> list[str]:
-    real = str(device.resolve())
+def in_use(device: Path) -> list[str]:
+    """What holds the disk or one of its partitions: mounts, swap, or a device stacked on it
+    (LVM, LUKS, RAID), so that --yes never erases the machine's own disk."""
+    real = device.resolve()
+    name = real.name
+    sysfs = Path("/sys/class/block") / name
+    parts = {real} | {Path("/dev") / p.name for p in sysfs.glob(f"{name}*") if p.name != name}
+
+    def ours(source: str) -> bool:
+        return Path(source) in parts
+
     found = []
-    with open("/proc/mounts", encoding="utf-8") as fp:
-        for line in fp:
-            source = line.split()[0]
-            if source == real or (
-                source.startswith(real) and source[len(real) :].lstrip("p").isdigit()
-            ):
-                found.append(line.split()[1])
+    for table, what in (("/proc/mounts", "mounted at {}"), ("/proc/swaps", "swap")):
+        try:
+            lines = Path(table).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields and ours(fields[0]):
+                found.append(what.format(fields[1] if len(fields) > 1 else ""))
+    for block in [sysfs, *(sysfs / p.name for p in sysfs.glob(f"{name}*"))]:
+        for holder in sorted((block / "holders").glob("*")):
+            found.append(f"held by {holder.name} (LVM, LUKS or RAID)")
     return found
 
 
@@ -111,9 +125,9 @@ def write_image(image: Path, target: Path, *, yes: bool) -> None:
     if block:
         if not yes:
             raise FlashError(f"{target} is a disk: everything on it is erased; add --yes")
-        mounts = _mounted(target)
-        if mounts:
-            raise FlashError(f"{target} is mounted at {', '.join(mounts)}: unmount it first")
+        used = in_use(target)
+        if used:
+            raise FlashError(f"{target} is in use ({', '.join(used)}): it is not a card to erase")
     elif target.exists() and not target.is_file():
         raise FlashError(f"{target} is neither a disk nor an image file")
     flags = os.O_WRONLY | (0 if block else os.O_CREAT | os.O_TRUNC)
@@ -188,8 +202,8 @@ def check_settings(path: Path | None) -> str | None:
     return text
 
 
-def provision(target: Path, box: Box, settings: str | None) -> None:
-    """Write the box's afra/ folder onto the target's boot partition (mtools: no mount)."""
+def card_for(box: Box, settings: str | None) -> CardProvisioning:
+    """The card's afra/ folder, checked (before anything is written)."""
     card = CardProvisioning(
         box_id=box.box_id,
         setup_code_hash=hash_secret(box.setup_code.replace("-", "")),
@@ -199,6 +213,11 @@ def provision(target: Path, box: Box, settings: str | None) -> None:
         card.check()
     except ProvisioningError as exc:
         raise FlashError(str(exc)) from None
+    return card
+
+
+def provision(target: Path, card: CardProvisioning) -> None:
+    """Write the box's afra/ folder onto the target's boot partition (mtools: no mount)."""
     offset = boot_partition_offset(target)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / CARD_DIR
@@ -253,12 +272,18 @@ def render_label(box: Box) -> Image.Image:
 
 
 def save_label(box: Box, labels: Path) -> tuple[Path, Path]:
-    labels.mkdir(parents=True, exist_ok=True)
+    """The label files; readable by this user only (they carry setup codes)."""
+    labels.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(labels, 0o700)
     image = render_label(box)
     png = labels / f"afra-{box.box_id}.png"
     pdf = labels / f"afra-{box.box_id}.pdf"
-    image.save(png, dpi=(DPI, DPI))
-    image.convert("RGB").save(pdf, resolution=DPI)
+    old = os.umask(0o077)
+    try:
+        image.save(png, dpi=(DPI, DPI))
+        image.convert("RGB").save(pdf, resolution=DPI)
+    finally:
+        os.umask(old)
     new_file = not (labels / "boxes.csv").exists()
     with (labels / "boxes.csv").open("a", encoding="utf-8", newline="") as fp:
         writer = csv.writer(fp)
@@ -275,9 +300,10 @@ def flash(
 ) -> tuple[Box, Path, Path]:
     version = check_image(image)
     staged = check_settings(settings)
-    write_image(image, target, yes=yes)
     box = new_box(version, labels)
-    provision(target, box, staged)
+    card = card_for(box, staged)
+    write_image(image, target, yes=yes)
+    provision(target, card)
     png, pdf = save_label(box, labels)
     return box, png, pdf
 

@@ -43,6 +43,7 @@ from afra import __version__
 from afra_image.flash import flash
 from afra_image.qemu import Machine, free_port, prepare_disk
 from medix.hub.server import HubServer
+from medix.models import UpdateOffer
 
 TOP = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("AFRA_BUILD_DIR", TOP / "build"))
@@ -253,6 +254,17 @@ def data_set(part10: bytes) -> bytes:
     return part10[144 + group_length :]
 
 
+def publish(hub: HubServer, bundle: Path, version: str) -> UpdateOffer:
+    """The bundle stored on the hub and offered to every node by a new policy."""
+    with bundle.open("rb") as fp:
+        offer = hub.hub.add_update(
+            iter(lambda: fp.read(1 << 20), b""), version=version, compatible=COMPATIBLE,
+            limit=4 * 2**30,
+        )  # fmt: skip
+    hub.hub.publish_update(offer)
+    return offer
+
+
 def box_up(web: Web, port: int) -> bool:
     """The box answers DICOM and serves its page (the page starts a little after DICOM)."""
     return echo(port) and web.get("/login").status_code in (200, 302)
@@ -369,14 +381,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- 3. a good update from the hub ------------------------------------------------------
         t1 = time.monotonic()
-        with good.open("rb") as fp:
-            offer = hub.hub.add_update(
-                iter(lambda: fp.read(1 << 20), b""),
-                version=good_v,
-                compatible=COMPATIBLE,
-                limit=4 * 2**30,
-            )
-        hub.hub.publish_update(offer)
+        offer = publish(hub, good, good_v)
         log(f"the hub offers {good_v} ({offer.size} bytes)")
         wait_until(
             "the good update kept",
@@ -418,14 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             f"foreign bundle on the dashboard: {answer.status_code}: "
             + re.sub(r".*(The update was refused[^.]*\.).*", r"\1", _visible(answer.text))[:200]
         )
-        with foreign.open("rb") as fp:
-            offer = hub.hub.add_update(
-                iter(lambda: fp.read(1 << 20), b""),
-                version=foreign_v,
-                compatible=COMPATIBLE,
-                limit=4 * 2**30,
-            )
-        hub.hub.publish_update(offer)
+        publish(hub, foreign, foreign_v)
         state, running, message = wait_until(
             "the hub's foreign offer refused",
             600,

@@ -21,7 +21,7 @@ from afra.system.provision import (
     take_provisioning,
 )
 from afra.uplink.identity import NodeIdentity
-from afra_image.flash import FlashError, flash
+from afra_image.flash import FlashError, flash, in_use
 from afra_web.state import verify_secret
 
 MIB = 1 << 20
@@ -71,6 +71,7 @@ def test_a_card_carries_the_box_id_and_only_the_hash_of_its_setup_code(
     assert (
         box.setup_code.encode() not in raw and box.setup_code.replace("-", "").encode() not in raw
     )
+    assert png.stat().st_mode & 0o077 == 0 and pdf.stat().st_mode & 0o077 == 0  # setup codes
     with Image.open(png) as label:
         assert label.size == (732, 472)  # 62 x 40 mm at 300 dpi
     assert pdf.read_bytes().startswith(b"%PDF")
@@ -91,6 +92,20 @@ def test_pre_staged_settings_go_onto_the_card_only_when_they_are_valid(
     with pytest.raises(FlashError, match=r"dicom\.port"):
         flash(image, tmp_path / "b.img", labels=tmp_path / "labels", settings=bad)
     assert not (tmp_path / "b.img").exists()  # nothing written for a bad settings file
+
+
+def test_the_machines_own_disk_is_seen_as_in_use() -> None:
+    """Read only: the disk holding / is reported, so --yes would be refused on it."""
+    root = next(
+        line.split()[0]
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if line.split()[1] == "/" and line.startswith("/dev/")
+    )
+    disk = Path(root).resolve()
+    whole = Path("/sys/class/block") / disk.name / "partition"
+    if whole.exists():  # a partition: its disk is the parent in sysfs
+        disk = Path("/dev") / (Path("/sys/class/block") / disk.name).resolve().parent.name
+    assert any("mounted at /" in reason for reason in in_use(disk))
 
 
 def test_a_disk_is_never_erased_without_yes(image: Path, tmp_path: Path) -> None:

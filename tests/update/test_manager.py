@@ -125,8 +125,20 @@ def test_a_download_cut_off_is_resumed_where_it_stopped(
     incoming = box.spool.root / "update/incoming"
     incoming.mkdir(parents=True)
     (incoming / f"{sha}.raucb.part").write_bytes(data[: len(data) // 2])
+    (incoming / f"{'0' * 64}.raucb.part").write_bytes(b"an offer the hub has replaced")
+    fetched: list[int] = []
+    assert box.hub is not None
+    download = box.hub.download
+
+    def counting(path: str, dest: Path, **kw: Any) -> None:
+        progress = kw.pop("progress")
+        download(path, dest, progress=lambda done: (fetched.append(done), progress(done)), **kw)
+
+    box.hub.download = counting  # type: ignore[method-assign]
     assert box.updates is not None and box.updates.poll_once()
     assert rauc.installed == [data]
+    assert fetched and min(fetched) > len(data) // 2  # only the second half travelled
+    assert not (incoming / f"{'0' * 64}.raucb.part").exists()
 
 
 def test_a_bundle_signed_with_another_key_is_refused_and_never_fetched_again(
@@ -142,6 +154,10 @@ def test_a_bundle_signed_with_another_key_is_refused_and_never_fetched_again(
     assert not [c for c in rauc.calls if c[0] in ("install", "reboot")]
     assert box.health.state != "updating"
     assert not box.updates.poll_once()  # the same bundle is not tried again by itself
+    # ...nor after something else was tried in between (the record's history remembers).
+    path = box.updates.receive([bundles["older"].read_bytes()], None)
+    assert box.updates.accept_upload(path).state == "refused"
+    assert not box.updates.poll_once()
 
 
 @pytest.mark.parametrize(
@@ -208,6 +224,60 @@ def test_an_install_cut_off_by_a_power_loss_is_reported_as_failed(
     again.updates.recover()
     assert again.updates.status.state == "failed"
     assert "interrupted by a restart" in again.updates.status.message
+
+
+def test_the_restart_waits_until_no_study_is_arriving(
+    make: BoxMaker, bundles: dict[str, Path], clock: FakeClock
+) -> None:
+    box, rauc = make()
+    assert box.updates is not None
+    arriving = iter([True, True, False])
+    box.updates.quiet = lambda: not next(arriving)
+    path = box.updates.receive([bundles["good"].read_bytes()], None)
+    box.updates.accept_upload(path)
+    assert box.updates._writer is not None
+    box.updates._writer.join(timeout=30)
+    assert rauc.calls[-1] == ("reboot",)
+    assert next(arriving, "spent") == "spent"  # asked until the associations had ended
+
+
+def test_a_restart_that_never_happened_is_asked_for_again(
+    make: BoxMaker, bundles: dict[str, Path]
+) -> None:
+    box, _rauc = make()
+    assert box.updates is not None
+    box.updates.boot_id = lambda: "boot-1"
+    path = box.updates.receive([bundles["good"].read_bytes()], None)
+    box.updates.accept_upload(path)
+    assert box.updates._writer is not None
+    box.updates._writer.join(timeout=30)
+    assert box.updates.status.state == "rebooting" and box.updates.status.boot_id == "boot-1"
+    again, rauc_again = make()  # afra restarted; the machine did not
+    assert again.updates is not None
+    again.updates.boot_id = lambda: "boot-1"
+    again.updates.recover()
+    assert rauc_again.calls == [("reboot",)]
+    after_reboot, rauc_later = make()
+    assert after_reboot.updates is not None
+    after_reboot.updates.boot_id = lambda: "boot-2"
+    after_reboot.updates.recover()
+    assert rauc_later.calls == []  # the self-test of that boot decides, not afra run
+
+
+def test_an_offer_larger_than_the_box_takes_is_not_fetched(
+    hub: HubServer, make: BoxMaker, bundles: dict[str, Path]
+) -> None:
+    box, rauc = make(hub)
+    offer(hub, bundles["good"], "1.1.0")
+    box.uplink.heartbeat()
+    assert box.updates is not None
+    box.updates.settings = box.updates.settings.model_copy(update={"max_bundle_mb": 16})
+    huge = box.policy.current.update
+    assert huge is not None
+    box.policy._policy = box.policy.current.model_copy(
+        update={"update": huge.model_copy(update={"size": 17 * 2**20})}
+    )
+    assert not box.updates.poll_once() and rauc.calls == []
 
 
 def test_on_a_development_machine_there_are_no_updates(tmp_path: Path, clock: FakeClock) -> None:

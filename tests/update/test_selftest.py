@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,9 @@ from afra.app import Appliance, build_appliance
 from afra.clock import SystemClock
 from afra.store.index import SELFTEST_UID_PREFIX
 from afra.system.release import Release
+from afra.update.rauc import UpdateError
 from afra.update.selftest import Check as SelfCheck
-from afra.update.selftest import Report, SelfTest, decide
+from afra.update.selftest import Report, SelfTest, confirmed_slot, decide
 from afra.update.status import UpdateRecord
 from afra_web.server import start_web
 from tests.conftest import make_config
@@ -90,18 +92,56 @@ def test_a_box_whose_dicom_service_is_down_fails_echo_and_store(
     assert not report.ok
 
 
-def test_a_unit_that_is_not_active_fails_the_service_check(running: tuple[Appliance, Any]) -> None:
+def test_a_unit_in_a_crash_loop_fails_at_once_and_one_still_starting_is_waited_for(
+    running: tuple[Appliance, Any],
+) -> None:
     box, web = running
-    test = SelfTest(
-        box.config,
-        units=("afra.service",),
-        unit_state=lambda unit: "failed",
-        dicom_port=box.dicom.port,
-        web_port=web.port,
-        sleep=lambda s: None,
+    states = iter(["activating (start, 0 restarts)", "activating (start, 0 restarts)", "active"])
+    clock = iter(range(1000))
+
+    def test(unit_state: Any) -> SelfTest:
+        return SelfTest(
+            box.config,
+            units=("afra.service",),
+            unit_state=unit_state,
+            dicom_port=box.dicom.port,
+            web_port=web.port,
+            sleep=lambda s: None,
+            monotonic=lambda: float(next(clock)),
+        )
+
+    looping = test(lambda unit: "activating (auto-restart, 3 restarts)").run(
+        timeout=900, hub_wait=0
     )
-    report = test.run(timeout=0, hub_wait=0)
-    assert report.failures[0] == SelfCheck("service", False, "afra.service is failed")
+    first = looping.checks[0]
+    assert (first.ok, first.final) == (False, True)  # no 15 minutes of waiting for a crash loop
+    assert first.detail == "afra.service is activating (auto-restart, 3 restarts)"
+    starting = test(lambda unit: next(states)).run(timeout=900, hub_wait=0)
+    assert starting.checks[0].ok  # a slow start (a large spool to check) is waited for
+
+
+def test_a_box_at_its_storage_floor_refuses_the_test_object_and_that_is_no_fault(
+    tmp_path: Path,
+) -> None:
+    config = make_config(
+        tmp_path / "full",
+        storage={"min_free_mb": 2**40},  # more than any disk: the box is at its floor
+        web={"enabled": False},
+    )
+    box = build_appliance(config, clock=SystemClock())
+    box.start()
+    try:
+        assert box.monitor is not None
+        box.monitor.run_once()
+        box.health.set("booting", False)
+        box.monitor.write_status(force=True)
+        report = SelfTest(config, units=(), dicom_port=box.dicom.port, sleep=lambda s: None).run(
+            timeout=30, hub_wait=0
+        )
+    finally:
+        box.close()
+    store = next(c for c in report.checks if c.name == "store")
+    assert store.ok and "floor" in store.detail
 
 
 def test_a_self_test_object_left_by_a_crash_is_never_completed_and_is_removed_next_time(
@@ -167,9 +207,10 @@ def _release(slot: str | None) -> Release:
 def test_an_update_that_passes_its_trial_is_kept(tmp_path: Path) -> None:
     record, rauc = _record(tmp_path, "rebooting", "B"), FakeRauc(booted="B")
     assert decide(_report(True), record=record, rauc=rauc, release=_release("B")) == "kept"
-    assert rauc.calls == [("mark", "good", "booted")]
+    assert rauc.calls == [("mark", "active", "booted")]  # first in line, and good
     assert record.current.state == "kept"
     assert json.loads((tmp_path / "status.json").read_text())["state"] == "kept"
+    assert confirmed_slot(tmp_path) == "B"
 
 
 def test_an_update_that_fails_its_trial_is_marked_bad_and_the_box_restarts(
@@ -187,15 +228,37 @@ def test_a_boot_on_the_old_slot_while_the_new_one_waits_means_it_never_came_up(
 ) -> None:
     record, rauc = _record(tmp_path, "rebooting", "B"), FakeRauc(booted="A")
     assert decide(_report(True), record=record, rauc=rauc, release=_release("A")) == "rolled_back"
-    assert rauc.calls == [("mark", "good", "booted")]
-    assert "did not start" in record.current.message
+    assert rauc.calls == [("mark", "active", "booted")]  # A first again: B never comes back
+    assert "did not pass its first start" in record.current.message
 
 
 def test_an_ordinary_boot_that_fails_keeps_its_slot(tmp_path: Path) -> None:
     record, rauc = _record(tmp_path, "kept", "B"), FakeRauc(booted="B")
     assert decide(_report(False), record=record, rauc=rauc, release=_release("B")) == "fail"
-    assert rauc.calls == [("mark", "good", "booted")]  # no reboot: it would not mend it
+    assert rauc.calls == [("mark", "active", "booted")]  # no reboot: it would not mend it
     assert record.current.state == "kept"
+
+
+def test_a_slot_the_box_never_kept_is_on_trial_even_without_a_record(tmp_path: Path) -> None:
+    """An install that finished after the box's process died, or U-Boot going back to a slot
+    whose rollback was cut off: whatever the record says, that slot must earn its place."""
+    (tmp_path / "confirmed-slot").write_text("A\n")
+    record, rauc = _record(tmp_path, "kept", "A"), FakeRauc(booted="B")
+    assert decide(_report(False), record=record, rauc=rauc, release=_release("B")) == "rolled_back"
+    assert rauc.calls == [("mark", "bad", "booted"), ("reboot",)]
+    assert confirmed_slot(tmp_path) == "A"
+
+
+def test_a_rollback_that_cannot_mark_the_slot_bad_leaves_it_to_the_guard(tmp_path: Path) -> None:
+    class Refusing(FakeRauc):
+        def mark(self, verdict: str, slot: str = "booted") -> None:
+            raise UpdateError("rauc status mark-bad booted failed: no D-Bus")
+
+    record = _record(tmp_path, "rebooting", "B")
+    with pytest.raises(UpdateError):
+        decide(_report(False), record=record, rauc=Refusing(booted="B"), release=_release("B"))
+    # Still on trial: afra-selftest.service fails, and the shell guard marks bad and reboots.
+    assert record.current.state == "trial"
 
 
 def test_outside_an_image_nothing_is_marked(tmp_path: Path) -> None:
@@ -209,7 +272,8 @@ def test_outside_an_image_nothing_is_marked(tmp_path: Path) -> None:
 
 @pytest.fixture
 def guard(tmp_path: Path) -> Any:
-    """The real trial-guard script, with stand-ins for rauc and systemctl that record calls."""
+    """The real trial-guard script, with stand-ins for rauc and systemctl that record calls,
+    and the update record written by UpdateRecord itself."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls"
@@ -218,17 +282,21 @@ def guard(tmp_path: Path) -> Any:
         tool.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n')
         tool.chmod(0o755)
 
-    def run(record: dict[str, Any] | None, cmdline: str) -> list[str]:
-        status = tmp_path / "status.json"
-        status.unlink(missing_ok=True)
-        if record is not None:
-            status.write_text(json.dumps(record, indent=2))
+    def run(state: str | None, slot: str, cmdline: str, confirmed: str = "") -> list[str]:
+        box = tmp_path / "box"
+        shutil.rmtree(box, ignore_errors=True)
+        box.mkdir()
+        if state is not None:
+            _record(box, state, slot)
+        if confirmed:
+            (box / "confirmed-slot").write_text(confirmed + "\n")
         (tmp_path / "cmdline").write_text(cmdline)
         calls.write_text("")
         env = {
             **os.environ,
             "PATH": f"{bin_dir}:{os.environ['PATH']}",
-            "AFRA_RECORD": str(status),
+            "AFRA_RECORD": str(box / "status.json"),
+            "AFRA_CONFIRMED": str(box / "confirmed-slot"),
             "AFRA_CMDLINE": str(tmp_path / "cmdline"),
         }
         subprocess.run(
@@ -240,14 +308,15 @@ def guard(tmp_path: Path) -> Any:
 
 
 def test_the_guard_rolls_back_a_trial_whose_self_test_crashed(guard: Any) -> None:
-    calls = guard({"state": "trial", "slot": "B"}, "root=PARTUUID=x rauc.slot=B panic=10")
+    calls = guard("rebooting", "B", "root=PARTUUID=x rauc.slot=B panic=10")
     assert calls == ["rauc status mark-bad booted", "systemctl reboot"]
+    assert guard(None, "", "rauc.slot=B", confirmed="A") == calls  # a slot never kept
 
 
 def test_the_guard_leaves_an_ordinary_boot_alone(guard: Any) -> None:
-    assert guard({"state": "kept", "slot": "B"}, "rauc.slot=B") == []
-    assert guard({"state": "rebooting", "slot": "B"}, "rauc.slot=A") == []  # the old slot
-    assert guard(None, "rauc.slot=B") == []
+    assert guard("kept", "B", "rauc.slot=B", confirmed="B") == []
+    assert guard("rebooting", "B", "rauc.slot=A", confirmed="A") == []  # the old slot
+    assert guard(None, "", "rauc.slot=B") == []
 
 
 def test_the_running_box_sees_the_verdict_the_self_test_wrote(tmp_path: Path) -> None:

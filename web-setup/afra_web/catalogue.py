@@ -430,7 +430,7 @@ PERSIAN: dict[str, str] = {
     "diagnostics downloaded": "بستهٔ عیب‌یابی دریافت شد",
     # -- system update (settings)
     "System update": "به‌روزرسانی سامانه",
-    "Running": "نسخهٔ در حال اجرا",
+    "Running": "نسخه",
     "system {slot}": "سامانهٔ {slot}",
     "Last update": "آخرین به‌روزرسانی",
     "Details": "جزئیات",
@@ -440,13 +440,13 @@ PERSIAN: dict[str, str] = {
     "Update file": "فایل به‌روزرسانی",
     "Install the update": "نصب به‌روزرسانی",
     "An update from the hub is installed by itself. Here you can install an update file (.raucb) from the AFRA support desk: the box checks its signature, installs it next to the running system, restarts into it and keeps it only if it passes its self-test. Studies on the box are never touched.": (
-        "به‌روزرسانی‌ای که از هاب برسد خودکار نصب می‌شود. اینجا می‌توانید فایل به‌روزرسانی (.raucb) را که پشتیبانی AFRA داده است نصب کنید: دستگاه امضای آن را بررسی می‌کند، آن را کنار سامانهٔ در حال اجرا نصب می‌کند، با آن راه‌اندازی دوباره می‌شود و فقط اگر از خودآزمایی سربلند بیرون بیاید نگهش می‌دارد. به مطالعه‌های روی دستگاه هرگز دست زده نمی‌شود."
+        "به‌روزرسانی‌ای که از هاب برسد خودکار نصب می‌شود. اینجا می‌توانید فایل به‌روزرسانی (⁦.raucb⁩) را که پشتیبانی AFRA داده است نصب کنید: دستگاه امضای آن را بررسی می‌کند، آن را کنار سامانهٔ در حال اجرا نصب می‌کند، با آن راه‌اندازی دوباره می‌شود و فقط اگر از خودآزمایی سربلند بیرون بیاید نگهش می‌دارد. به مطالعه‌های روی دستگاه هرگز دست زده نمی‌شود."
     ),
     "Updates are installed on an AFRA box; this one runs from a development checkout.": (
         "به‌روزرسانی روی دستگاه AFRA نصب می‌شود؛ این نسخه از کد توسعه اجرا می‌شود."
     ),
     "An update is already under way.": "یک به‌روزرسانی هم‌اکنون در جریان است.",
-    "Choose the update file (it ends in .raucb).": "فایل به‌روزرسانی را انتخاب کنید (پسوند آن .raucb است).",
+    "Choose the update file (it ends in .raucb).": "فایل به‌روزرسانی را انتخاب کنید (پسوند آن ⁦.raucb⁩ است).",
     "The file was not taken: {why}": "فایل پذیرفته نشد: {why}",
     "The update was refused: {why}": "به‌روزرسانی رد شد: {why}",
     "The update was checked and is being installed. The box restarts when it is done; this page shows how it goes.": (

@@ -21,6 +21,7 @@ from flask import (
     request,
     url_for,
 )
+from markupsafe import Markup, escape
 
 from afra.medis.codes import format_code
 from afra.medis.slip import render_slip
@@ -51,15 +52,18 @@ UPDATE_PHASES: dict[str, Msg] = {
 }
 
 
-def update_phase(info: dict[str, Any]) -> Msg:
+def update_phase(info: dict[str, Any]) -> Markup:
+    """The phase in the page's language, its versions isolated left-to-right (so a version
+    such as 1.2.0+b1 reads as it is inside Persian text)."""
     phase = UPDATE_PHASES.get(str(info.get("state")), UPDATE_PHASES["idle"])
-    return Msg(
-        phase.text,
-        {
-            "version": info.get("target") or "?",
-            "previous": info.get("previous") or "?",
-            "progress": info.get("progress", 0),
-        },
+
+    def ltr(value: object) -> Markup:
+        return Markup('<bdi dir="ltr" class="nowrap">%s</bdi>') % value
+
+    return escape(translate(phase.text)).format(
+        version=ltr(info.get("target") or "?"),
+        previous=ltr(info.get("previous") or "?"),
+        progress=int(info.get("progress", 0) or 0),
     )
 
 
@@ -284,7 +288,9 @@ def upload_update() -> Any:
     assert upload is not None
     name = (upload.filename or "")[:100]
     try:
-        path = updates.receive(iter(lambda: upload.stream.read(UPLOAD_CHUNK), b""), None)
+        # The body's length bounds the file's: the free-space check needs no more room.
+        chunks = iter(lambda: upload.stream.read(UPLOAD_CHUNK), b"")
+        path = updates.receive(chunks, request.content_length)
         after = updates.accept_upload(path)
     except (UploadRejected, UpdateBusy) as exc:
         web.record("update refused", detail=f"{name}: {exc}")

@@ -628,6 +628,11 @@ class Acceptor:
             raise RuntimeError("DICOM service is not running")
         return int(self._listener.getsockname()[1])
 
+    @property
+    def open_associations(self) -> int:
+        with self._lock:
+            return self._active
+
     def admit(self) -> bool:
         with self._lock:
             if self._active >= self.settings.max_associations:

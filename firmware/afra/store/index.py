@@ -235,12 +235,17 @@ SQL_DELIVERED_SINCE = """
 SELECT delivered_at, bytes FROM studies WHERE state = 'delivered' AND delivered_at >= ?
 """
 SQL_SELFTEST_PATHS = """
-SELECT i.path FROM instances i JOIN studies s ON s.id = i.study_id WHERE s.study_uid LIKE ?
+SELECT i.path FROM instances i JOIN studies s ON s.id = i.study_id
+WHERE s.study_uid LIKE ? AND i.calling_ae = ?
 """
 SQL_DELETE_SELFTEST_INSTANCES = """
-DELETE FROM instances WHERE study_id IN (SELECT id FROM studies WHERE study_uid LIKE ?)
+DELETE FROM instances
+WHERE calling_ae = ? AND study_id IN (SELECT id FROM studies WHERE study_uid LIKE ?)
 """
-SQL_DELETE_SELFTEST_STUDIES = "DELETE FROM studies WHERE study_uid LIKE ?"
+SQL_DELETE_SELFTEST_STUDIES = """
+DELETE FROM studies WHERE study_uid LIKE ?
+AND NOT EXISTS (SELECT 1 FROM instances WHERE instances.study_id = studies.id)
+"""
 SQL_LIST_CONFLICTS = """
 SELECT id, sop_instance_uid, path, size, received_at, calling_ae FROM conflicts ORDER BY id
 """
@@ -634,11 +639,13 @@ class Index(SqliteStore):
         with self._lock:
             return [int(r[0]) for r in self._db.execute(SQL_PURGEABLE, (delivered_before,))]
 
-    def remove_selftest(self) -> list[str]:
-        """Forget every self-test object (SELFTEST_UID_PREFIX); their paths, for the spool."""
+    def remove_selftest(self, calling_ae: str) -> list[str]:
+        """Forget the self-test's objects (SELFTEST_UID_PREFIX, sent by `calling_ae`: nothing
+        another sender stored under that prefix is touched); their paths, for the spool."""
         with self._transaction() as db:
-            paths = [str(r[0]) for r in db.execute(SQL_SELFTEST_PATHS, (SELFTEST_LIKE,))]
-            db.execute(SQL_DELETE_SELFTEST_INSTANCES, (SELFTEST_LIKE,))
+            found = db.execute(SQL_SELFTEST_PATHS, (SELFTEST_LIKE, calling_ae))
+            paths = [str(r[0]) for r in found]
+            db.execute(SQL_DELETE_SELFTEST_INSTANCES, (calling_ae, SELFTEST_LIKE))
             db.execute(SQL_DELETE_SELFTEST_STUDIES, (SELFTEST_LIKE,))
         return paths
 

@@ -37,11 +37,21 @@ from afra.update.rauc import BundleInfo, BundleRefused, InstallFailed, Rauc, Upd
 from afra.update.status import UpdateRecord, UpdateStatus
 from afra.uplink.client import HubClient, HubError
 from afra.uplink.policy import PolicyStore
+from medix.hub.ca import write_stream
 from medix.models import UpdateOffer
 
 LOG = logging.getLogger("afra.update")
 
 CHUNK = 1 << 20
+QUIET_WAIT_S = 900.0
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def _boot_id() -> str:
+    try:
+        return BOOT_ID.read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
 
 
 class UpdateBusy(AfraError, RuntimeError):
@@ -74,6 +84,8 @@ class UpdateManager:
         settings: UpdateSettings | None = None,
         free_bytes: Callable[[], int] | None = None,
         min_free_bytes: int = 0,
+        quiet: Callable[[], bool] | None = None,
+        boot_id: Callable[[], str] | None = None,
     ) -> None:
         self.directory = directory
         self.incoming = directory / "incoming"
@@ -92,6 +104,9 @@ class UpdateManager:
         self._thread: threading.Thread | None = None
         self._last_failure: tuple[str, float] | None = None  # (sha256, monotonic)
         self._writer: threading.Thread | None = None  # an accepted upload being written
+        self._said = ""  # the offer last reported as unusable (said once, not every minute)
+        self.quiet = quiet or (lambda: True)
+        self.boot_id = boot_id or _boot_id
 
     @property
     def status(self) -> UpdateStatus:
@@ -109,6 +124,16 @@ class UpdateManager:
         status = self.status
         if status.state in ("downloading", "checking", "installing"):
             self.record.move("failed", message=f"interrupted by a restart while {status.state}")
+        elif status.state == "rebooting" and status.boot_id and status.boot_id == self.boot_id():
+            # Installed, but the restart never happened (refused, or this process was
+            # restarted before it): restart now, the new slot's first boot decides.
+            LOG.warning(
+                "update %s is installed but the box did not restart: restarting", status.version
+            )
+            try:
+                self.rauc.reboot()
+            except UpdateError as exc:
+                LOG.error("the box could not restart into %s: %s", status.version, exc)
         self._clean_incoming(keep_partial=True)
 
     def _clean_incoming(self, *, keep_partial: bool) -> None:
@@ -126,20 +151,29 @@ class UpdateManager:
         if offer is None or not self.settings.from_hub or not self.available:
             return False
         if offer.compatible != self.release.compatible:
+            self._say_once(offer, f"update {offer.version} is for {offer.compatible}, not this box")
             return False
         if not newer(offer.version, self.release.version):
             return False
         status = self.status
         if status.busy:
             return False
-        if status.sha256 == offer.sha256 and status.state in ("refused", "rolled_back"):
+        if status.failed_before(offer.sha256):
             return False  # this very bundle failed here once: never again by itself
+        if offer.size > self.settings.max_bundle_mb * 2**20:
+            self._say_once(offer, f"update {offer.version} is larger than update.max_bundle_mb")
+            return False
         failure = self._last_failure
         return not (
             failure is not None
             and failure[0] == offer.sha256
             and self.clock.monotonic() - failure[1] < self.settings.retry_after
         )
+
+    def _say_once(self, offer: UpdateOffer, text: str) -> None:
+        if self._said != offer.sha256:
+            self._said = offer.sha256
+            LOG.warning("%s: not installed", text)
 
     def poll_once(self) -> bool:
         """Install the policy's offer when it is wanted; whether an attempt was made."""
@@ -173,6 +207,9 @@ class UpdateManager:
     def _fetch(self, client: HubClient, offer: UpdateOffer) -> Path:
         self.incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
         part = self.incoming / f"{offer.sha256}.raucb.part"
+        for stale in self.incoming.glob("*.part"):
+            if stale != part:  # a download of an offer the hub has since replaced
+                stale.unlink(missing_ok=True)
         have = part.stat().st_size if part.exists() else 0
         if have > offer.size:
             part.unlink()
@@ -213,19 +250,12 @@ class UpdateManager:
             raise UploadRejected("there is not enough free space for the file")
         self.incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.incoming / f"upload-{secrets.token_hex(8)}.raucb"
-        size = 0
-        try:
-            with path.open("wb") as fp:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > limit:
-                        raise UploadRejected(f"the file is larger than {limit // 2**20} MiB")
-                    fp.write(chunk)
-                fp.flush()
-                os.fsync(fp.fileno())
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
+        size, _sha256 = write_stream(
+            path,
+            chunks,
+            limit=limit,
+            too_large=lambda: UploadRejected(f"the file is larger than {limit // 2**20} MiB"),
+        )
         if size == 0:
             path.unlink()
             raise UploadRejected("the file is empty")
@@ -304,14 +334,26 @@ class UpdateManager:
             return self.record.move("failed", message=f"installing failed: {exc}")
         finally:
             path.unlink(missing_ok=True)
+        self._wait_quiet()
         status = self.record.move(
-            "rebooting", progress=100, message=f"restarting into {info.version} (slot {other})"
+            "rebooting",
+            progress=100,
+            message=f"restarting into {info.version} (slot {other})",
+            boot_id=self.boot_id(),
         )
         try:
             self.rauc.reboot()
         except UpdateError as exc:
             LOG.error("the update is installed but the box could not restart: %s", exc)
         return status
+
+    def _wait_quiet(self) -> None:
+        """Restart between studies: wait (up to QUIET_WAIT_S) until no association is open."""
+        deadline = self.clock.monotonic() + QUIET_WAIT_S
+        while not self.quiet() and self.clock.monotonic() < deadline:
+            self._progress(100, "installed; restarting once the studies arriving now are in")
+            if self.clock.sleep(5.0, self._stop):
+                return
 
     def _progress(self, progress: int, message: str) -> None:
         self.record.note_progress(progress, message)

@@ -225,7 +225,7 @@ class RaucCli:
             raise UpdateError(f"rauc status gave no readable answer: {exc}") from None
 
     def mark(self, verdict: str, slot: str = "booted") -> None:
-        if verdict not in ("good", "bad"):
+        if verdict not in ("good", "bad", "active"):
             raise ValueError(verdict)
         try:
             done = self._run([*self._base(), "status", f"mark-{verdict}", slot])

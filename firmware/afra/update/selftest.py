@@ -15,12 +15,15 @@ The checks, each against the real running box, from outside its process:
   hub      when the box is enrolled: a heartbeat to the hub over the node's mutual TLS
 
 The verdict (`--decide`, run by afra-selftest.service at every boot) continues the update
-record (afra.update.status): the first boot of a newly installed slot is its trial. Pass:
-`rauc status mark-good`, the update is kept. Fail: `rauc status mark-bad` and a reboot into
-the previous slot, the update is rolled back. A boot on the old slot while the record waits
-for the new one means the new one never came up (U-Boot ran out of attempts): rolled back.
-On every other boot a pass marks the slot good again; a failure is reported but the slot is
-kept, since rebooting into the other slot would not mend what broke.
+record (afra.update.status). A boot is a trial when it is the first of a newly installed
+slot, or of any slot other than the one the box last kept (`confirmed-slot`: an install that
+finished after its process died, a slot U-Boot went back to after a rollback was cut off).
+Pass: `rauc status mark-active` (first in line, and good), the update is kept. Fail:
+`mark-bad` (a failure to mark raises, so the unit fails and the shell trial guard acts), then
+a reboot into the other slot. A boot on the old slot while the record waits for the new one
+means the new one never passed its first start: rolled back. Every other boot marks its slot
+active again, pass or fail: a failure is reported, but rebooting into the other slot would not
+mend what broke.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -56,6 +61,7 @@ from afra.uplink.identity import NodeIdentity
 LOG = logging.getLogger("afra.update")
 
 REPORT_FILE = "selftest.json"
+OUT_OF_RESOURCES = 0xA700
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    final: bool = False  # a failure that waiting will not mend (a unit in a crash loop)
 
 
 @dataclass
@@ -88,15 +95,39 @@ class Report:
         }
 
 
+CRASH_LOOP = 3  # restarts after which a unit that is not up counts as failed at once
+
+
 def unit_state(unit: str) -> str:
-    """`systemctl is-active UNIT` ("active", "activating", "failed", ...)."""
+    """The unit's state as systemd has it: "active", "activating (start)", "activating
+    (auto-restart, 3 restarts)", "failed (failed, 5 restarts)", ..."""
     try:
         done = subprocess.run(
-            ["systemctl", "is-active", unit], capture_output=True, text=True, timeout=30
-        )
+            ["systemctl", "show", "-p", "ActiveState", "-p", "SubState", "-p", "NRestarts",
+             "--value", unit],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc})"
-    return done.stdout.strip() or "unknown"
+    lines = done.stdout.split()
+    if len(lines) != 3:
+        return "unknown"
+    active, sub, restarts = lines
+    if active == "active":
+        return "active"
+    return f"{active} ({sub}, {restarts} restarts)"
+
+
+def _restarts(state: str) -> int:
+    found = re.search(r"(\d+) restarts\)$", state)
+    return int(found.group(1)) if found else 0
+
+
+def _reason(exc: Exception) -> str:
+    """An exception as a short reason (a refused connection is not worth a traceback)."""
+    if isinstance(exc, ConnectionRefusedError | requests.ConnectionError):
+        return "connection refused: nothing listens there"
+    return f"{exc.__class__.__name__}: {exc}"[:200]
 
 
 def _test_object(path: Path) -> tuple[str, str, int]:
@@ -164,8 +195,9 @@ class SelfTest:
                 check = attempt()
             except Exception as exc:  # a check that raises has failed, with the reason
                 LOG.debug("self-test attempt raised", exc_info=True)
-                check = Check(getattr(attempt, "__name__", "check").lstrip("_"), False, str(exc))
-            if check.ok or self.monotonic() >= deadline:
+                name = getattr(attempt, "__name__", "check").lstrip("_")
+                check = Check(name, False, _reason(exc))
+            if check.ok or check.final or self.monotonic() >= deadline:
                 return check
             self.sleep(2.0)
 
@@ -173,7 +205,8 @@ class SelfTest:
         for unit in self.units:
             state = self.unit_state(unit)
             if state != "active":
-                return Check("service", False, f"{unit} is {state}")
+                final = _restarts(state) >= CRASH_LOOP
+                return Check("service", False, f"{unit} is {state}", final=final)
         doc = read_status(self.data_dir)
         if doc is None:
             return Check("service", False, f"no {STATUS_FILE} in {self.data_dir}")
@@ -231,6 +264,10 @@ class SelfTest:
                 finally:
                     assoc.release()
                 code = getattr(status, "Status", None)
+                if code == OUT_OF_RESOURCES and self._below_floor():
+                    # The box refuses studies at its storage floor and says so in its health:
+                    # that is the disk's state, not a fault of this system.
+                    return Check("store", True, "refused: the disk is at its floor (as it must)")
                 if code != 0:
                     return Check("store", False, f"C-STORE status {code}")
                 stored = index.find_instance(instance)
@@ -244,10 +281,14 @@ class SelfTest:
             self.remove_test_objects(index, spool)
             index.close()
 
+    def _below_floor(self) -> bool:
+        floor = self.config.storage.min_free_mb * 2**20
+        return floor > 0 and shutil.disk_usage(self.data_dir).free < floor
+
     @staticmethod
     def remove_test_objects(index: Index, spool: Spool) -> int:
         """Remove every self-test object (this run's, and any a crash left behind)."""
-        paths = index.remove_selftest()
+        paths = index.remove_selftest(SELFTEST_AE)
         for rel in paths:
             path = spool.absolute(rel)
             path.unlink(missing_ok=True)
@@ -323,46 +364,94 @@ def read_report(directory: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def is_trial(record: UpdateRecord, release: Release) -> bool:
-    """Whether this boot is the first of a newly installed slot."""
-    status = record.current
-    return status.state in ("rebooting", "trial") and release.slot == status.slot
+CONFIRMED_FILE = "confirmed-slot"
 
 
-def decide(report: Report, *, record: UpdateRecord, rauc: Rauc, release: Release) -> str:
-    """Keep or roll back after an update; mark the slot good on an ordinary boot."""
-    status = record.current
+def confirmed_slot(directory: Path) -> str | None:
+    """The slot the box last kept (a passing self-test, or the boot it came with)."""
+    try:
+        slot = (directory / CONFIRMED_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return slot or None
+
+
+def _confirm(directory: Path, slot: str) -> None:
+    if confirmed_slot(directory) != slot:
+        from medix.hub.ca import write_public
+
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_public(directory / CONFIRMED_FILE, f"{slot}\n".encode("ascii"))
+
+
+def is_trial(record: UpdateRecord, release: Release, directory: Path | None = None) -> bool:
+    """Whether this boot must earn its slot: the first boot of a newly installed slot, or any
+    boot of a slot other than the one the box last kept (an install that finished after its
+    process died, a slot U-Boot went back to after a rollback was cut short)."""
     if release.slot is None:
+        return False
+    status = record.current
+    if status.state in ("rebooting", "trial") and release.slot == status.slot:
+        return True
+    kept = confirmed_slot(directory) if directory is not None else None
+    return kept is not None and kept != release.slot
+
+
+def decide(
+    report: Report,
+    *,
+    record: UpdateRecord,
+    rauc: Rauc,
+    release: Release,
+    directory: Path | None = None,
+) -> str:
+    """Keep or roll back a slot on trial; on an ordinary boot keep the slot as the one to
+    start. Marking a trial's slot bad raises when RAUC fails: the unit then fails and the
+    trial guard rolls back by shell (a record saying "rolled back" while the broken slot
+    stays first in line would be worse)."""
+    status = record.current
+    slot = release.slot
+    if slot is None:
         return "pass" if report.ok else "fail"  # not an A/B image: nothing to mark
-    if status.state in ("rebooting", "trial") and release.slot != status.slot:
+    directory = directory or record.path.parent
+    came_back = status.state in ("rebooting", "trial") and slot != status.slot
+    if came_back:
         record.move(
             "rolled_back",
             message=(
-                f"the updated system (slot {status.slot}) did not start; "
-                f"the box runs {release.version} from slot {release.slot}"
+                f"the updated system (slot {status.slot}) did not pass its first start; "
+                f"the box runs {release.version} from slot {slot}"
             ),
         )
-        _mark(rauc, "good")
-        return "rolled_back"
-    if status.state in ("rebooting", "trial"):
-        if status.state == "rebooting":
+    if is_trial(record, release, directory):
+        if record.current.state == "rebooting":
             record.move("trial")
         if report.ok:
-            _mark(rauc, "good")
-            record.move("kept", message=f"{release.version} passed its self-test")
+            _mark(rauc, "active")  # this slot first, and good
+            _confirm(directory, slot)
+            if record.current.state == "trial":
+                record.move("kept", message=f"{release.version} passed its self-test")
             return "kept"
         why = "; ".join(f"{c.name}: {c.detail}" for c in report.failures)
-        record.move(
-            "rolled_back",
-            message=(
-                f"{release.version} failed its self-test ({why}); "
-                f"returning to {status.from_version or 'the previous system'}"
-            ),
-        )
-        _mark(rauc, "bad")
+        rauc.mark("bad")  # raises on failure: see above
+        if record.current.state == "trial":
+            record.move(
+                "rolled_back",
+                message=(
+                    f"{release.version} failed its self-test ({why}); "
+                    f"returning to {status.from_version or 'the previous system'}"
+                ),
+            )
+        else:
+            LOG.error("slot %s, which the box had not kept, failed its self-test (%s)", slot, why)
         rauc.reboot()
         return "rolled_back"
-    _mark(rauc, "good")
+    # An ordinary boot of the kept slot (or the card's first): it stays first in line. A
+    # failure is reported but the slot is kept; the other slot would not mend it.
+    _mark(rauc, "active")
+    _confirm(directory, slot)
+    if came_back:
+        return "rolled_back"
     if not report.ok:
         LOG.error("the self-test failed on an ordinary boot; the system is kept (see above)")
         return "fail"

@@ -13,9 +13,12 @@ silently jumps from "downloading" to "kept".
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -84,11 +87,19 @@ class UpdateStatus:
     progress: int = 0  # percent within the phase
     message: str = ""
     at: float = 0.0  # wall-clock time of the last move
+    boot_id: str = ""  # the kernel's boot id when "rebooting" was recorded
     history: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
     @property
     def busy(self) -> bool:
         return PHASES[self.state].busy
+
+    def failed_before(self, sha256: str) -> bool:
+        """Whether this bundle was refused or rolled back here, now or in the history."""
+        ended = ("refused", "rolled_back")
+        if self.sha256 == sha256 and self.state in ended:
+            return True
+        return any(h.get("sha256") == sha256 and h.get("state") in ended for h in self.history)
 
     @property
     def summary(self) -> str:
@@ -158,8 +169,9 @@ class UpdateRecord:
             self._status = self._load()
 
     def move(self, state: str, **changes: Any) -> UpdateStatus:
-        """Go to `state` (allowed by TRANSITIONS), with the given fields changed."""
-        with self._lock:
+        """Go to `state` (allowed by TRANSITIONS), with the given fields changed. The file is
+        locked for the read-modify-write: `afra run` and the self-test are two processes."""
+        with self._lock, self._file_lock():
             self._refresh()
             old = self._status
             if state not in TRANSITIONS[old.state]:
@@ -167,7 +179,8 @@ class UpdateRecord:
             history = old.history
             new_attempt = state in _START and not PHASES[old.state].busy
             if new_attempt and old.state != "idle":  # the last attempt ended: keep it
-                entry = {k: getattr(old, k) for k in ("state", "version", "source", "message")}
+                keep = ("state", "version", "source", "sha256", "message")
+                entry = {k: getattr(old, k) for k in keep}
                 entry["at"] = old.at
                 history = (entry, *history)[:HISTORY]
             base = UpdateStatus(history=history) if new_attempt else old
@@ -179,6 +192,16 @@ class UpdateRecord:
             self._status = new
         LOG.info("update: %s %s %s", state, new.version, new.message)
         return new
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a") as fp:
+            fcntl.flock(fp, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fp, fcntl.LOCK_UN)
 
     def note_progress(self, progress: int, message: str) -> UpdateStatus:
         """Progress within the phase: kept in memory (and written when the phase moves)."""

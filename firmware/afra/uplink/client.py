@@ -193,18 +193,28 @@ class HubClient:
                 session.close()
             self._sessions.clear()
 
-    def _json(self, method: str, path: str, body: BaseModel | None, model: type[M]) -> M:
+    def _json(
+        self,
+        method: str,
+        path: str,
+        body: BaseModel | None,
+        model: type[M],
+        *,
+        exclude_none: bool = False,
+    ) -> M:
         response = _send(
             self._session,
             method,
             self.base + path,
-            json=None if body is None else body.model_dump(mode="json"),
+            json=None if body is None else body.model_dump(mode="json", exclude_none=exclude_none),
             timeout=self.timeout,
         )
         return _parse(model, response)
 
     def heartbeat(self, beat: Heartbeat) -> HeartbeatResponse:
-        return self._json("POST", "/heartbeat", beat, HeartbeatResponse)
+        # Without an update to report the field is left out: a hub from before system updates
+        # (its models refuse unknown fields) still takes the heartbeat.
+        return self._json("POST", "/heartbeat", beat, HeartbeatResponse, exclude_none=True)
 
     def register(self, registration: StudyRegistration) -> Registration:
         return self._json("POST", "/studies", registration, Registration)

@@ -19,7 +19,7 @@ import ipaddress
 import json
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from cryptography import x509
@@ -113,6 +113,30 @@ def _write_durably(path: Path, data: bytes, mode: int) -> None:
     os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_stream(
+    path: Path, chunks: Iterable[bytes], *, limit: int, too_large: Callable[[], Exception]
+) -> tuple[int, str]:
+    """Write `chunks` into a new file at `path` (created exclusively, mode 0600) and fsync it;
+    its size and SHA-256. More than `limit` bytes raises `too_large()`; on any error the file
+    is removed. (Update bundles: uploaded to the hub, uploaded to a box.)"""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fp:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise too_large()
+                digest.update(chunk)
+                fp.write(chunk)
+            fp.flush()
+            os.fsync(fp.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return size, digest.hexdigest()
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -9,14 +9,13 @@ compatible string and the version before installing anything.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
-from medix.hub.ca import fsync_dir
+from medix.hub.ca import fsync_dir, write_stream
 from medix.models import UpdateOffer
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -34,23 +33,16 @@ class UpdateShelf:
         """Store a bundle streamed in `chunks`; the offer that names it. ValueError when it
         is empty or over `limit` bytes, or the version or compatible string is malformed."""
         tmp = self.directory / f".incoming-{secrets.token_hex(8)}"
-        digest = hashlib.sha256()
-        size = 0
         try:
-            with tmp.open("wb") as fp:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > limit:
-                        raise ValueError(f"the bundle is larger than {limit} bytes")
-                    digest.update(chunk)
-                    fp.write(chunk)
-                fp.flush()
-                os.fsync(fp.fileno())
+            size, sha256 = write_stream(
+                tmp,
+                chunks,
+                limit=limit,
+                too_large=lambda: ValueError(f"the bundle is larger than {limit} bytes"),
+            )
             if size == 0:
                 raise ValueError("the bundle is empty")
-            offer = UpdateOffer(
-                version=version, compatible=compatible, sha256=digest.hexdigest(), size=size
-            )
+            offer = UpdateOffer(version=version, compatible=compatible, sha256=sha256, size=size)
             os.replace(tmp, self.path_of(offer.sha256))
             fsync_dir(self.directory)
         finally:
