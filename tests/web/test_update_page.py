@@ -4,6 +4,7 @@ key; only the write into the other slot and the reboot are faked)."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +88,9 @@ def test_a_good_bundle_is_installed_and_the_box_restarts_into_it(
     settings: FlaskClient, image_box: tuple[Appliance, FakeRauc], bundles: dict[str, Path]
 ) -> None:
     box, rauc = image_box
+    # Flask spools a form's file in the process's temporary folder: the spool's, on the data
+    # partition (a bundle is hundreds of MB; /tmp is RAM on a box).
+    assert Path(tempfile.gettempdir()).is_relative_to(box.spool.root)
     answer = upload(settings, bundles["good"])
     assert answer.status_code == 302
     assert box.updates is not None and box.updates._writer is not None

@@ -4,7 +4,7 @@ Two ways in, one way through:
 
   hub       the policy names a bundle (version, size, SHA-256); the box fetches it over its
             mutual-TLS link, resuming a cut download, and checks the hash
-  dashboard the technician uploads a bundle file (streamed to the data partition)
+  dashboard the technician uploads a bundle file (spooled to the data partition, never RAM)
   then      `rauc info` checks the signature against the image's keyring (a bundle signed
             with another key is refused with a clear message), the compatible string and
             the version (only newer ones); `rauc install` writes the other slot; the record
