@@ -407,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
         wait_until("the box back on the kept system", 600, lambda: box_up(web, ports[11112]))
         state, running, message = update_state(hub)
         assert running == good_v, (running, message)
+        # U-Boot's view of it: the kept slot B was marked (3 attempts again) before A was
+        # tried, and A was marked bad (0 left) when it failed.
+        boots = re.findall(r"^afra: booting slot .*$", machine.text(), re.M)
+        assert "afra: booting slot A (A 2 left, B 3 left)" in boots, boots
+        assert "afra: booting slot B (A 0 left, B 2 left)" in boots, boots
         sign_in(web)
         dashboard = web.get("/dashboard").text
         assert "Imagetest" in dashboard, "the marker study is gone from the dashboard"

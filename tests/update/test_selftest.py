@@ -22,7 +22,7 @@ from afra.store.index import SELFTEST_UID_PREFIX
 from afra.system.release import Release
 from afra.update.rauc import UpdateError
 from afra.update.selftest import Check as SelfCheck
-from afra.update.selftest import Report, SelfTest, confirmed_slot, decide
+from afra.update.selftest import Report, SelfTest, confirmed_slot, decide, describe_unit
 from afra.update.status import UpdateRecord
 from afra_web.server import start_web
 from tests.conftest import make_config
@@ -118,6 +118,13 @@ def test_a_unit_in_a_crash_loop_fails_at_once_and_one_still_starting_is_waited_f
     assert first.detail == "afra.service is activating (auto-restart, 3 restarts)"
     starting = test(lambda unit: next(states)).run(timeout=900, hub_wait=0)
     assert starting.checks[0].ok  # a slow start (a large spool to check) is waited for
+
+
+def test_systemds_answer_is_read_in_the_order_systemd_gives_it() -> None:
+    # `systemctl show -p A -p B` prints the properties in the unit's order, not the asked one.
+    assert describe_unit("NRestarts=0\nActiveState=active\nSubState=running\n") == "active"
+    state = describe_unit("NRestarts=4\nActiveState=activating\nSubState=auto-restart\n")
+    assert state == "activating (auto-restart, 4 restarts)"
 
 
 def test_a_box_at_its_storage_floor_refuses_the_test_object_and_that_is_no_fault(

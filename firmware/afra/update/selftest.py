@@ -103,19 +103,21 @@ def unit_state(unit: str) -> str:
     (auto-restart, 3 restarts)", "failed (failed, 5 restarts)", ..."""
     try:
         done = subprocess.run(
-            ["systemctl", "show", "-p", "ActiveState", "-p", "SubState", "-p", "NRestarts",
-             "--value", unit],
+            ["systemctl", "show", "-p", "ActiveState", "-p", "SubState", "-p", "NRestarts", unit],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc})"
-    lines = done.stdout.split()
-    if len(lines) != 3:
-        return "unknown"
-    active, sub, restarts = lines
+    return describe_unit(done.stdout)
+
+
+def describe_unit(show: str) -> str:
+    """`systemctl show`'s KEY=value lines (in systemd's own order, not the one asked for)."""
+    props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+    active = props.get("ActiveState", "unknown") or "unknown"
     if active == "active":
         return "active"
-    return f"{active} ({sub}, {restarts} restarts)"
+    return f"{active} ({props.get('SubState', '?')}, {props.get('NRestarts', '0')} restarts)"
 
 
 def _restarts(state: str) -> int:
