@@ -37,7 +37,15 @@ class FakeRauc:
     to restart. Records what the box asked for; the bundle check can be the real `rauc info`
     (pass `info`), the rest is scripted."""
 
-    def __init__(self, *, booted: str = "A", info=None, install_error: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        booted: str = "A",
+        info=None,
+        install_error: str = "",
+        bad: tuple[str, ...] = (),
+        primary: str = "",
+    ) -> None:
         from afra.update.rauc import RaucStatus, SlotState
 
         self.booted = booted
@@ -48,10 +56,10 @@ class FakeRauc:
         self._status = lambda: RaucStatus(
             compatible="afra-rpi4-arm64",
             booted=self.booted,
-            primary=self.booted,
+            primary=primary or self.booted,
             slots=tuple(
                 SlotState(f"rootfs.{i}", name, "booted" if name == self.booted else "inactive",
-                          "good", "")
+                          "bad" if name in bad else "good", "")
                 for i, name in enumerate("AB")
             ),
         )  # fmt: skip

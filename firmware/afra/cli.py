@@ -286,20 +286,22 @@ def cmd_selftest(config: Config, args: argparse.Namespace) -> int:
     from afra.clock import SystemClock
     from afra.system.release import running_release
     from afra.update.rauc import RaucCli
-    from afra.update.selftest import SelfTest, decide, is_trial, save_report
+    from afra.update.selftest import SelfTest, decide, save_report, trial_reason
     from afra.update.status import UpdateRecord
 
     release = running_release()
     directory = config.box.data_dir / "update"
     record = UpdateRecord(directory / "status.json", SystemClock())
-    trial = is_trial(record, release, directory)
-    if trial:
-        print(f"first boot of {release.version} in slot {release.slot}: its trial", flush=True)
+    rauc = RaucCli()
+    reason = trial_reason(record, release, directory, rauc if release.image else None)
+    if reason is not None:
+        print(f"slot {release.slot} ({release.version}) is on trial: {reason}", flush=True)
     test = SelfTest(config, units=("afra.service",) if release.image else ())
     report = test.run(
         timeout=config.update.selftest_timeout,
-        hub_wait=config.update.selftest_hub_wait,
-        trial=trial,
+        # The hub is waited for after an update only: the old system reached it just before.
+        hub_wait=config.update.selftest_hub_wait if reason == "update" else 0,
+        trial=reason is not None,
     )
     save_report(report, directory)
     if args.json:
@@ -308,9 +310,7 @@ def cmd_selftest(config: Config, args: argparse.Namespace) -> int:
         for check in report.checks:
             print(f"{'ok  ' if check.ok else 'FAIL'} {check.name:<8} {check.detail}")
     if args.decide:
-        outcome = decide(
-            report, record=record, rauc=RaucCli(), release=release, directory=directory
-        )
+        outcome = decide(report, record=record, rauc=rauc, release=release, directory=directory)
         print(f"verdict: {outcome}", flush=True)
     return 0 if report.ok else 1
 

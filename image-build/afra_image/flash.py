@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -116,6 +117,13 @@ def in_use(device: Path) -> list[str]:
     for block in [sysfs, *(sysfs / p.name for p in sysfs.glob(f"{name}*"))]:
         for holder in sorted((block / "holders").glob("*")):
             found.append(f"held by {holder.name} (LVM, LUKS or RAID)")
+    # The kernel's own answer covers what names miss (a root mounted as /dev/root, ZFS): an
+    # exclusive open of a disk fails while it or one of its partitions is in use.
+    try:
+        os.close(os.open(real, os.O_RDONLY | os.O_EXCL))
+    except OSError as exc:
+        if exc.errno == errno.EBUSY and not found:
+            found.append("busy: the system is using it")
     return found
 
 
@@ -295,6 +303,16 @@ def save_label(box: Box, labels: Path) -> tuple[Path, Path]:
     return png, pdf
 
 
+def forget_box(box: Box, labels: Path, *files: Path) -> None:
+    """The label of a card that was not written, and its line in boxes.csv, removed."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    table = labels / "boxes.csv"
+    if table.exists():
+        rows = table.read_text(encoding="utf-8").splitlines(keepends=True)
+        table.write_text("".join(r for r in rows if not r.startswith(f"{box.box_id},")))
+
+
 def flash(
     image: Path, target: Path, *, labels: Path, settings: Path | None = None, yes: bool = False
 ) -> tuple[Box, Path, Path]:
@@ -302,9 +320,17 @@ def flash(
     staged = check_settings(settings)
     box = new_box(version, labels)
     card = card_for(box, staged)
-    write_image(image, target, yes=yes)
-    provision(target, card)
-    png, pdf = save_label(box, labels)
+    # The label first: if it cannot be saved, no card exists whose setup code is lost.
+    try:
+        png, pdf = save_label(box, labels)
+    except OSError as exc:
+        raise FlashError(f"the label cannot be saved in {labels}: {exc}") from None
+    try:
+        write_image(image, target, yes=yes)
+        provision(target, card)
+    except BaseException:
+        forget_box(box, labels, png, pdf)
+        raise
     return box, png, pdf
 
 

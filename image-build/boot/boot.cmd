@@ -13,8 +13,9 @@
 # Every boot takes one attempt from the first slot in BOOT_ORDER that has any left and writes
 # the state back before the kernel loads: a hang anywhere later (the watchdog resets the
 # board) still counts. When the booted system has passed its self-test it runs
-# `rauc status mark-good`, which gives the slot its attempts back. A slot whose attempts run
-# out is skipped and the other one boots.
+# `rauc status mark-active`, which puts the slot first and gives it its attempts back; a slot
+# whose attempts run out is skipped and the other one boots. Counters stay at 9 or below:
+# `setexpr` writes hex and `test -gt` reads decimal (RAUC's boot-attempts is 3).
 #
 # Debian's u-boot-rpi (Raspberry Pi 4, SD card or USB; the Pi firmware's device tree) and
 # u-boot-qemu (qemu -M virt; virtio; qemu's device tree) both run it: distro boot sets
@@ -126,7 +127,20 @@ for BOOT_SLOT in "${BOOT_ORDER}"; do
 done
 
 if test -z "${afra_slot}"; then
-    echo "afra: no slot has attempts left; giving both ${afra_attempts} again"
+    # Both slots back in the order (RAUC's mark-bad takes a slot out of it), the one first
+    # in it still first, and each with its attempts again.
+    setenv afra_first
+    for BOOT_SLOT in "${BOOT_ORDER}"; do
+        if test -z "${afra_first}"; then
+            setenv afra_first ${BOOT_SLOT}
+        fi
+    done
+    if test "${afra_first}" = "B"; then
+        setenv BOOT_ORDER "B A"
+    else
+        setenv BOOT_ORDER "A B"
+    fi
+    echo "afra: no slot has attempts left; giving both ${afra_attempts} again (order ${BOOT_ORDER})"
     setenv BOOT_A_LEFT ${afra_attempts}
     setenv BOOT_B_LEFT ${afra_attempts}
     run afra_save

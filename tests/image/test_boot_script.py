@@ -53,8 +53,19 @@ def test_a_slot_without_a_kernel_is_skipped_at_once(tmp_path: Path) -> None:
 def test_when_every_slot_is_spent_both_get_their_attempts_again(card: BootDisk) -> None:
     card.set_state(BOOT_A_LEFT="0", BOOT_B_LEFT="0")
     console = card.boot()
-    assert "afra: no slot has attempts left; giving both 3 again" in console
+    assert "afra: no slot has attempts left; giving both 3 again (order A B)" in console
     assert "afra: booting slot A (A 2 left, B 3 left)" in card.boot()
+
+
+def test_a_slot_marked_bad_comes_back_into_the_order_once_everything_is_spent(
+    card: BootDisk,
+) -> None:
+    # RAUC's mark-bad took A out of the order; then B stopped starting too.
+    card.set_state(BOOT_ORDER="B", BOOT_A_LEFT="0", BOOT_B_LEFT="0")
+    assert "giving both 3 again (order B A)" in card.boot()
+    for left in ("2", "1", "0"):
+        assert f"afra: booting slot B (A 3 left, B {left} left)" in card.boot()
+    assert "afra: booting slot A (A 2 left, B 0 left)" in card.boot()  # A is tried again
 
 
 def test_a_damaged_copy_of_the_state_falls_back_to_the_other_copy(card: BootDisk) -> None:

@@ -198,3 +198,13 @@ def test_pre_staged_settings_never_replace_what_the_wizard_saved(tmp_path: Path)
     )
     assert "settings.toml" not in take_provisioning(inbox, tmp_path)
     assert "set-in-the-wizard" in (tmp_path / "settings.toml").read_text()
+
+
+def test_a_card_that_cannot_be_written_leaves_no_label_behind(image: Path, tmp_path: Path) -> None:
+    target = tmp_path / "not-a-dir" / "card.img"  # its folder does not exist: the write fails
+    with pytest.raises(OSError):
+        flash(image, target, labels=tmp_path / "labels")
+    assert list((tmp_path / "labels").glob("afra-*")) == []
+    assert (tmp_path / "labels/boxes.csv").read_text().splitlines() == [
+        "box_id,image_version,made_at"
+    ]

@@ -212,6 +212,19 @@ def test_a_failed_install_is_tried_again_only_after_a_while(
     assert [c[0] for c in rauc.calls].count("install") == 2
 
 
+def test_an_install_rauc_finished_after_afra_stopped_restarts_into_its_trial(
+    make: BoxMaker,
+) -> None:
+    box, _ = make()
+    assert box.updates is not None
+    box.updates.record.move("checking", source="hub")
+    box.updates.record.move("installing", version="1.1.0", slot="B")
+    again, rauc = make(primary="B")  # RAUC's service made B first in line meanwhile
+    assert again.updates is not None
+    again.updates.recover()
+    assert again.updates.status.state == "rebooting" and rauc.calls == [("reboot",)]
+
+
 def test_an_install_cut_off_by_a_power_loss_is_reported_as_failed(
     make: BoxMaker, bundles: dict[str, Path]
 ) -> None:

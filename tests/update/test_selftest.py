@@ -256,16 +256,37 @@ def test_a_slot_the_box_never_kept_is_on_trial_even_without_a_record(tmp_path: P
     assert confirmed_slot(tmp_path) == "A"
 
 
-def test_a_rollback_that_cannot_mark_the_slot_bad_leaves_it_to_the_guard(tmp_path: Path) -> None:
-    class Refusing(FakeRauc):
-        def mark(self, verdict: str, slot: str = "booted") -> None:
-            raise UpdateError("rauc status mark-bad booted failed: no D-Bus")
+class Refusing(FakeRauc):
+    def mark(self, verdict: str, slot: str = "booted") -> None:
+        raise UpdateError(f"rauc status mark-{verdict} booted failed: no D-Bus")
 
+
+def test_a_failed_trial_restarts_even_when_rauc_cannot_mark_it_bad(tmp_path: Path) -> None:
+    record, rauc = _record(tmp_path, "rebooting", "B"), Refusing(booted="B")
+    assert decide(_report(False), record=record, rauc=rauc, release=_release("B")) == "rolled_back"
+    # U-Boot takes an attempt at every boot: restarting rolls back all the same.
+    assert rauc.calls == [("reboot",)]
+
+
+def test_a_passing_trial_is_kept_only_once_rauc_marked_it(tmp_path: Path) -> None:
     record = _record(tmp_path, "rebooting", "B")
     with pytest.raises(UpdateError):
-        decide(_report(False), record=record, rauc=Refusing(booted="B"), release=_release("B"))
-    # Still on trial: afra-selftest.service fails, and the shell guard marks bad and reboots.
-    assert record.current.state == "trial"
+        decide(_report(True), record=record, rauc=Refusing(booted="B"), release=_release("B"))
+    # Still on trial and not kept: the unit fails and the trial guard rolls back.
+    assert record.current.state == "trial" and confirmed_slot(tmp_path) is None
+
+
+def test_falling_back_from_a_kept_slot_that_stopped_starting_keeps_this_one(
+    tmp_path: Path,
+) -> None:
+    """B was kept, then stopped starting; U-Boot spent its attempts and started A. A is the
+    box's system now, even if its checks fail (the hub down, say): marking it bad would leave
+    only the broken B."""
+    (tmp_path / "confirmed-slot").write_text("B\n")
+    record, rauc = _record(tmp_path, "kept", "B"), FakeRauc(booted="A", bad=("B",))
+    assert decide(_report(False), record=record, rauc=rauc, release=_release("A")) == "fail"
+    assert rauc.calls == [("mark", "active", "booted")]
+    assert confirmed_slot(tmp_path) == "A"
 
 
 def test_outside_an_image_nothing_is_marked(tmp_path: Path) -> None:
@@ -317,13 +338,14 @@ def guard(tmp_path: Path) -> Any:
 def test_the_guard_rolls_back_a_trial_whose_self_test_crashed(guard: Any) -> None:
     calls = guard("rebooting", "B", "root=PARTUUID=x rauc.slot=B panic=10")
     assert calls == ["rauc status mark-bad booted", "systemctl reboot"]
-    assert guard(None, "", "rauc.slot=B", confirmed="A") == calls  # a slot never kept
 
 
 def test_the_guard_leaves_an_ordinary_boot_alone(guard: Any) -> None:
     assert guard("kept", "B", "rauc.slot=B", confirmed="B") == []
     assert guard("rebooting", "B", "rauc.slot=A", confirmed="A") == []  # the old slot
     assert guard(None, "", "rauc.slot=B") == []
+    # Not its business: a slot U-Boot fell back to (the Python self-test tells the cases).
+    assert guard("kept", "A", "rauc.slot=B", confirmed="A") == []
 
 
 def test_the_running_box_sees_the_verdict_the_self_test_wrote(tmp_path: Path) -> None:
@@ -333,3 +355,41 @@ def test_the_running_box_sees_the_verdict_the_self_test_wrote(tmp_path: Path) ->
     selftest_view = UpdateRecord(tmp_path / "status.json", SystemClock())
     decide(_report(True), record=selftest_view, rauc=FakeRauc(booted="B"), release=_release("B"))
     assert box_view.current.state == "kept"
+
+
+@pytest.mark.parametrize(
+    ("compatible", "version", "allowed"),
+    [
+        ("afra-rpi4-arm64", "1.2.0", True),
+        ("afra-rpi4-arm64", "1.1.0", False),  # the running version again
+        ("afra-rpi4-arm64", "1.0.9", False),  # older: a downgrade
+        ("afra-rpi4-arm64", "not-a-version", False),
+        ("afra-rpi5-arm64", "9.0.0", False),  # another system, whatever install arguments say
+    ],
+)
+def test_raucs_pre_install_handler_lets_only_newer_bundles_for_this_system_in(
+    tmp_path: Path, compatible: str, version: str, allowed: bool
+) -> None:
+    import sys
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.raucm").write_text(
+        f"[update]\ncompatible={compatible}\nversion={version}\n"
+    )
+    (tmp_path / "system.conf").write_text("[system]\ncompatible=afra-rpi4-arm64\n")
+    (tmp_path / "os-release").write_text("ID=debian\nIMAGE_ID=afra\nIMAGE_VERSION=1.1.0\n")
+    env = {
+        **os.environ,
+        "RAUC_BUNDLE_MOUNT_POINT": str(bundle),
+        "RAUC_SYSTEM_CONFIG": str(tmp_path / "system.conf"),
+        "AFRA_OS_RELEASE": str(tmp_path / "os-release"),
+        "AFRA_PYTHON": sys.executable,
+    }
+    done = subprocess.run(
+        [str(REPO / "image-build/rootfs/usr/lib/afra/rauc-pre-install")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert (done.returncode == 0) == allowed, done.stderr

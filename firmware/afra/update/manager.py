@@ -122,19 +122,38 @@ class UpdateManager:
     def recover(self) -> None:
         """An attempt cut off by a restart (power, crash) before the reboot it leads to."""
         status = self.status
-        if status.state in ("downloading", "checking", "installing"):
+        if status.state == "installing" and self._install_finished(status.slot):
+            # RAUC's service finished the install after this process stopped: the new slot
+            # is first in line, so its first boot will be the trial it should be.
+            self.record.move(
+                "rebooting",
+                progress=100,
+                message=f"restarting into {status.version} (slot {status.slot})",
+                boot_id=self.boot_id(),
+            )
+            self._restart(status.version)
+        elif status.state in ("downloading", "checking", "installing"):
             self.record.move("failed", message=f"interrupted by a restart while {status.state}")
         elif status.state == "rebooting" and status.boot_id and status.boot_id == self.boot_id():
             # Installed, but the restart never happened (refused, or this process was
             # restarted before it): restart now, the new slot's first boot decides.
-            LOG.warning(
-                "update %s is installed but the box did not restart: restarting", status.version
-            )
-            try:
-                self.rauc.reboot()
-            except UpdateError as exc:
-                LOG.error("the box could not restart into %s: %s", status.version, exc)
+            LOG.warning("update %s is installed but the box did not restart", status.version)
+            self._restart(status.version)
         self._clean_incoming(keep_partial=True)
+
+    def _install_finished(self, slot: str) -> bool:
+        try:
+            current = self.rauc.status()
+        except UpdateError as exc:
+            LOG.error("cannot ask RAUC how the interrupted install ended: %s", exc)
+            return False
+        return bool(slot) and current.primary == slot and current.booted != slot
+
+    def _restart(self, version: str) -> None:
+        try:
+            self.rauc.reboot()
+        except UpdateError as exc:
+            LOG.error("the box could not restart into %s: %s", version, exc)
 
     def _clean_incoming(self, *, keep_partial: bool) -> None:
         if not self.incoming.is_dir():
@@ -334,18 +353,17 @@ class UpdateManager:
             return self.record.move("failed", message=f"installing failed: {exc}")
         finally:
             path.unlink(missing_ok=True)
-        self._wait_quiet()
-        status = self.record.move(
+        # Recorded before the wait: from here a power cut or a crash boots the new slot, and
+        # its first boot must be its trial.
+        self.record.move(
             "rebooting",
             progress=100,
             message=f"restarting into {info.version} (slot {other})",
             boot_id=self.boot_id(),
         )
-        try:
-            self.rauc.reboot()
-        except UpdateError as exc:
-            LOG.error("the update is installed but the box could not restart: %s", exc)
-        return status
+        self._wait_quiet()
+        self._restart(info.version)
+        return self.status
 
     def _wait_quiet(self) -> None:
         """Restart between studies: wait (up to QUIET_WAIT_S) until no association is open."""

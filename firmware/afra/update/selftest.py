@@ -16,14 +16,15 @@ The checks, each against the real running box, from outside its process:
 
 The verdict (`--decide`, run by afra-selftest.service at every boot) continues the update
 record (afra.update.status). A boot is a trial when it is the first of a newly installed
-slot, or of any slot other than the one the box last kept (`confirmed-slot`: an install that
-finished after its process died, a slot U-Boot went back to after a rollback was cut off).
-Pass: `rauc status mark-active` (first in line, and good), the update is kept. Fail:
-`mark-bad` (a failure to mark raises, so the unit fails and the shell trial guard acts), then
-a reboot into the other slot. A boot on the old slot while the record waits for the new one
-means the new one never passed its first start: rolled back. Every other boot marks its slot
-active again, pass or fail: a failure is reported, but rebooting into the other slot would not
-mend what broke.
+slot, or of a slot other than the one the box last kept (`confirmed-slot`) while the kept one
+can still start (an install RAUC finished after afra's process died). Pass: `rauc status
+mark-active` (first in line, and good; a failure to mark raises, so the unit fails and the
+shell trial guard rolls back), the update is kept. Fail: mark-bad and a reboot into the other
+slot (when RAUC cannot mark, U-Boot's attempts counter rolls back all the same). A boot on the
+old slot while the record waits for the new one means the new one never passed its first
+start: rolled back. Every other boot (the kept slot, or the one U-Boot fell back to when the
+kept one stopped starting) marks its slot active again, pass or fail: a failure is reported,
+but rebooting into the other slot would not mend what broke.
 """
 
 from __future__ import annotations
@@ -386,17 +387,30 @@ def _confirm(directory: Path, slot: str) -> None:
         write_public(directory / CONFIRMED_FILE, f"{slot}\n".encode("ascii"))
 
 
-def is_trial(record: UpdateRecord, release: Release, directory: Path | None = None) -> bool:
-    """Whether this boot must earn its slot: the first boot of a newly installed slot, or any
-    boot of a slot other than the one the box last kept (an install that finished after its
-    process died, a slot U-Boot went back to after a rollback was cut short)."""
+def trial_reason(
+    record: UpdateRecord, release: Release, directory: Path, rauc: Rauc | None = None
+) -> str | None:
+    """Why this boot must earn its slot, or None for an ordinary boot:
+
+    "update"  the first boot of a newly installed slot (the record says so);
+    "unkept"  a slot other than the one the box last kept, while that one can still start:
+              an install RAUC finished after afra's process died. (When the kept slot has
+              no attempts left, U-Boot fell back here because the kept one stopped working:
+              this slot is then the one to keep, not one to mark bad.)"""
     if release.slot is None:
-        return False
+        return None
     status = record.current
     if status.state in ("rebooting", "trial") and release.slot == status.slot:
-        return True
-    kept = confirmed_slot(directory) if directory is not None else None
-    return kept is not None and kept != release.slot
+        return "update"
+    kept = confirmed_slot(directory)
+    if kept is None or kept == release.slot or rauc is None:
+        return None
+    try:
+        kept_root = rauc.status().root(kept)
+    except UpdateError as exc:
+        LOG.error("cannot tell whether slot %s can still start (%s): an ordinary boot", kept, exc)
+        return None
+    return "unkept" if kept_root is not None and kept_root.boot_status == "good" else None
 
 
 def decide(
@@ -408,9 +422,9 @@ def decide(
     directory: Path | None = None,
 ) -> str:
     """Keep or roll back a slot on trial; on an ordinary boot keep the slot as the one to
-    start. Marking a trial's slot bad raises when RAUC fails: the unit then fails and the
-    trial guard rolls back by shell (a record saying "rolled back" while the broken slot
-    stays first in line would be worse)."""
+    start. A trial that passes is kept only once RAUC marked it (a failure raises: the unit
+    fails and the trial guard rolls back); one that fails is marked bad and the box restarts
+    (if RAUC cannot mark it, U-Boot's attempts counter rolls back all the same)."""
     status = record.current
     slot = release.slot
     if slot is None:
@@ -425,17 +439,18 @@ def decide(
                 f"the box runs {release.version} from slot {slot}"
             ),
         )
-    if is_trial(record, release, directory):
+    reason = trial_reason(record, release, directory, rauc)
+    if reason is not None:
         if record.current.state == "rebooting":
             record.move("trial")
         if report.ok:
-            _mark(rauc, "active")  # this slot first, and good
+            rauc.mark("active")  # this slot first, with its attempts back; raises if not
             _confirm(directory, slot)
             if record.current.state == "trial":
                 record.move("kept", message=f"{release.version} passed its self-test")
             return "kept"
         why = "; ".join(f"{c.name}: {c.detail}" for c in report.failures)
-        rauc.mark("bad")  # raises on failure: see above
+        _mark(rauc, "bad")
         if record.current.state == "trial":
             record.move(
                 "rolled_back",
@@ -448,8 +463,9 @@ def decide(
             LOG.error("slot %s, which the box had not kept, failed its self-test (%s)", slot, why)
         rauc.reboot()
         return "rolled_back"
-    # An ordinary boot of the kept slot (or the card's first): it stays first in line. A
-    # failure is reported but the slot is kept; the other slot would not mend it.
+    # An ordinary boot of the kept slot (or the card's first, or the one U-Boot fell back to):
+    # it stays first in line. A failure is reported but the slot is kept; the other slot
+    # would not mend it.
     _mark(rauc, "active")
     _confirm(directory, slot)
     if came_back:
