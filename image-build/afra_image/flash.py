@@ -251,8 +251,30 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+QR_MM = 27  # scans from a phone at arm's length; leaves a 30 mm column for the text
+GUTTER_MM = 2
+
+
+def _fitted(draw: ImageDraw.ImageDraw, text: str, size: int, width: int) -> ImageFont.ImageFont:
+    """The largest font up to `size` in which `text` fits `width` pixels."""
+    while True:
+        font = _font(size)
+        if size <= 8 or draw.textlength(text, font=font) <= width:
+            return font  # type: ignore[return-value]
+        size -= 1
+
+
+def qr_left(width: int) -> int:
+    """Where the QR code begins on a label `width` pixels wide."""
+    mm = DPI / 25.4
+    return width - int(QR_MM * mm) - int(GUTTER_MM * mm)
+
+
 def render_label(box: Box) -> Image.Image:
-    """The label: product, box id, setup code and the setup address with its QR code."""
+    """The label: product, box id, setup code and the setup address with its QR code.
+
+    Each line is set in the largest size that fits the column left of the QR code, so a
+    long version or address shrinks instead of running into the code."""
     mm = DPI / 25.4
     width, height = int(LABEL_MM[0] * mm), int(LABEL_MM[1] * mm)
     label = Image.new("L", (width, height), 255)
@@ -261,21 +283,24 @@ def render_label(box: Box) -> Image.Image:
     buffer = io.BytesIO()
     qr.save(buffer, kind="png", scale=1, border=2)
     buffer.seek(0)
-    side = height - int(6 * mm)
+    side = int(QR_MM * mm)
     code_image = Image.open(buffer).convert("L").resize((side, side), Image.Resampling.NEAREST)
-    label.paste(code_image, (width - side - int(2 * mm), int(3 * mm)))
+    left = qr_left(width)
+    label.paste(code_image, (left, (height - side) // 2))
     x, y = int(3 * mm), int(3 * mm)
+    column = left - x - int(GUTTER_MM * mm)
     lines = (
-        (_font(int(3.2 * mm)), "AFRA adaptor"),
-        (_font(int(2.4 * mm)), f"Box afra-{box.box_id}"),
-        (_font(int(2.0 * mm)), "Setup code"),
-        (_font(int(3.4 * mm)), box.setup_code),
-        (_font(int(1.8 * mm)), box.setup_url),
-        (_font(int(1.6 * mm)), f"image {box.version}"),
+        (3.2, "AFRA adaptor"),
+        (2.4, f"Box afra-{box.box_id}"),
+        (2.0, "Setup code"),
+        (3.4, box.setup_code),
+        (1.8, box.setup_url),
+        (1.6, f"image {box.version}"),
     )
-    for font, text in lines:
+    for size_mm, text in lines:
+        font = _fitted(draw, text, int(size_mm * mm), column)
         draw.text((x, y), text, fill=0, font=font)
-        y += int(font.size * 1.35) if isinstance(font, ImageFont.FreeTypeFont) else 24
+        y += int(int(size_mm * mm) * 1.35)
     return label
 
 

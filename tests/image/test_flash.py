@@ -21,7 +21,7 @@ from afra.system.provision import (
     take_provisioning,
 )
 from afra.uplink.identity import NodeIdentity
-from afra_image.flash import FlashError, flash, in_use
+from afra_image.flash import Box, FlashError, flash, in_use, qr_left, render_label
 from afra_web.state import verify_secret
 
 MIB = 1 << 20
@@ -78,6 +78,17 @@ def test_a_card_carries_the_box_id_and_only_the_hash_of_its_setup_code(
     assert box.setup_url == f"http://afra-{box.box_id}.local/"
     rows = (tmp_path / "labels/boxes.csv").read_text().splitlines()
     assert rows[1].startswith(f"{box.box_id},9.9.9,")
+
+
+@pytest.mark.parametrize("version", ["0.1.0", "12.34.567rc8"])
+def test_the_label_text_never_runs_into_the_qr_code(version: str) -> None:
+    # W and M are the widest letters of the code's alphabet
+    label = render_label(Box(box_id="ffffff", setup_code="WWWW-MMMM-WWWW", version=version))
+    left = qr_left(label.width)
+    gutter = label.crop((left - 12, 0, left, label.height))  # 1 mm left of the code
+    assert gutter.getextrema() == (255, 255)
+    text = label.crop((0, 0, left - 12, label.height))
+    assert text.getextrema()[0] == 0  # the text is there
 
 
 def test_pre_staged_settings_go_onto_the_card_only_when_they_are_valid(
