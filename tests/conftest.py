@@ -13,6 +13,7 @@ import pytest
 
 from afra.app import Appliance, build_appliance
 from afra.config import Config
+from medix.hub.server import HubServer
 from tests.fakes import FakeClock
 from tests.peers import Orthanc, free_port
 
@@ -106,6 +107,15 @@ def orthanc(box_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         tmp_root=tmp_path_factory.mktemp("orthanc"),
     ) as pacs:
         yield pacs
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubServer]:
+    """A reference hub on loopback, its state under the test's own directory."""
+    server = HubServer(tmp_path / "hub")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

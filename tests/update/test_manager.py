@@ -48,14 +48,6 @@ def test_rauc_info_refuses_what_the_box_must_not_install(
 # -- the manager, inside a box ---------------------------------------------------------------
 
 
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubServer]:
-    server = HubServer(tmp_path / "hub")
-    server.start()
-    yield server
-    server.stop()
-
-
 BoxMaker = Callable[..., tuple[Appliance, FakeRauc]]
 
 

@@ -21,14 +21,6 @@ LOOPBACK = "127.0.0.1"
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubServer]:
-    server = HubServer(tmp_path / "hub")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def enrolled_box(tmp_path: Path, clock: FakeClock) -> Iterator[BoxFactory]:
     """Enrol a box with a hub (optionally through another URL), then build and start it."""
     boxes: list[Appliance] = []

@@ -51,14 +51,6 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubServer]:
-    server = HubServer(tmp_path / "hub")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def running_box(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[Appliance, WsgiServer]]:
     """A box as `afra run` starts it: appliance and web page (its own free ports)."""
     config = make_config(

@@ -300,14 +300,6 @@ def at_hub(at_dicom: FlaskClient) -> FlaskClient:
     return at_dicom
 
 
-@pytest.fixture
-def hub(tmp_path: Path) -> HubServer:
-    server = HubServer(tmp_path / "hub")
-    server.start()
-    yield server  # type: ignore[misc]
-    server.stop()
-
-
 def hub_form(hub: HubServer, **overrides: str) -> dict[str, str]:
     form = {
         "url": hub.url,
