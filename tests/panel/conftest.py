@@ -1,5 +1,5 @@
-"""The uplink's fixtures (a reference hub, a box enrolled with it) serve the panel tests too."""
+"""The uplink's fixtures (a box enrolled with a reference hub) serve the panel tests too."""
 
-from tests.uplink.conftest import enrolled_box, hub
+from tests.uplink.conftest import enrolled_box
 
-__all__ = ["enrolled_box", "hub"]
+__all__ = ["enrolled_box"]
