@@ -75,9 +75,11 @@ def make_box(tmp_path: Path, clock: FakeClock) -> Iterator[BoxFactory]:
     """Build and start real appliances on loopback (free port unless given); stop them after."""
     started: list[Appliance] = []
 
-    def factory(data_dir: Path | None = None, **sections: dict[str, Any]) -> Appliance:
+    def factory(
+        data_dir: Path | None = None, *, usage: Any = None, **sections: dict[str, Any]
+    ) -> Appliance:
         config = make_config(data_dir or tmp_path / "box", **sections)
-        box = build_appliance(config, clock=clock)
+        box = build_appliance(config, clock=clock, **({"usage": usage} if usage else {}))
         box.start()
         started.append(box)
         return box

@@ -23,7 +23,15 @@ from afra.dicom.receive import Receiver
 from afra.dicom.scu import PacsClient, configure_pynetdicom
 from afra.dicom.spool import Spool
 from afra.errors import AfraError, InvalidInstanceError, StorageError
-from afra.health import STATUS_FILE, Health, HealthMonitor, StatusPart, appliance_probes
+from afra.health import (
+    STATUS_FILE,
+    DiskUsage,
+    Health,
+    HealthMonitor,
+    StatusPart,
+    appliance_probes,
+    disk_usage,
+)
 from afra.mdns import Advert, MdnsAdvertiser, advert_for, interface_addresses
 from afra.node import diagnostics
 from afra.node.api import create_node_api, tls_adapter
@@ -359,13 +367,14 @@ def build_appliance(
     hub: HubClient | None = None,
     rauc: Rauc | None = None,
     release: Release | None = None,
+    usage: Callable[[Path], DiskUsage] = disk_usage,
 ) -> Appliance:
     clock = clock or SystemClock()
     release = release or running_release()
     root = storage_root or config.box.data_dir
     try:
         root.mkdir(parents=True, exist_ok=True)
-        spool = Spool(root)
+        spool = Spool(root, free_bytes=lambda: usage(root).free)
     except OSError as exc:
         raise StorageError(f"storage root {root} is not usable: {exc}") from exc
     configure_pynetdicom(spool.tmp_dir)
@@ -390,6 +399,7 @@ def build_appliance(
         min_free_bytes=config.storage.min_free_mb * 2**20,
         clock=clock,
         on_activity=activity,
+        health=health,
     )
     pacs = PacsClient(config.pacs, config.dicom, receiver=receiver) if config.pacs else None
     identity = NodeIdentity(root / "identity")
@@ -511,6 +521,8 @@ def build_appliance(
             stale_after_s=lambda: policy.current.stale_queue_hours * 3600.0,
             pacs=box.current_pacs,
             clock=clock,
+            usage=usage,
+            room_check=receiver.refusals.recheck,
         ),
         clock=clock,
         status_path=root / STATUS_FILE,

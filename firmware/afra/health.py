@@ -298,6 +298,10 @@ class DiskUsage(NamedTuple):
     free: int
 
 
+def disk_usage(path: Path) -> DiskUsage:
+    return DiskUsage(*shutil.disk_usage(path))
+
+
 class StorageProbe:
     """Free space against the floor and the warning level; a real write to the data folder."""
 
@@ -311,12 +315,15 @@ class StorageProbe:
         warning_percent: int,
         interval: float = 30.0,
         usage: Callable[[Path], DiskUsage] | None = None,
+        room_check: Callable[[int], None] | None = None,
     ) -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
         self.warning_percent = warning_percent
         self.interval = interval
-        self.usage = usage or (lambda p: DiskUsage(*shutil.disk_usage(p)))
+        self.usage = usage or disk_usage
+        # The receiver's refusals end here when room comes back and nobody is sending.
+        self.room_check = room_check
 
     def check(self, health: Health) -> None:
         try:
@@ -333,6 +340,8 @@ class StorageProbe:
             below_floor,
             f"{free_mb} MB free, the floor is {floor_mb} MB: new studies are refused",
         )
+        if self.room_check is not None:
+            self.room_check(usage.free)
         used_percent = 100.0 * usage.used / usage.total if usage.total else 0.0
         health.set(
             "disk_warning",
@@ -634,6 +643,8 @@ def appliance_probes(
     stale_after_s: Callable[[], float],
     pacs: Callable[[], tuple[Callable[[], int], str] | None],
     clock: Clock,
+    usage: Callable[[Path], DiskUsage] = disk_usage,
+    room_check: Callable[[int], None] | None = None,
 ) -> list[Probe]:
     """The checks a box runs, with their intervals from `[health]`."""
     h = config.health
@@ -643,6 +654,8 @@ def appliance_probes(
             min_free_bytes=config.storage.min_free_mb * 2**20,
             warning_percent=h.disk_warning_percent,
             interval=h.check_interval,
+            usage=usage,
+            room_check=room_check,
         ),
         UplinkProbe(
             uplink, index, stale_after_s=stale_after_s, clock=clock, interval=h.check_interval

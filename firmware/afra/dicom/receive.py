@@ -2,6 +2,12 @@
 
 `Receiver.store` never raises: every outcome is a storage status (PS3.4 Annex B) and, for a
 refusal, a quarantine entry and a log line that names the sender and the reason.
+
+Refusals for space (the floor, a write that failed) are the receiver's to report, because only
+it sees them: free space is checked once the object is written, so a disk can park just above
+the floor, every instance refused and the periodic storage check seeing room. While it refuses,
+the receiver holds health's `disk_floor` (the box shows failed), and it logs at a steady rate
+(the first refusal at once, then one line a minute with the count), not once per instance.
 """
 
 from __future__ import annotations
@@ -34,6 +40,100 @@ from afra.store.index import Index, StoredInstance
 LOG = logging.getLogger("afra.receive")
 
 _LOCK_STRIPES = 64
+REFUSAL_LOG_EVERY_S = 60.0
+
+
+class HealthSink(Protocol):
+    """Where the receiver raises and clears its condition (afra.health.Health)."""
+
+    def set(self, condition: str, active: bool, detail: str = "", *, source: str = "") -> None: ...
+
+
+class SpaceRefusals:
+    """Whether the box is refusing instances for space, said to health and the log.
+
+    `refused` for every instance answered out-of-resources for lack of space; `stored` for
+    every instance taken; `recheck` with the free space now (the storage check calls it), so a
+    box nobody sends to clears once there is room for what it last refused. Thread-safe."""
+
+    SOURCE = "receive"
+
+    def __init__(
+        self,
+        *,
+        min_free_bytes: int,
+        clock: Clock,
+        health: HealthSink | None = None,
+        log_every_s: float = REFUSAL_LOG_EVERY_S,
+    ) -> None:
+        self.min_free_bytes = min_free_bytes
+        self.clock = clock
+        self.health = health
+        self.log_every_s = log_every_s
+        self._lock = threading.Lock()
+        self.active = False
+        self.total = 0  # refused since the box started
+        self._since_log = 0  # refused since the last log line
+        self._senders: set[str] = set()
+        self._logged_at = 0.0
+        self._need = 0  # the largest refused object: room for it ends the refusals
+
+    def refused(self, sender: str, free: int, size: int, why: str = "") -> None:
+        now = self.clock.monotonic()
+        floor_mb = self.min_free_bytes // 2**20
+        reason = why or f"{free // 2**20} MB free, the floor is {floor_mb} MB"
+        with self._lock:
+            first = not self.active
+            self.active = True
+            self.total += 1
+            self._since_log += 1
+            self._need = max(self._need, size)
+            self._senders.add(sender)
+            due = first or now - self._logged_at >= self.log_every_s
+            if due:
+                count, senders = self._since_log, sorted(self._senders)
+                self._since_log, self._senders, self._logged_at = 0, set(), now
+        if self.health is not None:
+            self.health.set(
+                "disk_floor", True, f"new instances refused: {reason}", source=self.SOURCE
+            )
+        if not due:
+            return
+        if first:
+            LOG.error(
+                "refusing new instances with 0x%04X: %s (studies not yet delivered are kept; "
+                "free space or lower storage.min_free_mb)",
+                STATUS_OUT_OF_RESOURCES,
+                reason,
+            )
+        else:
+            LOG.error(
+                "still refusing new instances: %d refused in the last %.0f s, from %s: %s",
+                count,
+                self.log_every_s,
+                ", ".join(senders),
+                reason,
+            )
+
+    def stored(self) -> None:
+        if self.active:
+            self._end("an instance was stored")
+
+    def recheck(self, free: int) -> None:
+        with self._lock:
+            room = self.active and free >= self.min_free_bytes + self._need
+        if room:
+            self._end(f"{free // 2**20} MB free")
+
+    def _end(self, why: str) -> None:
+        with self._lock:
+            if not self.active:
+                return
+            self.active, count = False, self._since_log
+            self._since_log, self._senders, self._need = 0, set(), 0
+        if self.health is not None:
+            self.health.set("disk_floor", False, source=self.SOURCE)
+        LOG.warning("taking new instances again (%s); %d refused since the last report", why, count)
 
 
 @dataclass(frozen=True)
@@ -89,16 +189,17 @@ class Receiver:
         min_free_bytes: int,
         clock: Clock,
         on_activity: Callable[[], None] | None = None,
+        health: HealthSink | None = None,
     ) -> None:
         self.spool = spool
         self.index = index
         self.min_free_bytes = min_free_bytes
         self.clock = clock
+        self.refusals = SpaceRefusals(min_free_bytes=min_free_bytes, clock=clock, health=health)
         # The front panel's activity LED: one cheap call per received object.
         self.on_activity = on_activity
         # Two associations delivering the same SOP Instance UID at once must not race.
         self._uid_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
-        self._warned_full = False
         self._parse_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="header")
         # C-MOVEs the box itself started for a download job, by (originator AE, message id).
         self._diverts: dict[tuple[str, int], StoreSink] = {}
@@ -115,6 +216,17 @@ class Receiver:
         """Whether free space is above the floor (checked again when the object is stored)."""
         return self.spool.free_bytes() >= self.min_free_bytes
 
+    def refuse_for_space(self, request: StoreRequest, why: str = "") -> int:
+        """The answer to an object that could not be kept for lack of space (or a failed
+        write, `why`): out-of-resources, reported once for the lot rather than per object."""
+        self.refusals.refused(
+            f"{request.calling_ae!r} ({request.peer_address})",
+            self.spool.free_bytes(),
+            max(request.data_size, 0),
+            why,
+        )
+        return STATUS_OUT_OF_RESOURCES
+
     def store(self, tmp: Path, request: StoreRequest) -> int:
         if self.on_activity is not None:
             self.on_activity()
@@ -130,14 +242,9 @@ class Receiver:
         except InvalidInstanceError as exc:
             return self._refuse(tmp, request, sender, exc.status, str(exc))
         except StorageError as exc:
-            LOG.error(
-                "could not store an instance from %s: %s; answered 0x%04X (out of resources); "
-                "check the storage device",
-                sender,
-                exc,
-                STATUS_OUT_OF_RESOURCES,
+            return self.refuse_for_space(
+                request, f"could not store it ({exc}); check the storage device"
             )
-            return STATUS_OUT_OF_RESOURCES
         except Exception:
             LOG.exception("unexpected error storing an instance from %s", sender)
             return STATUS_OUT_OF_RESOURCES
@@ -159,7 +266,7 @@ class Receiver:
             finally:
                 found = examined.result()
             if found is None:
-                return STATUS_OUT_OF_RESOURCES
+                return self.refuse_for_space(request)
             header, held = found
             sop_uid = header.sop_instance_uid
             now = self.clock.time()
@@ -175,6 +282,7 @@ class Receiver:
                 os.fstat(request.fd) if request.fd >= 0 else self.spool.absolute(rel).stat()
             ).st_size
             added = self.index.add_instance(header, rel, size, now, request.calling_ae)
+        self.refusals.stored()
         if added.new_study_row:
             LOG.info(
                 "receiving study %s (revision %d) from %s",
@@ -192,19 +300,8 @@ class Receiver:
         In the order docs/conformance.md gives: the floor, the command's UIDs and SOP class,
         the data set. Raises InvalidInstanceError with the status to answer.
         """
-        free = self.spool.free_bytes()
-        if free < self.min_free_bytes:
-            if not self._warned_full:
-                LOG.error(
-                    "free disk %d MB is below the floor of %d MB: refusing new instances "
-                    "with 0x%04X until space is freed (studies not yet delivered are kept)",
-                    free // 2**20,
-                    self.min_free_bytes // 2**20,
-                    STATUS_OUT_OF_RESOURCES,
-                )
-                self._warned_full = True
+        if self.spool.free_bytes() < self.min_free_bytes:
             return None
-        self._warned_full = False
         sop_uid = check_uid(request.sop_instance_uid, "Affected SOP Instance UID")
         check_uid(request.sop_class_uid, "Affected SOP Class UID")
         if request.sop_class_uid != request.context_abstract_syntax:

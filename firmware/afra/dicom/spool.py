@@ -91,8 +91,10 @@ def _data_set_offset(fp: BinaryIO) -> int | None:
 class Spool:
     """Durable files under one storage root."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, free_bytes: Callable[[], int] | None = None) -> None:
         self.root = root
+        # The storage device's free space; a seam so tests can stand in a disk that fills.
+        self._free_bytes = free_bytes or (lambda: shutil.disk_usage(self.root).free)
         self.tmp_dir = root / TMP
         self._known_dirs: set[Path] = set()
         self._tmp_names = itertools.count()
@@ -186,7 +188,7 @@ class Spool:
             return False
 
     def free_bytes(self) -> int:
-        return shutil.disk_usage(self.root).free
+        return self._free_bytes()
 
     def clean_tmp(self) -> int:
         """Remove partial receives left by a crash: they were never acknowledged."""

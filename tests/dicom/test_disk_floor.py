@@ -1,0 +1,107 @@
+"""A box at the free-disk floor says so: health failed while it refuses, the log at a steady rate.
+
+The disk here is a stand-in that fills as the box writes (free space = what was left minus the
+bytes in the spool), so the box parks just above the floor the way a real card does: each
+instance, once written, takes it below; once removed, the disk is back above it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from afra.app import Appliance
+from afra.health import DiskUsage
+from tests.conftest import BoxFactory, wait_for
+from tests.dicom.conftest import send_raw
+from tests.dicomgen import make_instance
+from tests.fakes import FakeClock
+
+MB = 2**20
+FLOOR_MB = 1
+
+
+def filling_disk(root: Path, headroom: int) -> Callable[[Path], DiskUsage]:
+    """A disk with `headroom` bytes above the floor before anything is received."""
+    total = 64 * MB
+
+    def usage(_path: Path) -> DiskUsage:
+        held = sum(
+            p.stat().st_size
+            for part in ("tmp", "objects")
+            for p in (root / part).rglob("*")
+            if p.is_file()
+        )
+        free = FLOOR_MB * MB + headroom - held
+        return DiskUsage(total, total - free, free)
+
+    return usage
+
+
+def check_health(box: Appliance, clock: FakeClock) -> None:
+    clock.advance(60)  # the storage check comes due
+    assert box.monitor is not None
+    box.monitor.run_once()
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "afra.receive" and r.levelno >= logging.ERROR
+    ]
+
+
+def test_a_box_parked_at_the_floor_reports_failed_while_it_refuses_studies(
+    make_box: BoxFactory, clock: FakeClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "box"
+    box = make_box(root, usage=filling_disk(root, 4096), storage={"min_free_mb": FLOOR_MB})
+    check_health(box, clock)
+    assert "disk_floor" not in {r.condition for r in box.health.reasons}
+
+    caplog.set_level(logging.INFO, logger="afra.receive")
+    for n in range(5):  # each is about 8 KB: over the 4 KB left above the floor
+        path = make_instance(tmp_path / f"{n}.dcm", pixel_bytes=8192)
+        assert send_raw(box.dicom.port, path) == 0xA700
+    wait_for(lambda: list(box.spool.tmp_dir.iterdir()) == [], timeout=10, what="tmp/ empty")
+    assert box.index.studies() == []
+    check_health(box, clock)  # free space is above the floor again now the files are gone
+    assert box.health.state == "failed"
+    reason = next(r for r in box.health.reasons if r.condition == "disk_floor")
+    assert "new instances refused" in reason.detail
+    assert len(refusal_lines(caplog)) == 1  # not one per instance
+
+    clock.advance(61)  # a minute on: one more line, with the count
+    assert send_raw(box.dicom.port, make_instance(tmp_path / "x.dcm", pixel_bytes=8192)) == 0xA700
+    lines = refusal_lines(caplog)
+    assert len(lines) == 2 and "still refusing new instances: 5 refused" in lines[1]  # 4 + this one
+
+    # A small instance fits: the box takes it and the failure ends at once.
+    small = make_instance(tmp_path / "small.dcm", pixel_bytes=None)
+    assert send_raw(box.dicom.port, small) == 0x0000
+    assert "disk_floor" not in {r.condition for r in box.health.reasons}
+    assert any("taking new instances again" in r.getMessage() for r in caplog.records)
+
+
+def test_the_failure_ends_when_room_comes_back_with_nobody_sending(
+    make_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    root = tmp_path / "box"
+    headroom = {"bytes": 4096}
+
+    def usage(path: Path) -> DiskUsage:
+        return filling_disk(root, headroom["bytes"])(path)
+
+    box = make_box(root, usage=usage, storage={"min_free_mb": FLOOR_MB})
+    assert send_raw(box.dicom.port, make_instance(tmp_path / "a.dcm", pixel_bytes=8192)) == 0xA700
+    check_health(box, clock)
+    assert box.health.state == "failed"
+
+    headroom["bytes"] = 2 * MB  # delivered studies purged: room for what was refused
+    check_health(box, clock)
+    assert "disk_floor" not in {r.condition for r in box.health.reasons}
+    assert send_raw(box.dicom.port, make_instance(tmp_path / "b.dcm", pixel_bytes=8192)) == 0x0000
