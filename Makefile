@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEBS := dcmtk orthanc chromium chromium-driver
 RUN_DIR ?= data/emulation
 
-.PHONY: run test lint typecheck pytest system-deps venv image image-test label \
+.PHONY: run test test-faults lint typecheck pytest system-deps venv image image-test label \
 	bench-ingest bench-memory bench-uplink bench-download clean
 
 $(STAMP): pyproject.toml
@@ -39,6 +39,8 @@ system-deps:
 	command -v mkfs.vfat >/dev/null || missing="$$missing dosfstools"; \
 	command -v sfdisk >/dev/null || missing="$$missing fdisk"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	[ -x /usr/sbin/rsyslogd ] || missing="$$missing rsyslog"; \
+	dpkg -s rsyslog-gnutls >/dev/null 2>&1 || missing="$$missing rsyslog-gnutls"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install$$missing"; exit 1; fi; \
@@ -63,6 +65,11 @@ pytest: $(STAMP) system-deps
 	$(BIN)/pytest -q
 
 test: system-deps $(STAMP) lint typecheck pytest
+
+# The fault suite at the issue's counts (make test runs a few rounds of each); ends with its
+# figures (about 10 minutes).
+test-faults: system-deps $(STAMP)
+	AFRA_FAULTS=full $(BIN)/pytest -q tests/faults
 
 # The appliance image (image-build/build.sh installs the builder's own tools when missing).
 image: $(STAMP)
