@@ -351,6 +351,62 @@ class ReportStatusResponse(Message):
     Studies: tuple[ReportStatus, ...]
 
 
+# -- audit (DICOM PS3.15 A.5 audit messages, as JSON) --------------------------------------
+
+
+class AuditCode(Message):
+    """A coded value: DICOM's (code, "DCM", meaning), or RFC 3881's (code, "RFC-3881", ...)."""
+
+    code: str = Field(max_length=16)
+    system: str = Field("DCM", max_length=16)
+    meaning: str = Field(max_length=64)
+
+
+class AuditParticipant(Message):
+    """ActiveParticipant: who or what took part (a user, an AE, the box, the hub)."""
+
+    user_id: str = Field(max_length=256)
+    name: str = Field("", max_length=256, description="AlternativeUserID or the person's name")
+    requestor: bool = False
+    address: str = Field("", max_length=256, description="NetworkAccessPointID")
+    address_type: Literal[1, 2] = Field(2, description="1 machine name, 2 IP address")
+    role: AuditCode | None = None
+
+
+class AuditObject(Message):
+    """ParticipantObjectIdentification: what was touched (a study by UID, a patient by ID)."""
+
+    id: str = Field(max_length=256)
+    type: Literal[1, 2, 3, 4] = Field(2, description="1 person, 2 system object, 3 org, 4 other")
+    role: int = Field(3, ge=1, le=24, description="1 patient, 3 report, 13 security resource...")
+    id_type: AuditCode
+    name: str = Field("", max_length=256)
+    details: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+
+class AuditEvent(Message):
+    """One audit record: who, what, when, where, the outcome and the objects by UID."""
+
+    seq: int = Field(ge=1, description="the node's own sequence number, gap-free")
+    event: AuditCode
+    action: Literal["C", "R", "U", "D", "E"]
+    at: str = Field(max_length=40, description="EventDateTime, ISO 8601 with its offset")
+    outcome: Literal[0, 4, 8, 12] = Field(0, description="0 success ... 12 major failure")
+    outcome_text: str = Field("", max_length=500)
+    types: tuple[AuditCode, ...] = Field((), max_length=4)
+    source: str = Field(max_length=64, description="AuditSourceID: the box")
+    participants: tuple[AuditParticipant, ...] = Field(max_length=8)
+    objects: tuple[AuditObject, ...] = Field((), max_length=64)
+
+
+class AuditBatch(Message):
+    events: tuple[AuditEvent, ...] = Field(min_length=1, max_length=500)
+
+
+class AuditAck(Message):
+    through: int = Field(ge=0, description="every record up to this seq is held by the hub")
+
+
 class Problem(Message):
     """Every error response (RFC 9457 style)."""
 

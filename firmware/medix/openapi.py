@@ -2,10 +2,12 @@
 
 `build_openapi()` covers every path of docs/medix.md: node -> hub under /medix/v1 (mutual
 TLS), the node-side API (/api/study/download with its progress callback,
-/api/study/report-status), the hub's webhook, the reference hub's pages and its admin API
-(bearer token). Schemas come from the pydantic models (medix.models, medix.hub.schemas);
-errors are problem+json. `python -m medix.openapi > docs/medix-openapi.json` refreshes the
-committed copy, which a test compares with this function's output.
+/api/study/report-status), the hub's webhook, the reference hub's pages (the patient page,
+physicians' sign-in and inbox, downloads; a physician's session is a cookie) and its admin
+API (bearer token). Schemas come from the pydantic models (medix.models, medix.hub.schemas);
+errors are problem+json, except on the HTML pages. `python -m medix.openapi >
+docs/medix-openapi.json` refreshes the committed copy, which a test compares with this
+function's output.
 """
 
 from __future__ import annotations
@@ -46,8 +48,15 @@ MODELS: tuple[type[BaseModel], ...] = (
     models.WebhookProgress,
     models.ReportStatusRequest,
     models.ReportStatusResponse,
+    models.AuditBatch,
+    models.AuditAck,
     models.Problem,
     *schemas.ADMIN_MODELS,
+    # Physician accounts (admin): not in ADMIN_MODELS, which medix.hub.schemas owns.
+    schemas.PhysicianOrder,
+    schemas.PasswordOrder,
+    schemas.PhysicianInfo,
+    schemas.PhysicianList,
 )
 
 # Problem responses by status: (component name, description).
@@ -66,6 +75,18 @@ ERRORS: dict[int, tuple[str, str]] = {
 NODE_ERRORS = (400, 401, 413, 415, 422)
 ADMIN: list[dict[str, list[str]]] = [{"adminBearer": []}]
 MTLS: list[dict[str, list[str]]] = [{"mutualTLS": []}]
+SESSION: list[dict[str, list[str]]] = [{"physicianSession": []}]
+# medix.hub.app's cookies as named over TLS (plain http drops the __Host- prefix); written
+# out, not imported: medix.hub.app needs Flask and this module does not.
+SESSION_COOKIE = "__Host-medix-session"
+FORM_COOKIE = "__Host-medix-form"
+CSRF_FIELD = "csrf_token"
+RETRY_AFTER: dict[str, Any] = {
+    "Retry-After": {
+        "description": "whole seconds to wait before trying again",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
 
 COMMANDS_DESCRIPTION = """Long poll: answers at once when commands are due, else after at most
 `wait` seconds (0-60; larger values count as 60) with an empty batch. Returned commands are
@@ -185,8 +206,45 @@ def _path_param(name: str, description: str, schema: dict[str, Any] | None = Non
     }
 
 
-def _html(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {HTML: {"schema": {"type": "string"}}}}
+def _html(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {HTML: {"schema": {"type": "string"}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _too_many(
+    description: str = "rate limited: too many requests from this address",
+) -> dict[str, Any]:
+    """A page's 429: an empty bucket of medix.hub.throttle (docs/medix.md, Rate limits)."""
+    return _html(description, RETRY_AFTER)
+
+
+def _see_other(description: str, cookie: str = "") -> dict[str, Any]:
+    headers: dict[str, Any] = {"Location": {"schema": {"type": "string"}}}
+    if cookie:
+        headers["Set-Cookie"] = {"description": cookie, "schema": {"type": "string"}}
+    return {"description": description, "headers": headers}
+
+
+def _form(fields: dict[str, str], *, required: bool = True) -> dict[str, Any]:
+    """An HTML form's body: every field a string, described by `fields`."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            name: {"type": "string", "description": description}
+            for name, description in fields.items()
+        },
+    }
+    if required:
+        schema["required"] = list(fields)
+    return {
+        "required": required,
+        "content": {"application/x-www-form-urlencoded": {"schema": schema}},
+    }
 
 
 def _node_to_hub(b: _Builder) -> dict[str, Any]:
@@ -218,6 +276,24 @@ def _node_to_hub(b: _Builder) -> dict[str, Any]:
                 "requestBody": b.json_body(models.Heartbeat),
                 "responses": {
                     "200": b.json_response(models.HeartbeatResponse, "recorded"),
+                    **_errors(*NODE_ERRORS),
+                },
+            }
+        },
+        f"{prefix}/audit": {
+            "post": {
+                "operationId": "postAudit",
+                "tags": tags,
+                "summary": "Hand over audit records (DICOM PS3.15 A.5 messages as JSON)",
+                "description": "1-500 records, each with the node's gap-free `seq`; the hub "
+                "keeps each (node, seq) once, so a batch sent again is harmless. The answer's "
+                "`through` is the highest seq the hub holds for the node with none missing "
+                "below it (counted from the first record it holds); the node moves its cursor "
+                "there and sends what follows.",
+                "security": MTLS,
+                "requestBody": b.json_body(models.AuditBatch),
+                "responses": {
+                    "200": b.json_response(models.AuditAck, "held"),
                     **_errors(*NODE_ERRORS),
                 },
             }
@@ -592,8 +668,9 @@ def _hub_pages(b: _Builder) -> dict[str, Any]:
                             }
                         },
                     },
-                    "404": _html("no such file"),
+                    "404": _html("no such file (counted as a wrong guess)"),
                     "410": _html("the hub no longer holds it"),
+                    "429": _too_many("rate limited, or too many wrong links from this address"),
                 },
             }
         },
@@ -602,7 +679,7 @@ def _hub_pages(b: _Builder) -> dict[str, Any]:
                 "operationId": "patientForm",
                 "tags": tags,
                 "summary": "Form: Medis code and birth date",
-                "responses": {"200": _html("the form")},
+                "responses": {"200": _html("the form"), "429": _too_many()},
             },
             "post": {
                 "operationId": "patientOpen",
@@ -610,7 +687,8 @@ def _hub_pages(b: _Builder) -> dict[str, Any]:
                 "summary": "The study behind a Medis code, when the birth date matches",
                 "description": "Codes are read case-insensitively, with or without "
                 "separators. Wrong tries are limited per code and per address "
-                "(Policy.code_max_attempts per day, then 429); codes expire after "
+                "(Policy.code_max_attempts per day, then 429) and count against the "
+                "address's wrong guesses (medix.hub.throttle); codes expire after "
                 "Policy.code_expiry_days (410).",
                 "requestBody": {
                     "required": True,
@@ -635,7 +713,10 @@ def _hub_pages(b: _Builder) -> dict[str, Any]:
                     "400": _html("code or birth date missing"),
                     "403": _html("wrong code or birth date (counted)"),
                     "410": _html("code expired"),
-                    "429": _html("locked after too many wrong tries"),
+                    "429": _too_many(
+                        "rate limited, no wrong guesses left for this address, or locked "
+                        "after Policy.code_max_attempts wrong tries a day"
+                    ),
                 },
             },
         },
@@ -657,20 +738,129 @@ def _hub_pages(b: _Builder) -> dict[str, Any]:
                             }
                         },
                     },
-                    "404": _html("no such link or study"),
+                    "404": _html("no such link or study (counted as a wrong guess)"),
                     "410": _html("link expired"),
+                    "429": _too_many("rate limited, or too many wrong links from this address"),
                 },
             }
         },
-        "/inbox/{physician}": {
+        **_physician_pages(),
+    }
+
+
+def _physician_pages() -> dict[str, Any]:
+    """Sign-in, sign-out and the inbox (docs/medix.md, Physician accounts and sessions)."""
+    tags = ["hub pages"]
+    form_cookie = (
+        f"{FORM_COOKIE} (medix-form over plain http): the form's nonce, HttpOnly, SameSite=Strict"
+    )
+    session_cookie = (
+        f"{SESSION_COOKIE} (medix-session over plain http): the session's 256-bit token, "
+        "HttpOnly, SameSite=Strict, Path=/, no expiry date"
+    )
+    refused_form = "the form again, with a fresh CSRF token"
+    return {
+        "/physician/sign-in": {
+            "get": {
+                "operationId": "physicianSignInForm",
+                "tags": tags,
+                "summary": "Form: login and password (with a CSRF token)",
+                "responses": {
+                    "200": _html(
+                        "the form",
+                        {"Set-Cookie": {"description": form_cookie, "schema": {"type": "string"}}},
+                    ),
+                    "429": _too_many(),
+                },
+            },
+            "post": {
+                "operationId": "physicianSignIn",
+                "tags": tags,
+                "summary": "Sign in: a session cookie and a redirect to /inbox",
+                "description": "The form's `csrf_token` must be the hub's HMAC of the nonce "
+                "in the form cookie (set by the GET); without both the post is 400 and no "
+                "password is checked. A wrong login and a wrong password are the same 403 "
+                "and count as wrong guesses per address and per login; while either has none "
+                "left the post is 429 and the password is not checked. A session ends on "
+                "sign-out, a new password, removal of the account, 30 minutes without a "
+                "request or 12 hours after sign-in; signing in again ends the browser's "
+                "previous session.",
+                "parameters": [
+                    {
+                        "name": FORM_COOKIE,
+                        "in": "cookie",
+                        "required": False,
+                        "description": "the nonce the form's GET set (medix-form over plain "
+                        "http); without it the post is 400",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": _form(
+                    {
+                        "login": "what the physician types (case-insensitive)",
+                        "password": "the account's password",
+                        CSRF_FIELD: "the token the form carries",
+                    }
+                ),
+                "responses": {
+                    "303": _see_other(
+                        "signed in: to /inbox",
+                        f"{session_cookie}; the form cookie is cleared",
+                    ),
+                    "400": _html(f"the form was not this hub's: {refused_form}"),
+                    "403": _html(f"wrong login or password (not saying which): {refused_form}"),
+                    "429": _too_many(
+                        "rate limited, or no wrong sign-ins left for this address or this "
+                        "login (the password was not checked)"
+                    ),
+                },
+            },
+        },
+        "/physician/sign-out": {
+            "post": {
+                "operationId": "physicianSignOut",
+                "tags": tags,
+                "summary": "End the session (the hub deletes it) and drop its cookie",
+                "description": "The form on the inbox page carries `csrf_token`, an HMAC of "
+                "the session; without a live session there is nothing to end and the answer "
+                "is the same redirect.",
+                "security": [*SESSION, {}],
+                "requestBody": _form({CSRF_FIELD: "the token the inbox page's form carries"}),
+                "responses": {
+                    "303": _see_other(
+                        "signed out: to /physician/sign-in", "the session cookie, cleared"
+                    ),
+                    "400": _html("a CSRF token not of this session; the session stays"),
+                    "429": _too_many(),
+                },
+            }
+        },
+        "/inbox": {
             "get": {
                 "operationId": "physicianInbox",
                 "tags": tags,
-                "summary": "The referring physician's studies with Medis codes and downloads",
-                "description": "Matches StudyRegistration.referring_physician (DICOM PN text "
-                "as given, e.g. Family^Given) case-insensitively.",
-                "parameters": [_path_param("physician", "DICOM PN text")],
-                "responses": {"200": _html("the studies (maybe none)")},
+                "summary": "The signed-in physician's studies with Medis codes and downloads",
+                "description": "The studies whose StudyRegistration.referring_physician "
+                "matches the account's name (DICOM PN text, trimmed and case-folded: "
+                "PhysicianInfo.physician_key). Download links are signed, valid for an hour "
+                "and not tied to the session.",
+                "security": SESSION,
+                "responses": {
+                    "200": _html("the studies (maybe none) and a sign-out form"),
+                    "303": _see_other("no live session: to /physician/sign-in"),
+                    "429": _too_many(),
+                },
+            }
+        },
+        "/inbox/{name}": {
+            "get": {
+                "operationId": "oldPhysicianInbox",
+                "tags": tags,
+                "summary": "The old per-name address: a redirect to /inbox",
+                "description": "The name is ignored; a URL never chooses whose studies are shown.",
+                "deprecated": True,
+                "parameters": [_path_param("name", "anything; ignored")],
+                "responses": {"303": _see_other("to /inbox"), "429": _too_many()},
             }
         },
     }
@@ -679,6 +869,7 @@ def _hub_pages(b: _Builder) -> dict[str, Any]:
 def _admin(b: _Builder) -> dict[str, Any]:
     tags = ["admin"]
     node_id = _path_param("node_id", "node id from enrolment")
+    login = _path_param("login", "PhysicianInfo.login (case-insensitive)")
 
     def op(
         operation_id: str,
@@ -688,6 +879,7 @@ def _admin(b: _Builder) -> dict[str, Any]:
         body: type[BaseModel] | None = None,
         errors: tuple[int, ...] = (),
         parameters: list[Any] | None = None,
+        description: str = "",
     ) -> dict[str, Any]:
         operation: dict[str, Any] = {
             "operationId": operation_id,
@@ -696,6 +888,8 @@ def _admin(b: _Builder) -> dict[str, Any]:
             "security": ADMIN,
             "responses": {ok[0]: ok[1], **_errors(401, *errors)},
         }
+        if description:
+            operation["description"] = description
         if body is not None:
             operation["requestBody"] = b.json_body(body)
         if parameters:
@@ -848,6 +1042,76 @@ def _admin(b: _Builder) -> dict[str, Any]:
                 ("200", b.json_response(schemas.FileList, "")),
             )
         },
+        "/admin/audit": {
+            "get": op(
+                "listAudit",
+                "Audit records the nodes handed over (POST /medix/v1/audit)",
+                ("200", b.json_response(schemas.AuditList, "at most 1000, oldest first")),
+                parameters=[
+                    {
+                        "name": "node",
+                        "in": "query",
+                        "required": False,
+                        "description": "one node's records, by seq (an unknown id: none)",
+                        "schema": {"type": "string"},
+                    }
+                ],
+            )
+        },
+        "/admin/physicians": {
+            "post": op(
+                "addPhysician",
+                "Make a referring physician's account (there is no sign-up)",
+                (
+                    "201",
+                    b.json_response(
+                        schemas.PhysicianInfo,
+                        "made",
+                        {"Location": {"schema": {"type": "string"}}},
+                    ),
+                ),
+                body=schemas.PhysicianOrder,
+                errors=(400, 409, 413, 415, 422),
+                description="`login`: 1-64 of a-z 0-9 . _ @ -, starting with a letter or "
+                "digit, case-insensitive (409 when taken). `name`: exactly as the nodes send "
+                "StudyRegistration.referring_physician (DICOM PN text). `password`: "
+                f"{schemas.MIN_PASSWORD_CHARS}-{schemas.MAX_PASSWORD_CHARS} characters, not the "
+                "login; kept only as an scrypt hash, never shown.",
+            ),
+            "get": op(
+                "listPhysicians",
+                "Physician accounts",
+                ("200", b.json_response(schemas.PhysicianList, "")),
+            ),
+        },
+        "/admin/physicians/{login}": {
+            "get": op(
+                "getPhysician",
+                "A physician account",
+                ("200", b.json_response(schemas.PhysicianInfo, "")),
+                errors=(404,),
+                parameters=[login],
+            ),
+            "delete": op(
+                "removePhysician",
+                "Remove a physician account; its sessions end",
+                ("204", {"description": "removed"}),
+                errors=(404,),
+                parameters=[login],
+            ),
+        },
+        "/admin/physicians/{login}/password": {
+            "put": op(
+                "setPhysicianPassword",
+                "Set a physician's password; the account's sessions end",
+                ("200", b.json_response(schemas.PhysicianInfo, "set")),
+                body=schemas.PasswordOrder,
+                errors=(400, 404, 413, 415, 422),
+                parameters=[login],
+                description=f"{schemas.MIN_PASSWORD_CHARS}-{schemas.MAX_PASSWORD_CHARS} "
+                "characters, not the login (422).",
+            )
+        },
     }
 
 
@@ -910,6 +1174,14 @@ def build_openapi() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "the reference hub's admin token",
+                },
+                "physicianSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": SESSION_COOKIE,
+                    "description": "a referring physician's session from POST "
+                    "/physician/sign-in (medix-session over plain http); HttpOnly, "
+                    "SameSite=Strict; the hub keeps only its SHA-256",
                 },
             },
         },

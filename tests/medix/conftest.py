@@ -3,6 +3,7 @@ and a real HTTPS hub on loopback."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,12 @@ from medix.hub.app import create_hub, hub_of
 from medix.hub.core import Hub, HubConfig
 from medix.hub.server import HubServer
 from tests.fakes import FakeClock
-from tests.medix.nodekit import NodeKey, Study, enrol_body, node_key
+from tests.medix.nodekit import PHYSICIAN, NodeKey, Study, enrol_body, node_key
 
 ADMIN_TOKEN = "test-admin-token"
 API = "/medix/v1"
+PASSWORD = "correct horse battery"
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @dataclass
@@ -60,6 +63,16 @@ class HubClient:
     def admin_post(self, path: str, **kwargs: Any) -> TestResponse:
         return self.client.post("/admin" + path, headers=self.admin_headers(), **kwargs)
 
+    def add_physician(
+        self, login: str = "rahimi", name: str = PHYSICIAN, password: str = PASSWORD
+    ) -> dict[str, Any]:
+        response = self.admin_post(
+            "/physicians", json={"login": login, "name": name, "password": password}
+        )
+        assert response.status_code == 201, response.get_data(as_text=True)
+        account: dict[str, Any] = response.get_json()
+        return account
+
     def pairing_code(self) -> str:
         response = self.admin_post("/pairing-codes")
         assert response.status_code == 201
@@ -96,6 +109,30 @@ class HubClient:
         assert response.status_code == 200, response.get_json()
         receipt: dict[str, Any] = response.get_json()
         return upload_id, receipt
+
+
+def csrf_token(page: str) -> str:
+    found = CSRF.search(page)
+    assert found, page
+    return found.group(1)
+
+
+def sign_in(
+    client: FlaskClient,
+    login: str = "rahimi",
+    password: str = PASSWORD,
+    address: str = "192.0.2.50",
+) -> TestResponse:
+    """The sign-in form fetched and posted the way a browser does (its cookie, its token)."""
+    environ = {"REMOTE_ADDR": address}
+    form = client.get("/physician/sign-in", environ_overrides=environ)
+    assert form.status_code == 200, form.get_data(as_text=True)
+    token = csrf_token(form.get_data(as_text=True))
+    return client.post(
+        "/physician/sign-in",
+        data={"login": login, "password": password, "csrf_token": token},
+        environ_overrides=environ,
+    )
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ STUDY_ROOT = "1.2.826.0.1.3680043.10.999"
 MEDIS_CODE = "K7QM2XHP9RTC"
 BIRTH_DATE = "19800131"
 PHYSICIAN = "Rahimi^Ali"
+PATIENT_NAME = "Karimi^Sara"
 
 
 @dataclass
@@ -95,6 +96,7 @@ def make_study(
     medis_code: str = MEDIS_CODE,
     birth_date: str = BIRTH_DATE,
     physician: str = PHYSICIAN,
+    patient_name: str = PATIENT_NAME,
     seed: int = 7,
 ) -> Study:
     rng = random.Random(seed + study_number * 1000 + revision)
@@ -126,7 +128,7 @@ def make_study(
         study_uid=study_uid,
         revision=revision,
         medis_code=medis_code,
-        patient=Patient(name="Karimi^Sara", patient_id="P-1", birth_date=birth_date),
+        patient=Patient(name=patient_name, patient_id="P-1", birth_date=birth_date),
         referring_physician=physician,
         study_date="20250301",
         study_description="CHEST PA",

@@ -32,7 +32,7 @@ from medix.models import (
     Receipt,
     Registration,
 )
-from tests.medix.conftest import API, HubClient
+from tests.medix.conftest import API, HubClient, sign_in
 from tests.medix.nodekit import (
     BIRTH_DATE,
     MEDIS_CODE,
@@ -651,20 +651,28 @@ def test_download_links_are_signed_and_expire(hc: HubClient) -> None:
 def test_inbox_lists_the_physicians_studies(hc: HubClient) -> None:
     hc.upload(make_study())
     hc.upload(make_study(study_number=2, medis_code="22222222222A", physician="Other^Doc"))
-    response = hc.client.get("/inbox/rahimi^ALI")
+    hc.add_physician("rahimi", "rahimi^ALI")
+    hc.add_physician("other", "Other^Doc")
+    hc.add_physician("nobody", "Nobody")
+    assert sign_in(hc.client, "rahimi").status_code == 303
+    response = hc.client.get("/inbox")
     assert response.status_code == 200
     page = response.get_data(as_text=True)
     assert "K7QM-2XHP-9RTC" in page and "2222-2222-222A" not in page
     assert "Sara Karimi" in page
     assert len(download(hc.client, page)) == 4
-    assert "2222-2222-222A" in hc.client.get("/inbox/Other^Doc").get_data(as_text=True)
-    empty = hc.client.get("/inbox/Nobody")
+    sign_in(hc.client, "other")
+    assert "2222-2222-222A" in hc.client.get("/inbox").get_data(as_text=True)
+    sign_in(hc.client, "nobody")
+    empty = hc.client.get("/inbox")
     assert empty.status_code == 200 and "No studies" in empty.get_data(as_text=True)
 
 
 def test_inbox_match_uses_the_pn_text_as_given(hc: HubClient) -> None:
     hc.upload(make_study(physician=PHYSICIAN))
-    assert "K7QM" not in hc.client.get("/inbox/Ali Rahimi").get_data(as_text=True)
+    hc.add_physician("rahimi", "Ali Rahimi")
+    sign_in(hc.client, "rahimi")
+    assert "K7QM" not in hc.client.get("/inbox").get_data(as_text=True)
 
 
 def test_webhook_records_progress(hc: HubClient) -> None:

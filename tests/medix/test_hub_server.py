@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from medix.hub.ca import verify_receipt
 from medix.hub.server import HubServer
 from medix.models import CommandBatch, Policy, Receipt, Registration
-from tests.medix.conftest import ADMIN_TOKEN, API
+from tests.medix.conftest import ADMIN_TOKEN, API, PASSWORD, csrf_token
 from tests.medix.nodekit import BIRTH_DATE, MEDIS_CODE, Study, enrol_body, make_study, node_key
 
 TIMEOUT = 10
@@ -272,8 +272,17 @@ def test_patient_inbox_and_webhook_over_https(hub_server: HubServer, node: Node)
         assert link
         archive = browser.get(hub_server.url + link.group(1), verify=verify, timeout=TIMEOUT)
         assert archive.status_code == 200 and archive.content[:2] == b"PK"
-        inbox = browser.get(hub_server.url + "/inbox/RAHIMI^ALI", verify=verify, timeout=TIMEOUT)
-        assert "K7QM-2XHP-9RTC" in inbox.text
+        hub_server.add_physician("rahimi", "RAHIMI^ALI", PASSWORD)
+        closed = browser.get(hub_server.url + "/inbox", verify=verify, timeout=TIMEOUT)
+        assert "K7QM-2XHP-9RTC" not in closed.text and "password" in closed.text
+        signed = browser.post(
+            hub_server.url + "/physician/sign-in",
+            data={"login": "rahimi", "password": PASSWORD, "csrf_token": csrf_token(closed.text)},
+            verify=verify,
+            timeout=TIMEOUT,
+        )
+        assert "__Host-medix-session" in browser.cookies
+        assert signed.url.endswith("/inbox") and "K7QM-2XHP-9RTC" in signed.text
         progress = {"Status": "1", "headers": {"authorization": "t", "userid": "u", "kcode": "k"}}
         posted = browser.post(
             hub_server.url + "/webhook/v1/pacs/acme", json=progress, verify=verify, timeout=TIMEOUT

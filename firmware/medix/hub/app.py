@@ -1,11 +1,16 @@
 """The reference hub as a Flask application: `create_hub()` and its blueprints.
 
 `node_api` (everything under /medix/v1, docs/medix.md), `admin` (bearer token), `patient`
-(the Medis code page and study downloads), `inbox` (a referring physician's studies),
-`files` (files nodes prepared for the hub's users, by capability URL), `webhook` (download
-progress from nodes) and `webhook_tools` (a redirect trap for tests). Routes parse and
-answer; the rules live in medix.hub.core. Errors are `application/problem+json`, except on
-the HTML pages.
+(the Medis code page and study downloads), `physician` (sign-in and sign-out), `inbox` (the
+signed-in physician's own studies), `files` (files nodes prepared for the hub's users, by
+capability URL), `webhook` (download progress from nodes) and `webhook_tools` (a redirect
+trap for tests). Routes parse and answer; the rules live in medix.hub.core and
+medix.hub.physicians. Errors are `application/problem+json`, except on the HTML pages.
+
+Every HTML page takes a token from its client address's bucket first (medix.hub.throttle);
+lookups by something guessable (a code, a link, a file id, a password) also count wrong
+guesses. Physicians' cookies are HttpOnly, SameSite=Strict and, over TLS, Secure with the
+`__Host-` prefix (no other host can set them).
 
 A node is identified by the client certificate cheroot verified and put in
 `request.environ["SSL_CLIENT_CERT"]` (PEM), looked up by its SHA-256 fingerprint.
@@ -19,7 +24,17 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
-from flask import Blueprint, Flask, Response, current_app, g, render_template, request, send_file
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    g,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
 from jinja2 import DictLoader
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -35,10 +50,14 @@ from medix.hub.core import (
     normalise_code,
     validation_detail,
 )
+from medix.hub.physicians import Physicians
+from medix.hub.store import SessionRow
 from medix.hub.templates import TEMPLATES
+from medix.hub.throttle import client_key
 from medix.hub.updates import MAX_BUNDLE_BYTES
 from medix.models import (
     API_PREFIX,
+    AuditBatch,
     CommandResult,
     CommitRequest,
     EnrolRequest,
@@ -61,7 +80,12 @@ MAX_PART_SIZE = 8 * 1048576  # StudyRegistration.part_size's upper bound
 MAX_WEBHOOK_BYTES = 64 * 1024
 READ_CHUNK = 64 * 1024
 VENDOR_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-HTML_PREFIXES = ("/patient", "/inbox", "/download", "/files/")
+HTML_PREFIXES = ("/patient", "/inbox", "/download", "/files/", "/physician")
+SESSION_COOKIE = "medix-session"
+FORM_COOKIE = "medix-form"
+CSRF_FIELD = "csrf_token"
+SIGN_IN = "sign-in"  # CSRF token purposes
+SIGN_OUT = "sign-out"
 # Where /webhook/v1/redirect points: the cloud metadata address a webhook must never reach.
 REDIRECT_TARGET = "http://169.254.169.254/latest/meta-data/"
 HTML_SECURITY_HEADERS = {
@@ -81,6 +105,7 @@ node_api = Blueprint("node_api", __name__, url_prefix=API_PREFIX)
 admin = Blueprint("admin", __name__, url_prefix="/admin")
 patient = Blueprint("patient", __name__)
 inbox = Blueprint("inbox", __name__, url_prefix="/inbox")
+physician = Blueprint("physician", __name__, url_prefix="/physician")
 webhook = Blueprint("webhook", __name__, url_prefix="/webhook/v1/pacs")
 webhook_tools = Blueprint("webhook_tools", __name__, url_prefix="/webhook/v1")
 files = Blueprint("files", __name__, url_prefix="/files")
@@ -98,6 +123,15 @@ def _hub() -> Hub:
 
 def _address() -> str:
     return request.remote_addr or "unknown"
+
+
+def _client() -> str:
+    """Who a rate limit counts: the peer address (an IPv6 client by its /64).
+
+    Behind a reverse proxy every client has the proxy's address: run the hub there with
+    werkzeug's ProxyFix set to the proxy's own X-Forwarded-For, or every client shares one
+    bucket."""
+    return client_key(request.remote_addr)
 
 
 # -- request and response helpers ------------------------------------------------------------
@@ -180,6 +214,41 @@ def _render(template: str, status: int = 200, **context: object) -> Response:
     return Response(page, status=status, mimetype="text/html")
 
 
+def _see_other(endpoint: str) -> Response:
+    return Response(status=303, headers={"Location": url_for(endpoint)})
+
+
+def _cookie_name(base: str) -> str:
+    # __Host-: the browser takes it only from this host over TLS, for path /, so a sibling
+    # host cannot plant a session or a form nonce. Plain http (tests, debugging) cannot use it.
+    return f"__Host-{base}" if request.is_secure else base
+
+
+def _set_cookie(response: Response, base: str, value: str) -> None:
+    response.set_cookie(
+        _cookie_name(base),
+        value,
+        path="/",
+        secure=request.is_secure,
+        httponly=True,
+        samesite="Strict",
+    )
+
+
+def _drop_cookie(response: Response, base: str) -> None:
+    response.delete_cookie(
+        _cookie_name(base), path="/", secure=request.is_secure, httponly=True, samesite="Strict"
+    )
+
+
+def _session_token() -> str | None:
+    return request.cookies.get(_cookie_name(SESSION_COOKIE))
+
+
+def _signed_in() -> SessionRow | None:
+    return _hub().physicians.session(_session_token())
+
+
 # -- node -> hub -----------------------------------------------------------------------------
 
 
@@ -201,6 +270,11 @@ def enrol() -> Response:
 @node_api.post("/heartbeat")
 def heartbeat() -> Response:
     return _json(_hub().heartbeat(g.node, _body(Heartbeat)))
+
+
+@node_api.post("/audit")
+def audit() -> Response:
+    return _json(_hub().audit(g.node, _body(AuditBatch)))
 
 
 @node_api.post("/studies")
@@ -376,6 +450,11 @@ def list_webhooks() -> Response:
     return _json(_hub().webhooks())
 
 
+@admin.get("/audit")
+def list_audit() -> Response:
+    return _json(_hub().audit_records(request.args.get("node") or None))
+
+
 @admin.post("/webhooks/fail-next")
 def fail_next_webhooks() -> Response:
     order = _body(schemas.WebhookFailNext)
@@ -387,6 +466,34 @@ def list_files() -> Response:
     return _json(_hub().files())
 
 
+@admin.post("/physicians")
+def add_physician() -> Response:
+    account = _hub().physicians.add(_body(schemas.PhysicianOrder))
+    return _json(account, 201, {"Location": f"/admin/physicians/{account.login}"})
+
+
+@admin.get("/physicians")
+def list_physicians() -> Response:
+    return _json(_hub().physicians.accounts())
+
+
+@admin.get("/physicians/<login>")
+def physician_account(login: str) -> Response:
+    return _json(_hub().physicians.info(login))
+
+
+@admin.put("/physicians/<login>/password")
+def set_physician_password(login: str) -> Response:
+    order = _body(schemas.PasswordOrder)
+    return _json(_hub().physicians.set_password(login, order.password))
+
+
+@admin.delete("/physicians/<login>")
+def remove_physician(login: str) -> Response:
+    _hub().physicians.remove(login)
+    return _no_content()
+
+
 # -- patient, inbox, webhook -----------------------------------------------------------------
 
 
@@ -396,8 +503,11 @@ def form() -> Response:
         return _render("patient_form.html", code="", error=None, locked=False)
     code = request.form.get("code", "")
     birth_date = request.form.get("birth_date", "")
+    hub = _hub()
+    client = _client()
     try:
-        studies = _hub().patient_access(code, birth_date, _address())
+        with hub.guessing(client):
+            studies = hub.patient_access(code, birth_date, client)
     except HubError as error:
         response = _render(
             "patient_form.html",
@@ -419,25 +529,97 @@ def form() -> Response:
 
 @patient.get("/download/<token>")
 def download(token: str) -> Response:
-    handle, name = _hub().study_zip(token)
+    hub = _hub()
+    with hub.guessing(_client()):
+        handle, name = hub.study_zip(token)
     return send_file(handle, mimetype="application/zip", as_attachment=True, download_name=name)
 
 
-@inbox.get("/<path:physician>")
-def physician_inbox(physician: str) -> Response:
-    studies = _hub().physician_studies(physician)
+@physician.route("/sign-in", methods=["GET", "POST"])
+def sign_in() -> Response:
+    desk = _hub().physicians
+    if request.method == "GET":
+        return _sign_in_form()
+    nonce = request.cookies.get(_cookie_name(FORM_COOKIE))
+    if not desk.form_token_ok(SIGN_IN, nonce, request.form.get(CSRF_FIELD)):
+        # No nonce cookie (another site's form, SameSite) or a token that is not ours.
+        refused = HubError(400, "Form expired", "the sign-in form was not this hub's; try again")
+        return _sign_in_form(refused)
+    login = request.form.get("login", "")
+    try:
+        token = desk.sign_in(login, request.form.get("password", ""), _client())
+    except HubError as error:
+        return _sign_in_form(error, login=login[:64], nonce=nonce)
+    previous = _session_token()
+    if previous:
+        desk.sign_out(previous)  # one browser, one session: the new one replaces it
+    response = _see_other("inbox.studies")
+    _set_cookie(response, SESSION_COOKIE, token)
+    _drop_cookie(response, FORM_COOKIE)
+    return response
+
+
+def _sign_in_form(
+    error: HubError | None = None, *, login: str = "", nonce: str | None = None
+) -> Response:
+    desk = _hub().physicians
+    nonce = nonce or Physicians.new_form_nonce()
+    response = _render(
+        "sign_in.html",
+        status=error.status if error else 200,
+        error=error,
+        login=login,
+        csrf_field=CSRF_FIELD,
+        csrf=desk.form_token(SIGN_IN, nonce),
+        locked=error is not None and error.status == 429,
+    )
+    if error is not None:
+        response.headers.update(error.headers)
+    _set_cookie(response, FORM_COOKIE, nonce)
+    return response
+
+
+@physician.post("/sign-out")
+def sign_out() -> Response:
+    desk = _hub().physicians
+    token = _session_token()
+    row = desk.session(token)
+    if token and row is not None:
+        if not desk.form_token_ok(SIGN_OUT, row.token_hash, request.form.get(CSRF_FIELD)):
+            raise HubError(400, "Form expired", "sign out from the inbox page")
+        desk.sign_out(token)  # the session ends at the hub: the cookie opens nothing now
+    response = _see_other("physician.sign_in")
+    _drop_cookie(response, SESSION_COOKIE)
+    return response
+
+
+@inbox.get("")
+def studies() -> Response:
+    row = _signed_in()
+    if row is None:
+        return _see_other("physician.sign_in")
     return _render(
         "study_list.html",
-        heading=f"Studies referred by {physician.replace('^', ' ').strip()}",
-        studies=studies,
+        heading=f"Studies referred by {_person_name(row.name)}",
+        studies=_hub().physician_studies(row.name),
         show_code=True,
         show_patient=True,
+        csrf_field=CSRF_FIELD,
+        sign_out_csrf=_hub().physicians.form_token(SIGN_OUT, row.token_hash),
     )
+
+
+@inbox.get("/<path:name>")
+def named_inbox(name: str) -> Response:
+    """The old per-name address: the name is ignored, everyone sees only their own."""
+    return _see_other("inbox.studies")
 
 
 @files.get("/<file_id>/<name>")
 def saved_file(file_id: str, name: str) -> Response:
-    path, media_type = _hub().saved_file(file_id, name)
+    hub = _hub()
+    with hub.guessing(_client()):
+        path, media_type = hub.saved_file(file_id, name)
     response = send_file(
         path, mimetype=media_type, as_attachment=True, download_name=name, conditional=True
     )
@@ -494,8 +676,13 @@ def create_hub(config: HubConfig | None = None, *, clock: Clock | None = None) -
     # Bodies are bounded per route (_read_body); this is only the outer fence.
     app.config["MAX_CONTENT_LENGTH"] = max(config.max_json_bytes, compressed_limit(MAX_PART_SIZE))
     app.extensions[EXTENSION] = hub
-    for blueprint in (node_api, admin, patient, inbox, files, webhook, webhook_tools):
+    for blueprint in (node_api, admin, patient, physician, inbox, files, webhook, webhook_tools):
         app.register_blueprint(blueprint)
+
+    @app.before_request
+    def _admit() -> None:
+        if _html_request():
+            _hub().admit(_client())
 
     @app.get("/")
     def index() -> Response:

@@ -29,7 +29,7 @@ import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -46,6 +46,8 @@ from medix.hub.ca import (
     receipt_fields,
     write_public,
 )
+from medix.hub.errors import HubError
+from medix.hub.physicians import Physicians, SessionSettings, physician_key
 from medix.hub.store import (
     COMMITTED,
     SAVED,
@@ -57,11 +59,15 @@ from medix.hub.store import (
     StaleError,
     UploadRow,
 )
+from medix.hub.throttle import RateLimits, Throttle, retry_after
 from medix.hub.updates import UpdateShelf
 from medix.models import (
     NODE_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    AuditAck,
+    AuditBatch,
+    AuditEvent,
     Command,
     CommandBatch,
     CommandResult,
@@ -125,6 +131,8 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 # A file id is the capability in the hub user's download URL: 192 random bits.
 FILE_ID_BYTES = 24
 MISSING_SHOWN = 100
+DEFAULT_RATE_LIMITS = RateLimits()
+DEFAULT_SESSIONS = SessionSettings()
 
 
 class Clock(Protocol):
@@ -150,19 +158,8 @@ class HubConfig:
     server_names: tuple[str, ...] = ()  # extra SubjectAltNames for the TLS certificate
     max_json_bytes: int = 16 << 20
     max_stream_bytes: int = 1 << 40
-
-
-@dataclass
-class HubError(Exception):
-    """A refusal: HTTP status, a short title and a detail for the caller."""
-
-    status: int
-    title: str
-    detail: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return f"{self.status} {self.title}: {self.detail}"
+    rate_limits: RateLimits = DEFAULT_RATE_LIMITS  # patient-facing pages, per client address
+    sessions: SessionSettings = DEFAULT_SESSIONS  # physicians' sign-in sessions
 
 
 @dataclass(frozen=True)
@@ -194,11 +191,6 @@ def normalise_code(text: str) -> str:
 
 def format_code(code: str, group: int = 4) -> str:
     return "-".join(code[i : i + group] for i in range(0, len(code), group))
-
-
-def physician_key(name: str) -> str:
-    """How the inbox matches a referring physician: the PN text as given, case-insensitive."""
-    return name.strip().casefold()
 
 
 def _hash_code(code: str) -> str:
@@ -331,6 +323,14 @@ class Hub:
         )
         self.admin_token = config.admin_token or self._stored_admin_token()
         self._link_key = self.ca.new_secret("links.key")
+        self.throttle = Throttle(config.rate_limits, self.clock)
+        self.physicians = Physicians(
+            self.store,
+            self.clock,
+            self.throttle,
+            self.ca.new_secret("forms.key"),
+            config.sessions,
+        )
         self.updates = UpdateShelf(config.data_dir / "updates")
         self._tmp_dir = config.data_dir / "tmp"
         self._tmp_dir.mkdir(mode=0o700, exist_ok=True)
@@ -459,6 +459,19 @@ class Hub:
     def revoke_node(self, node_id: str) -> None:
         if not self.store.revoke_node(node_id):
             raise HubError(404, "No such node", node_id)
+
+    def audit(self, node: NodeRow, batch: AuditBatch) -> AuditAck:
+        """Keep a node's audit records (each seq once: a batch sent again is harmless)."""
+        events = [(e.seq, e.model_dump_json()) for e in batch.events]
+        return AuditAck(through=self.store.add_audit(node.id, events, self.clock.time()))
+
+    def audit_records(self, node_id: str | None = None) -> schemas.AuditList:
+        return schemas.AuditList(
+            records=tuple(
+                schemas.AuditEntry(node_id=n, event=AuditEvent.model_validate_json(body))
+                for n, _seq, body in self.store.audit(node_id)
+            )
+        )
 
     def heartbeat(self, node: NodeRow, beat: Heartbeat) -> HeartbeatResponse:
         now = self.clock.time()
@@ -1084,10 +1097,44 @@ class Hub:
         return self._patient_studies(matching)
 
     def physician_studies(self, physician: str) -> list[PatientStudy]:
+        """The studies referred by `physician` (an account's name: only ever the signed-in
+        physician's own, never a name taken from a request)."""
         key = physician_key(physician)
         if not key:
             return []
         return self._patient_studies(self.store.committed_by_physician(key))
+
+    @contextmanager
+    def guessing(self, client: str) -> Iterator[None]:
+        """Around a lookup by something a client could guess (a Medis code, a download link,
+        a file id): 429 while `client` has no wrong guesses left, and a 403 or 404 raised
+        inside counts as one. Refused before the lookup, so a right guess is no answer."""
+        wait = self.throttle.may_guess(client)
+        if wait > 0:
+            raise HubError(
+                429,
+                "Too many wrong tries",
+                f"too many wrong codes or links from this connection; try again in "
+                f"{max(1, round(wait / 60))} minutes",
+                {"Retry-After": retry_after(wait)},
+            )
+        try:
+            yield
+        except HubError as error:
+            if error.status in (403, 404):
+                self.throttle.wrong_guess(client)
+            raise
+
+    def admit(self, client: str) -> None:
+        """One request to a patient-facing page from `client` (429 when its bucket is empty)."""
+        wait = self.throttle.request(client)
+        if wait > 0:
+            raise HubError(
+                429,
+                "Too many requests",
+                "this connection is sending requests too fast; wait a moment",
+                {"Retry-After": retry_after(wait)},
+            )
 
     def study_zip(self, token: str) -> tuple[IO[bytes], str]:
         """A temporary file holding a zip of every instance under the token's code."""

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medix.models import CommandType, Policy, QueueStats, Receipt, UpdateReport
+from medix.models import AuditEvent, CommandType, Policy, QueueStats, Receipt, UpdateReport
 
 
 class AdminMessage(BaseModel):
@@ -125,6 +125,17 @@ class WebhookList(AdminMessage):
     webhooks: tuple[WebhookEntry, ...]
 
 
+class AuditEntry(AdminMessage):
+    node_id: str
+    event: AuditEvent
+
+
+class AuditList(AdminMessage):
+    """Audit records the nodes handed over (oldest first)."""
+
+    records: tuple[AuditEntry, ...]
+
+
 class WebhookFailNext(AdminMessage):
     """Fault injection: the next `count` webhook posts are answered with `status`."""
 
@@ -161,7 +172,45 @@ ADMIN_MODELS: tuple[type[BaseModel], ...] = (
     NodeList,
     StudyList,
     WebhookList,
+    AuditList,
     WebhookFailNext,
     FileList,
     Policy,
 )
+
+
+MIN_PASSWORD_CHARS = 12
+MAX_PASSWORD_CHARS = 256
+
+
+class PhysicianOrder(AdminMessage):
+    """A physician account to make: the login they sign in with, their name exactly as the
+    centers' nodes send it (StudyRegistration.referring_physician, e.g. Family^Given; matched
+    case-insensitively) and a first password."""
+
+    login: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=256)
+    password: str = Field(
+        repr=False,
+        min_length=MIN_PASSWORD_CHARS,
+        max_length=MAX_PASSWORD_CHARS,
+        description="kept only as an scrypt hash",
+    )
+
+
+class PasswordOrder(AdminMessage):
+    """A physician's new password; their sessions end."""
+
+    password: str = Field(repr=False, min_length=MIN_PASSWORD_CHARS, max_length=MAX_PASSWORD_CHARS)
+
+
+class PhysicianInfo(AdminMessage):
+    login: str
+    name: str
+    physician_key: str = Field(description="what the inbox matches referring_physician by")
+    created_at: float
+    password_set_at: float
+
+
+class PhysicianList(AdminMessage):
+    physicians: tuple[PhysicianInfo, ...]

@@ -18,6 +18,7 @@ from typing import Any
 
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
+from medix.hub import schemas
 from medix.hub.app import create_hub, hub_of
 from medix.hub.core import Clock, HubConfig
 from medix.models import Policy
@@ -172,6 +173,11 @@ class HubServer:
     def new_pairing_code(self) -> str:
         return self.hub.new_pairing_code().code
 
+    def add_physician(self, login: str, name: str, password: str) -> None:
+        """A physician account, as `POST /admin/physicians` makes it; `name` is the PN text
+        nodes send as referring_physician."""
+        self.hub.physicians.add(schemas.PhysicianOrder(login=login, name=name, password=password))
+
     def publish_policy(self, policy: Policy) -> None:
         self.hub.publish_policy(policy)
 
@@ -203,6 +209,10 @@ class HubServer:
         return [
             info.model_dump(mode="json") for info in self.hub.files().files if info.state == "saved"
         ]
+
+    def audit(self, node_id: str | None = None) -> list[dict[str, Any]]:
+        """The audit records nodes have handed over, as JSON."""
+        return [r.event.model_dump(mode="json") for r in self.hub.audit_records(node_id).records]
 
     def instance_bytes(self, upload_id: str, sop_instance_uid: str) -> bytes:
         return self.hub.instance_bytes(upload_id, sop_instance_uid)

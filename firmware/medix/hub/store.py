@@ -4,8 +4,10 @@ Tables: nodes, pairing codes (SHA-256 hashes only) and failed pairings per addre
 (one per node, study and revision), their parts, the instances of committed studies, Medis
 code attempts on the patient page, commands for nodes, the webhook log and published
 policies; files nodes prepared for the hub's users (a study zip per download job) and
-their parts. Part bytes live in `uploads/<upload_id>/<n>.part`; a committed study's instance
-files in `studies/<upload_id>/<sha256 of the SOP Instance UID>.dcm` with `manifest.json`.
+their parts; physician accounts (scrypt password hashes) and their sign-in sessions
+(SHA-256 of the cookie's token only). Part bytes live in `uploads/<upload_id>/<n>.part`; a
+committed study's instance files in `studies/<upload_id>/<sha256 of the SOP Instance
+UID>.dcm` with `manifest.json`.
 A file's parts live in `file-parts/<file_id>/<n>.part` until it is saved as
 `files/<file_id>/<name>`. Every statement is a named constant with `?` parameters; one lock
 serialises the connection.
@@ -155,6 +157,27 @@ CREATE TABLE IF NOT EXISTS file_parts (
     size INTEGER NOT NULL,
     received_at REAL NOT NULL,
     PRIMARY KEY (file_id, n)
+);
+CREATE TABLE IF NOT EXISTS physicians (
+    login TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    password_set_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS physician_sessions (
+    token_hash TEXT PRIMARY KEY,
+    login TEXT NOT NULL REFERENCES physicians (login),
+    created_at REAL NOT NULL,
+    seen_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS physician_sessions_login ON physician_sessions (login, created_at);
+CREATE TABLE IF NOT EXISTS audit (
+    node_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event_json TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (node_id, seq)
 );
 """
 
@@ -323,6 +346,37 @@ ON CONFLICT (file_id, n) DO UPDATE SET sha256 = excluded.sha256, size = excluded
 SQL_LIST_FILE_PARTS = "SELECT n, sha256, size FROM file_parts WHERE file_id = ? ORDER BY n"
 SQL_DROP_FILE_PARTS_FROM = "DELETE FROM file_parts WHERE file_id = ? AND n >= ?"
 
+_PHYSICIAN_COLUMNS = "login, name, password_hash, created_at, password_set_at"
+SQL_INSERT_PHYSICIAN = """
+INSERT INTO physicians (login, name, password_hash, created_at, password_set_at)
+VALUES (?, ?, ?, ?, ?)
+"""
+SQL_PHYSICIAN = f"SELECT {_PHYSICIAN_COLUMNS} FROM physicians WHERE login = ?"
+SQL_LIST_PHYSICIANS = f"SELECT {_PHYSICIAN_COLUMNS} FROM physicians ORDER BY login"
+SQL_SET_PHYSICIAN_HASH = (
+    "UPDATE physicians SET password_hash = ?, password_set_at = ? WHERE login = ?"
+)
+SQL_DELETE_PHYSICIAN = "DELETE FROM physicians WHERE login = ?"
+SQL_INSERT_SESSION = """
+INSERT INTO physician_sessions (token_hash, login, created_at, seen_at) VALUES (?, ?, ?, ?)
+"""
+SQL_SESSION = """
+SELECT s.token_hash, s.login, s.created_at, s.seen_at, p.name
+FROM physician_sessions s JOIN physicians p ON p.login = s.login
+WHERE s.token_hash = ?
+"""
+SQL_TOUCH_SESSION = "UPDATE physician_sessions SET seen_at = ? WHERE token_hash = ?"
+SQL_DELETE_SESSION = "DELETE FROM physician_sessions WHERE token_hash = ?"
+SQL_DELETE_LOGIN_SESSIONS = "DELETE FROM physician_sessions WHERE login = ?"
+SQL_DELETE_STALE_SESSIONS = "DELETE FROM physician_sessions WHERE seen_at <= ? OR created_at <= ?"
+# Keep a login's `?` newest sessions; older ones end (a bounded table whatever a client does).
+SQL_TRIM_LOGIN_SESSIONS = """
+DELETE FROM physician_sessions WHERE login = ? AND token_hash NOT IN (
+    SELECT token_hash FROM physician_sessions WHERE login = ?
+    ORDER BY created_at DESC, token_hash LIMIT ?
+)
+"""
+
 SQL_LATEST_POLICY = "SELECT version, policy_json FROM policies ORDER BY version DESC LIMIT 1"
 SQL_INSERT_POLICY = "INSERT INTO policies (version, policy_json, published_at) VALUES (?, ?, ?)"
 
@@ -428,6 +482,24 @@ class FileRow:
     sha256: str | None
     parts: int | None
     saved_at: float | None
+
+
+@dataclass(frozen=True)
+class PhysicianRow:
+    login: str
+    name: str  # as nodes send it (StudyRegistration.referring_physician)
+    password_hash: str = field(repr=False)
+    created_at: float
+    password_set_at: float
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    token_hash: str = field(repr=False)
+    login: str
+    created_at: float
+    seen_at: float
+    name: str  # the account's physician name
 
 
 def _node(row: Any) -> NodeRow:
@@ -829,6 +901,65 @@ class HubStore:
             db.execute(SQL_DROP_FILE_PARTS_FROM, (file_id, parts))
             return True
 
+    # -- physician accounts and sessions ----------------------------------------------------
+
+    def add_physician(self, login: str, name: str, password_hash: str, at: float) -> bool:
+        """Insert an account; False when the login is taken."""
+        try:
+            with self._tx() as db:
+                db.execute(SQL_INSERT_PHYSICIAN, (login, name, password_hash, at, at))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def physician(self, login: str) -> PhysicianRow | None:
+        row = self._one(SQL_PHYSICIAN, (login,))
+        return None if row is None else PhysicianRow(*row)
+
+    def physicians(self) -> list[PhysicianRow]:
+        return [PhysicianRow(*row) for row in self._all(SQL_LIST_PHYSICIANS)]
+
+    def set_physician_password(self, login: str, password_hash: str, at: float) -> bool:
+        """A new password; every session of the login ends with the old one."""
+        with self._tx() as db:
+            changed = db.execute(SQL_SET_PHYSICIAN_HASH, (password_hash, at, login))
+            db.execute(SQL_DELETE_LOGIN_SESSIONS, (login,))
+            return changed.rowcount == 1
+
+    def remove_physician(self, login: str) -> bool:
+        with self._tx() as db:
+            db.execute(SQL_DELETE_LOGIN_SESSIONS, (login,))
+            return db.execute(SQL_DELETE_PHYSICIAN, (login,)).rowcount == 1
+
+    def add_session(
+        self,
+        token_hash: str,
+        login: str,
+        at: float,
+        *,
+        idle_before: float,
+        started_before: float,
+        keep: int,
+    ) -> None:
+        """A new session. Sessions idle since `idle_before` or started before
+        `started_before` are swept, and the login keeps only its `keep` newest."""
+        with self._tx() as db:
+            db.execute(SQL_DELETE_STALE_SESSIONS, (idle_before, started_before))
+            db.execute(SQL_INSERT_SESSION, (token_hash, login, at, at))
+            db.execute(SQL_TRIM_LOGIN_SESSIONS, (login, login, keep))
+
+    def session(self, token_hash: str) -> SessionRow | None:
+        row = self._one(SQL_SESSION, (token_hash,))
+        return None if row is None else SessionRow(*row)
+
+    def touch_session(self, token_hash: str, at: float) -> None:
+        with self._tx() as db:
+            db.execute(SQL_TOUCH_SESSION, (at, token_hash))
+
+    def end_session(self, token_hash: str) -> None:
+        with self._tx() as db:
+            db.execute(SQL_DELETE_SESSION, (token_hash,))
+
     # -- policy ------------------------------------------------------------------------------
 
     def latest_policy(self) -> tuple[int, str] | None:
@@ -842,3 +973,42 @@ class HubStore:
             if row is not None and version <= int(row[0]):
                 raise StaleError(f"policy version must be above {row[0]}")
             db.execute(SQL_INSERT_POLICY, (version, policy_json, at))
+
+    # -- audit records from nodes --------------------------------------------------------------
+
+    def add_audit(self, node_id: str, events: list[tuple[int, str]], at: float) -> int:
+        """Keep each (node, seq) once; the highest seq held with none missing below it."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO audit (node_id, seq, event_json, received_at) "
+                "VALUES (?, ?, ?, ?)",
+                [(node_id, seq, body, at) for seq, body in events],
+            )
+            rows = db.execute(
+                "SELECT seq FROM audit WHERE node_id = ? ORDER BY seq", (node_id,)
+            ).fetchall()
+        # Contiguous from the first record held (a node's trail may start above 1: records
+        # trimmed on the box before it had a hub).
+        through = 0
+        for (seq,) in rows:
+            if through and seq != through + 1:
+                break
+            through = int(seq)
+        return through
+
+    def audit(self, node_id: str | None = None, limit: int = 1000) -> list[tuple[str, int, str]]:
+        if node_id is None:
+            return [
+                (str(n), int(q), str(b))
+                for n, q, b in self._all(
+                    "SELECT node_id, seq, event_json FROM audit ORDER BY received_at, seq LIMIT ?",
+                    (limit,),
+                )
+            ]
+        return [
+            (str(n), int(q), str(b))
+            for n, q, b in self._all(
+                "SELECT node_id, seq, event_json FROM audit WHERE node_id = ? ORDER BY seq LIMIT ?",
+                (node_id, limit),
+            )
+        ]

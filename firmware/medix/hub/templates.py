@@ -42,7 +42,8 @@ INDEX = """{% extends "base.html" %}
 {% block main %}
 <h1>{{ hub_name }}</h1>
 <p>A Medix reference hub. Patients: <a href="{{ url_for('patient.form') }}">open a study
-with its Medis code</a>.</p>
+with its Medis code</a>. Referring physicians:
+<a href="{{ url_for('physician.sign_in') }}">sign in to your inbox</a>.</p>
 <p class="note">Nodes talk to this hub under <code>/medix/v1</code> with mutual TLS;
 operators use <code>/admin</code> with a bearer token.</p>
 {% endblock %}
@@ -68,10 +69,39 @@ PATIENT_FORM = """{% extends "base.html" %}
 {% endblock %}
 """
 
+SIGN_IN = """{% extends "base.html" %}
+{% block title %}Physician sign-in - {{ hub_name }}{% endblock %}
+{% block main %}
+<h1>Sign in to your inbox</h1>
+{% if error %}<p class="error" role="alert"><strong>{{ error.title }}.</strong>
+{{ error.detail }}</p>{% endif %}
+{% if not locked %}
+<form method="post" action="{{ url_for('physician.sign_in') }}">
+<input type="hidden" name="{{ csrf_field }}" value="{{ csrf }}">
+<label for="login">Login</label>
+<input id="login" name="login" value="{{ login }}" required autocomplete="username"
+       autocapitalize="none" spellcheck="false">
+<label for="password">Password</label>
+<input id="password" name="password" type="password" required
+       autocomplete="current-password">
+<button type="submit">Sign in</button>
+</form>
+<p class="note">The hub's administrator gives you your login. You see the studies you
+referred, and only those.</p>
+{% endif %}
+{% endblock %}
+"""
+
 STUDY_LIST = """{% extends "base.html" %}
 {% block title %}{{ heading }} - {{ hub_name }}{% endblock %}
 {% block main %}
 <h1>{{ heading }}</h1>
+{% if sign_out_csrf %}
+<form method="post" action="{{ url_for('physician.sign_out') }}">
+<input type="hidden" name="{{ csrf_field }}" value="{{ sign_out_csrf }}">
+<button type="submit">Sign out</button>
+</form>
+{% endif %}
 {% if not studies %}<p>No studies yet.</p>{% else %}
 <table>
 <tr><th>Date</th><th>Study</th><th>Images</th>{% if show_code %}<th>Medis code</th>{% endif %}
@@ -107,6 +137,7 @@ TEMPLATES = {
     "base.html": BASE,
     "index.html": INDEX,
     "patient_form.html": PATIENT_FORM,
+    "sign_in.html": SIGN_IN,
     "study_list.html": STUDY_LIST,
     "error.html": ERROR,
 }
