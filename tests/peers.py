@@ -712,3 +712,61 @@ class Orthanc:
     def echo_to(self, modality: str, timeout: float = 60.0) -> None:
         """C-ECHO from Orthanc to ``modality`` (raises on failure)."""
         self.post(f"/modalities/{modality}/echo", {}, timeout=timeout)
+
+
+class Rsyslog:
+    """A real audit repository: Debian's rsyslogd taking RFC 5425 syslog over TLS on loopback.
+
+    GnuTLS with the given server certificate; clients are not asked for one (AuthMode anon) so
+    the box's CA check is what the test exercises. Each message's raw text (without the
+    octet-count frame) goes to one line of ``out``. Use as a context manager."""
+
+    BINARY = "/usr/sbin/rsyslogd"
+
+    def __init__(self, workdir: Path, *, ca: Path, cert: Path, key: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.out = workdir / "received.log"
+        self.log = workdir / "rsyslogd.log"
+        self.conf = workdir / "rsyslog.conf"
+        (workdir / "spool").mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(
+            f'global(workDirectory="{workdir / "spool"}" defaultNetstreamDriver="gtls"\n'
+            f'       defaultNetstreamDriverCAFile="{ca}"\n'
+            f'       defaultNetstreamDriverCertFile="{cert}"\n'
+            f'       defaultNetstreamDriverKeyFile="{key}")\n'
+            'module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1"\n'
+            '       StreamDriver.AuthMode="anon")\n'
+            f'input(type="imtcp" address="{LOOPBACK}" port="{self.port}")\n'
+            'template(name="raw" type="string" string="%rawmsg%\\n")\n'
+            f'*.* action(type="omfile" file="{self.out}" template="raw")\n',
+            encoding="utf-8",
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Rsyslog:
+        with self.log.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [self.BINARY, "-n", "-iNONE", "-f", str(self.conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_listening(self._proc, self.port, log=self.log, what="rsyslogd")
+        return self
+
+    def messages(self) -> list[str]:
+        if not self.out.exists():
+            return []
+        return [line for line in self.out.read_text("utf-8", "replace").splitlines() if line]
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            stop_process_group(self._proc)
+            self._proc = None
+
+    def __enter__(self) -> Rsyslog:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from afra.audit import Audit, build_audit
 from afra.clock import Clock, SystemClock
 from afra.config import Config
 from afra.dicom.acceptor import Acceptor
@@ -44,11 +45,11 @@ from afra.panel.reset import factory_reset
 from afra.store.completion import StudyCompletion
 from afra.store.index import Index
 from afra.system.notify import Liveness
-from afra.system.provision import ensure_box_id
+from afra.system.provision import box_id, ensure_box_id
 from afra.system.release import Release, running_release
 from afra.update.manager import UpdateManager
 from afra.update.rauc import Rauc, RaucCli
-from afra.uplink.client import HubClient
+from afra.uplink.client import HubClient, HubUnavailable
 from afra.uplink.commands import (
     CommandChannel,
     apply_policy_handler,
@@ -60,7 +61,7 @@ from afra.uplink.identity import NodeIdentity
 from afra.uplink.policy import PolicyStore
 from afra.uplink.worker import Uplink, UplinkSettings
 from afra.wsgi import WsgiServer
-from medix.models import UpdateReport
+from medix.models import AuditEvent, UpdateReport
 
 LOG = logging.getLogger("afra")
 
@@ -101,6 +102,7 @@ class Appliance:
     monitor: HealthMonitor | None = None
     release: Release = field(default_factory=running_release)
     updates: UpdateManager | None = None
+    audit: Audit | None = None
     restart_requested: threading.Event = field(default_factory=threading.Event)
     on_restart: list[Callable[[], None]] = field(default_factory=list)
     startup: StartupReport = field(default_factory=StartupReport)
@@ -115,6 +117,13 @@ class Appliance:
             self.startup = recover(self.spool, self.index, self.clock)
             self.identity.ensure_key()
             ensure_box_id(self.spool.root, self.identity.key_path)  # kept for the host name
+            if self.audit is not None:
+                self.audit.record(
+                    self.audit.events.application(
+                        self.clock.time(), start=True, version=self.release.version
+                    )
+                )
+                self.audit.start()
             self.dicom.start()
             self.completion.start()
             self.uplink.start()
@@ -149,6 +158,13 @@ class Appliance:
                 self.downloads.stop()
             self.completion.stop()
             self.uplink.stop()
+            if self.audit is not None:
+                self.audit.record(
+                    self.audit.events.application(
+                        self.clock.time(), start=False, version=self.release.version
+                    )
+                )
+                self.audit.stop()
             logging.getLogger("afra").removeHandler(self.log_ring)
             self._started = False
 
@@ -305,6 +321,8 @@ class Appliance:
             self.downloads.close()
         if self.hub is not None:
             self.hub.close()
+        if self.audit is not None:
+            self.audit.close()
         self.index.close()
 
 
@@ -358,6 +376,27 @@ def _node_api(
     )
 
 
+def audit_source(root: Path, identity: NodeIdentity) -> str:
+    """The box as the audit trail names it (AuditSourceID): its host name, afra-<id>."""
+    try:
+        return f"afra-{box_id(root, identity.key_path)}"
+    except (AfraError, OSError, ValueError):
+        return "afra"
+
+
+class _HubAudit:
+    """The hub as an audit destination: whichever client the box has now."""
+
+    def __init__(self, client: Callable[[], HubClient | None]) -> None:
+        self.client = client
+
+    def post_audit(self, events: Sequence[AuditEvent]) -> int:
+        client = self.client()
+        if client is None:
+            raise HubUnavailable("the box is not enrolled with a hub")
+        return client.post_audit(events)
+
+
 def build_appliance(
     config: Config,
     *,
@@ -409,6 +448,14 @@ def build_appliance(
         except AfraError as exc:  # the box still receives; uploads wait for a repair
             LOG.error("the hub enrolment is unusable (%s); uploads are paused", exc)
     policy = PolicyStore(root / "policy.json")
+    the_box: list[Appliance] = []  # the hub client can change (enrolment, repair)
+    audit = build_audit(
+        config.audit,
+        root,
+        clock=clock,
+        source=lambda: audit_source(root, identity),
+        hub=_HubAudit(lambda: the_box[0].hub if the_box else hub),
+    )
     uplink = Uplink(
         index,
         spool,
@@ -425,6 +472,7 @@ def build_appliance(
         health=lambda: health.state,
         on_activity=activity,
         software_version=release.version,
+        audit=audit,
     )
     guard = WebhookGuard(
         config.downloads,
@@ -462,7 +510,7 @@ def build_appliance(
         index=index,
         receiver=receiver,
         dicom=Acceptor(config.dicom, receiver),
-        completion=StudyCompletion(index, config.study, clock=clock, pacs=pacs),
+        completion=StudyCompletion(index, config.study, clock=clock, pacs=pacs, audit=audit),
         pacs=pacs,
         identity=identity,
         policy=policy,
@@ -476,7 +524,9 @@ def build_appliance(
         setup_window=setup_window,
         panel=panel,
         release=release,
+        audit=audit,
     )
+    the_box.append(box)
     box.updates = UpdateManager(
         root / "update",
         rauc=rauc or RaucCli(),
@@ -489,6 +539,7 @@ def build_appliance(
         free_bytes=spool.free_bytes,
         min_free_bytes=config.storage.min_free_mb * 2**20,
         quiet=lambda: box.dicom.open_associations == 0,  # restart between studies
+        audit=audit,
     )
     uplink.update_report = box.update_report
     if config.mdns.enabled:

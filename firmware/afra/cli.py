@@ -283,15 +283,31 @@ def cmd_run(config: Config) -> int:
 
 
 def cmd_selftest(config: Config, args: argparse.Namespace) -> int:
+    from afra.app import audit_source
+    from afra.audit import build_audit
     from afra.clock import SystemClock
     from afra.system.release import running_release
     from afra.update.rauc import RaucCli
     from afra.update.selftest import SelfTest, decide, save_report, trial_reason
-    from afra.update.status import UpdateRecord
+    from afra.update.status import UpdateRecord, audit_moves
+    from afra.uplink.identity import NodeIdentity
 
     release = running_release()
     directory = config.box.data_dir / "update"
-    record = UpdateRecord(directory / "status.json", SystemClock())
+    clock = SystemClock()
+    record = UpdateRecord(directory / "status.json", clock)
+    # Kept or rolled back is decided here, in its own process: the trail is the box's, and
+    # `afra run` sends on what this writes.
+    audit = build_audit(
+        config.audit,
+        config.box.data_dir,
+        clock=clock,
+        source=lambda: audit_source(
+            config.box.data_dir, NodeIdentity(config.box.data_dir / "identity")
+        ),
+        hub=None,
+    )
+    audit_moves(record, audit)
     rauc = RaucCli()
     reason = trial_reason(record, release, directory, rauc if release.image else None)
     if reason is not None:
@@ -312,6 +328,7 @@ def cmd_selftest(config: Config, args: argparse.Namespace) -> int:
     if args.decide:
         outcome = decide(report, record=record, rauc=rauc, release=release, directory=directory)
         print(f"verdict: {outcome}", flush=True)
+    audit.close()
     return 0 if report.ok else 1
 
 

@@ -235,6 +235,21 @@ class UpdateSettings(Section):
     selftest_hub_wait: Seconds = 300.0
 
 
+class AuditSettings(Section):
+    """The audit trail (afra.audit): kept on the box; sent on to a repository and the hub."""
+
+    # An audit repository (IHE ATNA): syslog over TLS, RFC 5425. Empty host: none.
+    syslog_host: str = Field("", max_length=253, pattern=r"^[A-Za-z0-9.:\-]*$")
+    syslog_port: int = Field(6514, ge=1, le=65535)
+    # The repository's CA (its certificate is checked against it), and the box's own
+    # certificate and key when the repository asks for one (mutual TLS).
+    syslog_ca_file: Path | None = None
+    syslog_cert_file: Path | None = None
+    syslog_key_file: Path | None = None
+    to_hub: bool = True
+    keep_records: int = Field(200_000, ge=1000, le=10_000_000)
+
+
 class Config(Section):
     box: BoxSettings = BoxSettings()
     dicom: DicomSettings = DicomSettings()
@@ -249,6 +264,7 @@ class Config(Section):
     panel: PanelSettings = PanelSettings()
     mdns: MdnsSettings = MdnsSettings()
     update: UpdateSettings = UpdateSettings()
+    audit: AuditSettings = AuditSettings()
 
 
 def _describe(exc: ValidationError, source: str) -> str:

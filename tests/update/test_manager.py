@@ -146,6 +146,11 @@ def test_a_bundle_signed_with_another_key_is_refused_and_never_fetched_again(
     assert not [c for c in rauc.calls if c[0] in ("install", "reboot")]
     assert box.health.state != "updating"
     assert not box.updates.poll_once()  # the same bundle is not tried again by itself
+    assert box.audit is not None  # and the audit trail says who offered what, and the outcome
+    [refused] = [e for e in box.audit.trail.after(0) if "update refused" in e.outcome_text]
+    assert refused.event.code == "110113" and refused.outcome == 4
+    assert refused.participants[0].user_id == "hub"
+    assert refused.objects[0].details["version"] == "1.2.0"
     # ...nor after something else was tried in between (the record's history remembers).
     path = box.updates.receive([bundles["older"].read_bytes()], None)
     assert box.updates.accept_upload(path).state == "refused"

@@ -12,6 +12,7 @@ import logging
 import threading
 from typing import Protocol
 
+from afra.audit import Actor, Audit, StudyRef
 from afra.clock import Clock
 from afra.config import StudySettings
 from afra.errors import AfraError
@@ -34,7 +35,9 @@ class StudyCompletion:
         *,
         clock: Clock,
         pacs: InstanceCounter | None = None,
+        audit: Audit | None = None,
     ) -> None:
+        self.audit = audit
         self.index = index
         self.settings = settings
         self.clock = clock
@@ -79,8 +82,28 @@ class StudyCompletion:
                 study.revision,
                 study.instance_count,
             )
+            self._audit(study)
             return True
         return False
+
+    def _audit(self, study: DueStudy) -> None:
+        """The instances received, one record per sender: made when the study is whole, so a
+        box that dies first still records them (the study completes after the restart)."""
+        if self.audit is None:
+            return
+        row = self.index.upload_study(study.id)
+        for ae, count in self.index.senders(study.id):
+            ref = StudyRef(
+                study.study_uid,
+                row.patient_id if row else "",
+                row.patient_name if row else "",
+                count,
+            )
+            self.audit.record(
+                self.audit.events.received(
+                    study.last_received_at, Actor(ae or "(recovered from the spool)"), ref
+                )
+            )
 
     @property
     def alive(self) -> bool:

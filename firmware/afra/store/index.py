@@ -564,6 +564,16 @@ class Index(SqliteStore):
             rows = self._db.execute(SQL_STUDY_INSTANCES, (study_id,)).fetchall()
         return [InstanceRow(*r) for r in rows]
 
+    def senders(self, study_id: int) -> list[tuple[str, int]]:
+        """Who sent a study revision's instances: (calling AE title, how many), by AE."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT calling_ae, COUNT(*) FROM instances WHERE study_id = ? "
+                "GROUP BY calling_ae ORDER BY calling_ae",
+                (study_id,),
+            ).fetchall()
+        return [(str(ae), int(n)) for ae, n in rows]
+
     def all_paths(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self._db.execute(SQL_ALL_PATHS)}

@@ -28,13 +28,14 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
+from afra.audit import Audit
 from afra.clock import Clock
 from afra.config import UpdateSettings
 from afra.errors import AfraError
 from afra.health import Health
 from afra.system.release import Release
 from afra.update.rauc import BundleInfo, BundleRefused, InstallFailed, Rauc, UpdateError
-from afra.update.status import UpdateRecord, UpdateStatus
+from afra.update.status import UpdateRecord, UpdateStatus, audit_moves
 from afra.uplink.client import HubClient, HubError
 from afra.uplink.policy import PolicyStore
 from medix.hub.ca import write_stream
@@ -86,6 +87,7 @@ class UpdateManager:
         min_free_bytes: int = 0,
         quiet: Callable[[], bool] | None = None,
         boot_id: Callable[[], str] | None = None,
+        audit: Audit | None = None,
     ) -> None:
         self.directory = directory
         self.incoming = directory / "incoming"
@@ -99,6 +101,8 @@ class UpdateManager:
         self.min_free_bytes = min_free_bytes
         self._free = free_bytes or (lambda: shutil.disk_usage(self.directory).free)
         self.record = UpdateRecord(directory / "status.json", clock)
+        if audit is not None:
+            audit_moves(self.record, audit)
         self._lock = threading.Lock()  # one attempt at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

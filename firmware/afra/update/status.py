@@ -18,11 +18,12 @@ import fcntl
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from afra.audit import Actor, Audit
 from afra.clock import Clock
 from afra.errors import AfraError
 from medix.hub.ca import write_public
@@ -122,6 +123,8 @@ class UpdateRecord:
     def __init__(self, path: Path, clock: Clock) -> None:
         self.path = path
         self.clock = clock
+        # Told of every move, after the file is written (the audit trail listens).
+        self.observers: list[Callable[[UpdateStatus], None]] = []
         self._lock = threading.Lock()
         self._seen = self._stamp()
         self._status = self._load()
@@ -191,6 +194,8 @@ class UpdateRecord:
             self._seen = self._stamp()
             self._status = new
         LOG.info("update: %s %s %s", state, new.version, new.message)
+        for observer in self.observers:
+            observer(new)
         return new
 
     @contextlib.contextmanager
@@ -212,3 +217,23 @@ class UpdateRecord:
     def _write(self, status: UpdateStatus) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_public(self.path, json.dumps(status.as_dict(), indent=2).encode("utf-8"))
+
+
+AUDITED = {"installing": 0, "kept": 0, "refused": 4, "failed": 8, "rolled_back": 8}
+
+
+def audit_moves(record: UpdateRecord, audit: Audit) -> None:
+    """Record in the audit trail each install, and how it ended."""
+
+    def observe(status: UpdateStatus) -> None:
+        if status.state not in AUDITED:
+            return
+        who = Actor(status.source or "the box")
+        why = f"update {status.state}: {status.message}".strip(": ")
+        audit.record(
+            audit.events.update(
+                status.at, who, status.version, outcome=AUDITED[status.state], why=why
+            )
+        )
+
+    record.observers.append(observe)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,9 @@ from afra.errors import AfraError
 from afra.uplink.identity import NodeIdentity
 from medix.models import (
     API_PREFIX,
+    AuditAck,
+    AuditBatch,
+    AuditEvent,
     CommandBatch,
     CommandResult,
     CommitRequest,
@@ -309,6 +312,11 @@ class HubClient:
             response.close()
         if have != size:
             raise HubUnavailable(f"the download ended at {have} of {size} bytes")
+
+    def post_audit(self, events: Sequence[AuditEvent]) -> int:
+        """Hand audit records to the hub; the last sequence number it holds."""
+        ack = self._json("POST", "/audit", AuditBatch(events=tuple(events)), AuditAck)
+        return ack.through
 
     def commands(self, wait: int) -> CommandBatch:
         response = _send(

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import zstandard
 
 from afra import __version__
+from afra.audit import Actor, Audit, StudyRef
+from afra.audit.events import MINOR_FAILURE, SUCCESS
 from afra.clock import Clock
 from afra.dicom.spool import Spool
 from afra.medis.codes import CodeIssuer
@@ -101,7 +103,9 @@ class Uplink:
         on_activity: Callable[[], None] | None = None,
         software_version: str = __version__,
         update_report: Callable[[], UpdateReport | None] | None = None,
+        audit: Audit | None = None,
     ) -> None:
+        self.audit = audit
         # The heartbeat reports health() (afra.health), the system's version and where its
         # last update stands; on_activity() flickers the panel's LED.
         self.health = health
@@ -132,7 +136,29 @@ class Uplink:
             code = self.index.code_of_study(study_uid) or self.codes.issue(self.index.code_taken)
             if self.index.set_medis_code(study_id, code):
                 issued += 1
+                self._audit_code(study_id, study_uid, code)
         return issued
+
+    def _audit_code(self, study_id: int, study_uid: str, code: str) -> None:
+        if self.audit is None:
+            return
+        row = self.index.upload_study(study_id)
+        ref = StudyRef(study_uid, row.patient_id if row else "", row.patient_name if row else "")
+        box = Actor(self.audit.events.source)
+        self.audit.record(
+            self.audit.events.code(self.clock.time(), box, ref, action="C", code_tail=code[-4:])
+        )
+
+    def _audit_upload(self, study: UploadStudy, outcome: int, why: str = "") -> None:
+        if self.audit is None or self.client is None:
+            return
+        hub = Actor(self.client.identity.hub_url)
+        ref = StudyRef(study.study_uid, study.patient_id, study.patient_name, study.instance_count)
+        self.audit.record(
+            self.audit.events.exported(
+                self.clock.time(), hub, ref, what="upload to the hub", outcome=outcome, why=why
+            )
+        )
 
     # -- one pass --------------------------------------------------------------------------
 
@@ -172,8 +198,11 @@ class Uplink:
             self._hub_down(exc)
             return
         self._hub_up()
-        if answer.policy is not None:
-            self.policy.apply(answer.policy)
+        applied = answer.policy is not None and self.policy.apply(answer.policy)
+        if applied and answer.policy is not None and self.audit is not None:
+            hub = Actor(self.client.identity.hub_url)
+            what = f"policy version {answer.policy.version} from the hub applied"
+            self.audit.record(self.audit.events.configuration(self.clock.time(), hub, what))
 
     def deliver(self, study: UploadStudy) -> bool:
         """Take one study as far as it goes now; True when the receipt is stored."""
@@ -186,6 +215,7 @@ class Uplink:
             self._failed(study, exc)
             return False
         self.index.mark_delivered(study.id, receipt.model_dump_json(), self.clock.time())
+        self._audit_upload(study, SUCCESS)
         LOG.info(
             "study %s revision %d delivered: %d instance(s), receipt %s",
             study.study_uid,
@@ -304,6 +334,8 @@ class Uplink:
         delay = min(self.settings.retry_cap, self.settings.retry_base * 2 ** (attempts - 1))
         delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not secrecy
         self.index.record_failure(study.id, self.clock.time() + delay, str(exc))
+        if attempts == 1 or attempts % 10 == 0:  # as often as the log says it
+            self._audit_upload(study, MINOR_FAILURE, f"not delivered (attempt {attempts}): {exc}")
         if isinstance(exc, HubUnavailable):
             self._hub_down(exc)
         level = logging.WARNING if attempts == 1 or attempts % 10 == 0 else logging.DEBUG
