@@ -500,6 +500,8 @@ def build_appliance(
         compression_level=config.hub.compression_level,
         zip_level=config.downloads.zip_level,
         min_free_bytes=config.storage.min_free_mb * 2**20,
+        study=config.study,
+        audit=audit,
     )
     reports = ReportStatusService(index, spool, pacs)
     node_api = _node_api(config, identity, downloads, reports)

@@ -94,6 +94,14 @@ def test_download_of_a_held_study_reaches_the_hub_as_a_viewer_zip(
             if n != "DICOMDIR"
         }
     assert zipped == on_disk  # the stored files themselves, byte for byte
+    assert box.audit is not None  # the study left the box: the audit trail says to whom
+    [export] = [
+        e
+        for e in box.audit.trail.after(0)
+        if e.objects and e.objects[0].details.get("what", "").startswith("download job")
+    ]
+    assert export.event.code == "110106" and export.outcome == 0
+    assert export.objects[0].id == study_uid
 
 
 def pacs_box(node_box: BoxFactory, hub: HubServer, orthanc: Orthanc, box_port: int) -> Appliance:
@@ -124,6 +132,10 @@ def test_download_of_a_study_only_the_pacs_holds_moves_it_into_the_job_not_the_s
     assert zip_hashes(fetch(hub, url), tmp_path / "zip") == {dataset_bytes_hash(f) for f in files}
     # An export, not an intake: no study in the index, no Medis code, nothing left behind.
     assert box.index.holding(study_uid).revisions == 0
+    assert box.audit is not None  # the retrieve from the PACS is audited, with its count
+    [fetched] = [e for e in box.audit.trail.after(0) if e.event.code == "110107"]
+    assert fetched.participants[1].user_id == orthanc.aet
+    assert fetched.objects[0].details["instances"] == "5"
     assert not any((box.config.box.data_dir / "jobs").iterdir())
 
 

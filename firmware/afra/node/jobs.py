@@ -21,6 +21,13 @@ posts the events in order, retrying with capped backoff, and resumes after a res
 repeated request for the same studies and user joins the running job (a new webhook target
 is added as a subscriber and is sent the timeline from the start). A job cut by a restart
 is ended with the failure status of the step it was in, so nobody waits for it forever.
+
+A study the box is still receiving (held, not yet complete) is not exported in part: with no
+PACS to retrieve it from, the job waits for the box to complete it, holding no job slot,
+until its completion is due (no instance for `study.stable_age`, seen by the completion
+check within `study.scan_interval`) plus COMPLETION_MARGIN_S; instances that keep arriving
+push that on, up to COMPLETION_WAIT_CAP_S in all. ExportStarted then says it waited; a study
+still arriving after that is RequestFailed, saying so.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import secrets
 import shutil
 import threading
@@ -37,8 +45,10 @@ from pathlib import Path
 from queue import Empty, Queue
 from urllib.parse import urlsplit
 
+from afra.audit import Actor, Audit, StudyRef
+from afra.audit.events import SERIOUS_FAILURE, SUCCESS
 from afra.clock import Clock
-from afra.config import DownloadSettings
+from afra.config import DownloadSettings, StudySettings
 from afra.dicom.header import read_header
 from afra.dicom.receive import Receiver, StoreRequest
 from afra.dicom.scu import PacsClient, RetrieveResult
@@ -92,6 +102,11 @@ CREATE TABLE IF NOT EXISTS subscribers (
 """
 
 RUNNING, SAVED, FAILED = "running", "saved", "failed"
+
+# A download of a study still arriving waits for its completion this long past the moment
+# it is due, and no longer than the cap in all however long instances keep arriving.
+COMPLETION_MARGIN_S = 30.0
+COMPLETION_WAIT_CAP_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -370,8 +385,14 @@ class DownloadManager:
         compression_level: int = 3,
         zip_level: int = 1,
         min_free_bytes: int = 0,
+        study: StudySettings | None = None,
+        audit: Audit | None = None,
     ) -> None:
+        self.audit = audit
+        self._audited: dict[str, list[str]] = {}  # job id -> its studies, until it ends
         self.settings = settings
+        # When a study still arriving will be complete (the box's `study` section).
+        self.study = study or StudySettings()
         self.min_free_bytes = min_free_bytes
         self._msg_lock = threading.Lock()
         self._msg_ids: set[int] = set()
@@ -502,17 +523,26 @@ class DownloadManager:
     def _emit(self, job_id: str, status: DownloadStatus, detail: str = "", file: str = "") -> None:
         self.store.add_event(job_id, status, self.clock.time(), detail, file)
         LOG.info("job %s: %s%s", job_id, status.name, f" ({detail})" if detail else "")
+        if status in TERMINAL and job_id in self._audited:
+            self._audit(job_id, status, detail)
         with self._wake:
             self._wake.notify_all()
 
     def _run(self, job_id: str, subject: str) -> None:
+        try:
+            waited = self._await_completion(job_id, subject)  # before taking a job slot
+        except Exception as exc:
+            LOG.exception("download job %s failed unexpectedly", job_id)
+            merge = subject.startswith(("patient:", "studies:"))
+            self._fail(job_id, merge, S.RequestFailed, f"unexpected error: {exc}")
+            return
         with self._slots:
             if self._stop.is_set():
                 return  # left running: the next start ends it with its failure status
             folder = self.folder / job_id
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                self._work(job_id, subject, folder)
+                self._work(job_id, subject, folder, waited)
             except Exception as exc:
                 LOG.exception("download job %s failed unexpectedly", job_id)
                 self._emit(job_id, S.ExportFailed, f"unexpected error: {exc}")
@@ -539,7 +569,40 @@ class DownloadManager:
                 ) from exc
         return list(dict.fromkeys(uids))
 
-    def _work(self, job_id: str, subject: str, folder: Path) -> None:
+    def _await_completion(self, job_id: str, subject: str) -> list[str]:
+        """Wait for the studies the box is still receiving to complete (see the module's
+        docstring); what it waited for, to say so in ExportStarted. Only with no PACS set:
+        with one, a study the box does not hold whole is retrieved from it, as ever."""
+        if self.pacs is not None:
+            return []
+        waited: list[str] = []
+        start = self.clock.time()
+        for uid in self._studies(subject):
+            if not self.index.holding(uid).receiving:
+                continue
+            LOG.info("job %s: %s is still arriving at the box; waiting for it", job_id, uid)
+            began = self.clock.time()
+            while self.index.holding(uid).receiving:
+                due = self._completion_due(uid)
+                now = self.clock.time()
+                if due is None or now > due or now - start > COMPLETION_WAIT_CAP_S:
+                    break
+                if self.clock.sleep(1.0, self._stop):
+                    return waited
+            if not self.index.holding(uid).receiving:
+                waited.append(
+                    f"waited {self.clock.time() - began:.0f} s for {uid} to complete on the box"
+                )
+        return waited
+
+    def _completion_due(self, uid: str) -> float | None:
+        """When the completion check will find the study's open revision quiet enough."""
+        last = [s.last_received_at for s in self.index.due_studies(math.inf) if s.study_uid == uid]
+        if not last:
+            return None
+        return max(last) + self.study.stable_age + self.study.scan_interval + COMPLETION_MARGIN_S
+
+    def _work(self, job_id: str, subject: str, folder: Path, waited: list[str]) -> None:
         merge = subject.startswith(("patient:", "studies:"))
         if merge:
             self._emit(job_id, S.MergeStarted)
@@ -553,6 +616,7 @@ class DownloadManager:
             self._emit(job_id, S.RequestFailed, "no study found for the patient")
             self._emit(job_id, S.MergeFailed, "nothing to merge")
             return
+        self._audited[job_id] = studies
         if self.hub is None:
             self._fail(job_id, merge, S.DownloadFailed, "the box is not enrolled with a hub")
             return
@@ -581,7 +645,8 @@ class DownloadManager:
                     if merge:
                         self._emit(job_id, S.MergeFailed, f"study {uid} could not be retrieved")
                     return
-            self._emit(job_id, S.ExportStarted, f"{study_zip.count} instance(s)")
+            exported = [f"{study_zip.count} instance(s)", *waited]
+            self._emit(job_id, S.ExportStarted, "; ".join(exported))
             self._emit(job_id, S.CompressStarted)
             size, digest = study_zip.close()
         except ExportError as exc:
@@ -607,6 +672,26 @@ class DownloadManager:
             self._emit(job_id, S.DownloadFailed, "the hub holds a different file than was sent")
             return
         self._emit(job_id, S.DownloadSaved, f"{size} bytes", file=saved.url)
+
+    def _audit(self, job_id: str, status: DownloadStatus, detail: str) -> None:
+        """The studies of a job that ended: exported to the hub's user, or not (and why)."""
+        studies = self._audited.pop(job_id, [])
+        if self.audit is None:
+            return
+        hub = Actor(self.hub.identity.hub_url if self.hub is not None else "the hub")
+        ok = status == S.DownloadSaved
+        for uid in studies:
+            patient_id, patient_name = self.index.patient_of(uid)
+            self.audit.record(
+                self.audit.events.exported(
+                    self.clock.time(),
+                    hub,
+                    StudyRef(uid, patient_id, patient_name),
+                    what=f"download job {job_id}",
+                    outcome=SUCCESS if ok else SERIOUS_FAILURE,
+                    why="" if ok else f"{status.name}: {detail}",
+                )
+            )
 
     def _fail(self, job_id: str, merge: bool, status: DownloadStatus, detail: str) -> None:
         self._emit(job_id, status, detail)
@@ -637,7 +722,7 @@ class DownloadManager:
                 # Retention removed the local copy meanwhile: the PACS still has it.
                 LOG.info("job %s: %s left the box while zipping; retrieving it", job_id, study_uid)
         if self.pacs is None:
-            self._emit(job_id, S.RequestFailed, f"{study_uid} is not on the box and no PACS is set")
+            self._emit(job_id, S.RequestFailed, self._not_held(study_uid))
             return False
         incoming = folder / f"in-{study_uid[-16:]}"
         incoming.mkdir(parents=True, exist_ok=True)
@@ -687,6 +772,17 @@ class DownloadManager:
         result = outcome.get("result")
         assert result is None or isinstance(result, RetrieveResult)
         ok = error is None and result is not None and result.ok
+        if self.audit is not None and self.pacs is not None:
+            remote = self.pacs.pacs
+            self.audit.record(
+                self.audit.events.retrieved(
+                    self.clock.time(),
+                    Actor(remote.ae_title, address=remote.host),
+                    StudyRef(study_uid, instances=sink.count),
+                    outcome=SUCCESS if ok else SERIOUS_FAILURE,
+                    why="" if ok else f"{error or 'retrieve incomplete'}",
+                )
+            )
         if sink.count == 0 and ok and result is not None and result.completed:
             # A PACS that leaves the Move Originator out sends to the normal path instead:
             # take them from the spool, if all the PACS sent is there.
@@ -712,6 +808,23 @@ class DownloadManager:
             self._emit(job_id, S.RequestFailed, f"{study_uid}: retrieve incomplete ({why})")
             return False
         return True
+
+    def _not_held(self, study_uid: str) -> str:
+        """Why a study cannot be exported from the box when no PACS is set, truthfully."""
+        holding = self.index.holding(study_uid)
+        if holding.receiving:
+            held = len(self.index.held_instances(study_uid))
+            return (
+                f"{study_uid} is still arriving at the box ({held} instance(s) so far) and was "
+                "not complete when the wait for it ended; no PACS is set to retrieve it from, "
+                "and a zip never holds part of a study: ask again once it is complete"
+            )
+        if holding.purged:
+            return (
+                f"{study_uid} was removed from the box after delivery to the hub and no PACS "
+                "is set to retrieve it from"
+            )
+        return f"{study_uid} is not on the box and no PACS is set"
 
     def _room_for(self, size: int) -> bool:
         return self.spool.free_bytes() >= self.min_free_bytes + size * 2

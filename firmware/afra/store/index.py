@@ -564,6 +564,16 @@ class Index(SqliteStore):
             rows = self._db.execute(SQL_STUDY_INSTANCES, (study_id,)).fetchall()
         return [InstanceRow(*r) for r in rows]
 
+    def patient_of(self, study_uid: str) -> tuple[str, str]:
+        """The patient's ID and name as the box holds them for a study ("" when it holds none)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT patient_id, patient_name FROM studies WHERE study_uid = ? "
+                "ORDER BY revision DESC LIMIT 1",
+                (study_uid,),
+            ).fetchone()
+        return (str(row[0]), str(row[1])) if row else ("", "")
+
     def senders(self, study_id: int) -> list[tuple[str, int]]:
         """Who sent a study revision's instances: (calling AE title, how many), by AE."""
         with self._lock:
