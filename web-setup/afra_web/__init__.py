@@ -121,7 +121,14 @@ def create_app(
     web = Web(
         appliance=appliance,
         state=state,
-        audit=AuditLog(web_dir(data_dir) / "audit.sqlite"),
+        audit=AuditLog(
+            web_dir(data_dir) / "audit.sqlite",
+            clock=clock,
+            # A full disk must not keep the page from starting: it shows the problem instead.
+            on_problem=lambda problem: appliance.health.set(
+                "storage_unwritable", bool(problem), problem, source="audit"
+            ),
+        ),
         network=network,
         overlay=SettingsOverlay(data_dir),
         settings=settings,
@@ -162,6 +169,7 @@ def create_app(
             web.now(),
             settings.session_idle_minutes * 60.0,
             progress.epoch,
+            state.sessions,
             touch=not request.path.startswith("/api/"),
         )
         if request.endpoint == "dashboard.upload_update" and g.operator is not None:

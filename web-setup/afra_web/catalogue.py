@@ -323,6 +323,9 @@ PERSIAN: dict[str, str] = {
     "Action": "کار",
     "Code": "کد",
     "Nothing recorded yet.": "هنوز چیزی ثبت نشده است.",
+    "The audit log cannot be written to the disk: its newest records wait in memory until it "
+    "can.": "گزارش ممیزی روی دیسک نوشته نمی‌شود: تازه‌ترین رکوردهای آن تا آن زمان در حافظه می‌مانند.",
+    "audit records lost": "رکوردهای گمشدهٔ گزارش ممیزی",
     "Change settings": "تغییر تنظیمات",
     "Network, DICOM and hub settings are changed in the setup wizard. Reopening it needs the "
     "admin password (or the button on the box).": (

@@ -3,20 +3,24 @@
 Before a password exists, only the claim proves who may set the box up: the setup code from
 the label or a press of the box's button (its setup window). Afterwards the admin password
 signs in; the setup window still does, for a technician who lost the password, and takes them
-to the password step. Wrong codes and passwords share one persisted lockout (state.Lockout).
+to the password step. Guesses of the code and the password share one persisted lockout,
+counted per client (state.Lockout); the button's setup window needs no guess.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from flask import Blueprint, g, jsonify, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response
 
-from afra.medis.codes import InvalidCodeError
+from afra.medis.codes import InvalidCodeError, parse_code
 from afra_web import current, security
 from afra_web.forms import Errors, Msg
 from afra_web.i18n import LANGUAGES, fmt_age
+from afra_web.state import Guess
 from afra_web.status import setup_window
 
 bp = Blueprint("claim", __name__)
@@ -33,7 +37,7 @@ def next_page() -> str:
 
 def _sign_in(name: str, by: str, action: str) -> None:
     web = current()
-    security.sign_in(name, by, web.now(), web.state.progress().epoch)
+    security.sign_in(name, by, web.now(), web.state.progress().epoch, web.state.sessions)
     web.record(action, actor=name, detail=f"by {by}")
 
 
@@ -44,21 +48,17 @@ def _name(errors: Errors) -> str:
     return name
 
 
-def _locked(errors: Errors, field: str) -> bool:
-    wait = current().state.lockout.remaining()
-    if wait > 0:
-        errors[field] = Msg("Too many wrong attempts. Try again in {t}.", {"t": fmt_age(wait)})
-        return True
-    return False
-
-
-def _wrong(errors: Errors, field: str, text: str) -> None:
-    wait = current().state.lockout.failure()
-    errors[field] = (
-        Msg(text)
-        if not wait
-        else Msg("Too many wrong attempts. Try again in {t}.", {"t": fmt_age(wait)})
-    )
+def _guess(errors: Errors, field: str, check: Callable[[], bool], wrong: Msg) -> Guess:
+    """Count and check one guess of the code or password from this client; the reason it
+    failed goes into `errors`."""
+    guess = current().state.lockout.guess(request.remote_addr or "", check)
+    if guess.wait:
+        errors[field] = Msg(
+            "Too many wrong attempts. Try again in {t}.", {"t": fmt_age(guess.wait)}
+        )
+    elif not guess.right:
+        errors[field] = wrong
+    return guess
 
 
 @bp.get("/")
@@ -97,25 +97,27 @@ def claim() -> Any:
                 _sign_in(name, "button", "claim")
                 web.state.mark_claimed()
                 return redirect(next_page())
-        elif not errors and not _locked(errors, "code"):
+        elif not errors:
+            code = request.form.get("code", "")
             if not web.state.has_setup_code:
                 errors["code"] = Msg("This box has no setup code. Use the button on the box.")
             else:
                 try:
-                    ok = web.state.check_setup_code(request.form.get("code", ""))
+                    parse_code(code)  # a typo is explained and not counted as a guess
                 except InvalidCodeError:
                     errors["code"] = Msg(
                         "This is not a setup code. Compare it with the label: 12 letters "
                         "and digits, such as ABCD-EFGH-JKMN."
                     )
                 else:
-                    if ok:
-                        web.state.lockout.success()
+                    check = partial(web.state.check_setup_code, code)
+                    guess = _guess(errors, "code", check, Msg("This setup code is wrong."))
+                    if guess.right:
                         _sign_in(name, "setup code", "claim")
                         web.state.mark_claimed()
                         return redirect(next_page())
-                    web.record("claim refused", actor=name, detail="wrong setup code")
-                    _wrong(errors, "code", "This setup code is wrong.")
+                    if guess.checked:
+                        web.record("claim refused", actor=name, detail="wrong setup code")
     return (
         render_template(
             "claim/claim.html",
@@ -145,13 +147,14 @@ def login() -> Any:
                 web.state.reopen()
                 web.record("setup reopened", actor=name, detail="by the button")
                 return redirect(url_for("wizard.step", name="password"))
-        elif not errors and not _locked(errors, "password"):
-            if web.state.check_password(request.form.get("password", "")):
-                web.state.lockout.success()
+        elif not errors:
+            check = partial(web.state.check_password, request.form.get("password", ""))
+            guess = _guess(errors, "password", check, Msg("This password is wrong."))
+            if guess.right:
                 _sign_in(name, "password", "signed in")
                 return redirect(next_page())
-            web.record("sign-in refused", actor=name, detail="wrong password")
-            _wrong(errors, "password", "This password is wrong.")
+            if guess.checked:
+                web.record("sign-in refused", actor=name, detail="wrong password")
     return (
         render_template("claim/login.html", errors=errors, form=request.form, window=window),
         400 if errors else 200,
@@ -169,7 +172,7 @@ def logout() -> Response:
     if g.operator is not None:
         current().record("signed out")
     lang = session.get("lang")
-    security.sign_out()
+    security.sign_out(current().state.sessions)
     if lang:
         session["lang"] = lang
     return redirect(url_for(".root"))

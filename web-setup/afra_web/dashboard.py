@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from functools import partial
 from typing import Any
 
 from flask import (
@@ -30,6 +31,7 @@ from afra_web import Web, current, security, status
 from afra_web.echo import echo
 from afra_web.forms import Errors, Msg, check_password
 from afra_web.i18n import notify, translate
+from afra_web.state import Guess
 
 bp = Blueprint("dashboard", __name__)
 
@@ -84,6 +86,7 @@ def masked(code: str | None) -> str:
 @bp.get("/dashboard")
 def index() -> str:
     web = current()
+    web.audit.retry()
     appliance = web.appliance
     snap = status.snapshot(appliance)
     flow = status.throughput(appliance)
@@ -107,6 +110,7 @@ def index() -> str:
 @bp.get("/api/status")
 def api_status() -> Response:
     web = current()
+    web.audit.retry()  # a disk that recovered is seen while the page is open
     snap = status.snapshot(web.appliance)
     # Words in the page's language, so the page can show them as they change.
     snap["health"]["label"] = translate(snap["health"]["state"])
@@ -210,7 +214,8 @@ def pacs_echo() -> Any:
 
 @bp.get("/audit")
 def audit() -> str:
-    return render_template("dashboard/audit.html", entries=current().audit.entries(500))
+    log = current().audit
+    return render_template("dashboard/audit.html", entries=log.entries(500), problem=log.retry())
 
 
 @bp.get("/audit.csv")
@@ -258,6 +263,18 @@ def _settings_page(code: int, errors: Errors) -> tuple[str, int]:
     )
 
 
+def _password_again(web: Web, errors: Errors, field: str) -> Guess:
+    """The admin password typed again for a grave change, counted by the same per-client
+    lockout as signing in (state.Lockout)."""
+    check = partial(web.state.check_password, request.form.get(field, ""))
+    guess = web.state.lockout.guess(request.remote_addr or "", check)
+    if not guess.checked:
+        errors[field] = TOO_MANY
+    elif not guess.right:
+        errors[field] = Msg("This password is wrong.")
+    return guess
+
+
 @bp.post("/settings/update")
 def upload_update() -> Any:
     """A system update uploaded by the technician: checked at once, installed, restarted."""
@@ -272,13 +289,7 @@ def upload_update() -> Any:
     if updates.status.busy:
         errors["bundle"] = Msg("An update is already under way.")
         return _settings_page(409, errors)
-    if web.state.lockout.remaining():
-        errors["update_password"] = TOO_MANY
-    elif not web.state.check_password(request.form.get("update_password", "")):
-        web.state.lockout.failure()
-        errors["update_password"] = Msg("This password is wrong.")
-    else:
-        web.state.lockout.success()
+    _password_again(web, errors, "update_password")
     upload = request.files.get("bundle")
     if upload is None or not upload.filename:
         errors["bundle"] = Msg("Choose the update file (it ends in .raucb).")
@@ -315,13 +326,7 @@ def change_password() -> Any:
     web = current()
     form = request.form
     errors: Errors = {}
-    if web.state.lockout.remaining():
-        errors["current"] = TOO_MANY
-    elif not web.state.check_password(form.get("current", "")):
-        web.state.lockout.failure()
-        errors["current"] = Msg("This password is wrong.")
-    else:
-        web.state.lockout.success()  # the right password ends a run of wrong ones
+    _password_again(web, errors, "current")  # the right password ends a run of wrong ones
     errors.update(
         check_password(
             form.get("password", ""),
@@ -333,7 +338,7 @@ def change_password() -> Any:
         return _settings_page(400, errors)
     web.state.set_password(form["password"])
     op = g.operator
-    security.sign_in(op.name, op.by, web.now(), web.state.progress().epoch)
+    security.sign_in(op.name, op.by, web.now(), web.state.progress().epoch, web.state.sessions)
     web.record("password changed")
     notify(Msg("Password changed. Other signed-in devices are signed out."))
     return redirect(url_for(".settings"))
@@ -342,13 +347,12 @@ def change_password() -> Any:
 @bp.post("/settings/reopen")
 def reopen() -> Any:
     web = current()
-    if web.state.lockout.remaining():
-        return _settings_page(400, {"reopen_password": TOO_MANY})
-    if not web.state.check_password(request.form.get("reopen_password", "")):
-        web.state.lockout.failure()
-        web.record("setup reopen refused", detail="wrong password")
-        return _settings_page(400, {"reopen_password": Msg("This password is wrong.")})
-    web.state.lockout.success()
+    errors: Errors = {}
+    guess = _password_again(web, errors, "reopen_password")
+    if not guess.right:
+        if guess.checked:
+            web.record("setup reopen refused", detail="wrong password")
+        return _settings_page(400, errors)
     web.state.reopen()
     web.record("setup reopened", detail="by password")
     return redirect(url_for("wizard.step", name="summary"))

@@ -8,8 +8,11 @@
   Our own twenty lines rather than Flask-WTF: the app uses no WTForms, and the check is the
   same one Flask-WTF makes, with no extra dependency to keep up.
 - Sessions: a signed cookie (HttpOnly, SameSite=Strict) holding the operator's name, when they
-  signed in and were last seen, and the password epoch; idle too long, older than a day, or
-  from before a password change, and it is dropped. Times come from the injected clock.
+  signed in and were last seen, the password epoch and a session id; idle too long, older than
+  12 hours, from before a password change, or with an id the box no longer lists
+  (`state.Sessions`: signed out, password changed, factory reset), and it is dropped. A signed
+  cookie alone cannot be revoked: a copy would outlive the sign-out. Times come from the
+  injected clock.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Any
 
 from flask import Response, abort, g, request, session
 
-SESSION_MAX_S = 12 * 3600.0
+from afra_web.state import SESSION_MAX_S, Sessions
+
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 
@@ -95,23 +99,40 @@ def check_csrf() -> None:
         abort(400, description="csrf")
 
 
-def sign_in(name: str, by: str, now: float, epoch: int) -> None:
+def sign_in(name: str, by: str, now: float, epoch: int, sessions: Sessions) -> None:
     lang = session.get("lang")
+    _end(sessions)  # signing in again replaces the session, on the box too
     session.clear()  # a new session and a new CSRF token on every sign-in (no fixation)
-    session["op"] = {"name": name, "by": by, "at": now, "seen": now, "epoch": epoch}
+    session["op"] = {
+        "name": name,
+        "by": by,
+        "at": now,
+        "seen": now,
+        "epoch": epoch,
+        "sid": sessions.start(),
+    }
     session[CSRF_FIELD] = secrets.token_urlsafe(32)
     if lang:
         session["lang"] = lang
 
 
-def sign_out() -> None:
+def _end(sessions: Sessions) -> None:
+    op: Any = session.get("op")
+    if isinstance(op, dict) and isinstance(op.get("sid"), str):
+        sessions.end(op["sid"])
+
+
+def sign_out(sessions: Sessions) -> None:
+    """End the session on the box (a copy of the cookie opens nothing) and in the browser."""
+    _end(sessions)
     session.clear()
 
 
 def current_operator(
-    now: float, idle_s: float, epoch: int, *, touch: bool = True
+    now: float, idle_s: float, epoch: int, sessions: Sessions, *, touch: bool = True
 ) -> Operator | None:
-    """The signed-in operator, or None (and the session dropped) when it has expired.
+    """The signed-in operator, or None (and the session dropped) when it has expired or the
+    box no longer lists it.
 
     `touch` restarts the idle time: a person's request does, a page's own status poll does
     not (a dashboard left open on a desk still signs out)."""
@@ -124,9 +145,12 @@ def current_operator(
             and now - float(op["at"]) <= SESSION_MAX_S
             and int(op["epoch"]) == epoch
         )
+        listed = fresh and sessions.alive(str(op["sid"]))
     except (KeyError, TypeError, ValueError):
-        fresh = False
-    if not fresh:
+        fresh = listed = False
+    if not listed:
+        if not fresh:
+            _end(sessions)  # expired here: no copy of the cookie lives on either
         session.pop("op", None)
         g.session_expired = True
         return None

@@ -126,7 +126,7 @@ def password_step(web: Web) -> Any:
     web.state.set_password(form["password"])
     # The password's epoch changed, which ends every other session; this one goes on.
     op = g.operator
-    security.sign_in(op.name, op.by, web.now(), web.state.progress().epoch)
+    security.sign_in(op.name, op.by, web.now(), web.state.progress().epoch, web.state.sessions)
     web.record("password set")
     return _advance("password")
 
