@@ -15,6 +15,7 @@ from afra.app import Appliance, build_appliance
 from afra.config import Config
 from medix.hub.server import HubServer
 from tests.fakes import FakeClock
+from tests.figures import ATTACKS, lines
 from tests.peers import Orthanc, free_port
 
 LOOPBACK = "127.0.0.1"
@@ -131,3 +132,23 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(autouse=True)
 def _quiet_pynetdicom() -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+# -- the fault suite's figures (tests/figures.py) ---------------------------------------------
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Each attack once: at its call, or at its setup when that failed (it never ran)."""
+    if "attack" not in report.keywords:
+        return
+    if report.when == "call" or (report.when == "setup" and report.failed):
+        ATTACKS["tried"] += 1
+        ATTACKS["passed"] += int(report.failed)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    figures = lines()
+    if figures:
+        terminalreporter.section("fault suite figures")
+        for line in figures:
+            terminalreporter.write_line(line)

@@ -6,21 +6,13 @@ from __future__ import annotations
 
 import os
 
-import pytest
+from tests.figures import FIGURES
+from tests.uplink.conftest import enrolled_box  # a box enrolled with the reference hub
 
 FULL = os.environ.get("AFRA_FAULTS") == "full"
-FIGURES: dict[str, list[str]] = {}
+__all__ = ["FIGURES", "FULL", "count", "enrolled_box"]
 
 
 def count(reduced: int, full: int) -> int:
     """How many rounds a part runs: a few in `make test`, the issue's count in test-faults."""
     return full if FULL else reduced
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not FIGURES:
-        return
-    terminalreporter.section("fault suite figures")
-    for part in sorted(FIGURES):
-        for line in FIGURES[part]:
-            terminalreporter.write_line(line)

@@ -14,6 +14,8 @@ from medix.hub.physicians import SessionSettings, verify_password
 from tests.medix.conftest import PASSWORD, HubClient, csrf_token, sign_in
 from tests.medix.nodekit import MEDIS_CODE, make_study
 
+pytestmark = pytest.mark.attack  # the inbox without, or with someone else's, credentials
+
 OTHER_CODE = "22222222222A"
 SHOWN_CODE = "K7QM-2XHP-9RTC"
 OTHER_SHOWN = "2222-2222-222A"

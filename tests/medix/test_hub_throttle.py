@@ -12,6 +12,8 @@ from tests.fakes import FakeClock
 from tests.medix.conftest import HubClient
 from tests.medix.nodekit import BIRTH_DATE, MEDIS_CODE, make_study
 
+pytestmark = pytest.mark.attack  # guessing codes, links and passwords
+
 ATTACKER = "203.0.113.5"
 NEIGHBOUR = "203.0.113.6"
 

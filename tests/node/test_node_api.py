@@ -68,6 +68,7 @@ def call(hub: HubServer, url: str, token: str | None, body: Any, method: str = "
         pool.close()
 
 
+@pytest.mark.attack  # the node API without the token, with a wrong one, hostile bodies
 def test_node_api_takes_the_hubs_token_only(
     hub: HubServer, node_box: BoxFactory, clock: FakeClock, tmp_path: Path
 ) -> None:

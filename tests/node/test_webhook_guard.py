@@ -9,6 +9,8 @@ import pytest
 from afra.config import DownloadSettings
 from afra.node.webhook import WebhookGuard, WebhookRefused
 
+pytestmark = pytest.mark.attack  # webhook targets pointing inward (SSRF)
+
 
 def guard(
     answers: dict[str, list[str]], calls: list[str] | None = None, **settings: object

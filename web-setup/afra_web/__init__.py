@@ -17,6 +17,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from afra.app import Appliance
+from afra.audit import Actor, Events, StudyRef
+from afra.audit.events import NETWORK_CONFIGURATION, SECURITY_CONFIGURATION
 from afra.clock import Clock
 from afra.config import WebSettings
 from afra_web import i18n, security
@@ -24,6 +26,7 @@ from afra_web.audit import AuditLog
 from afra_web.network import EmulatedNetwork, NetworkAdapter, SystemNetwork
 from afra_web.overlay import SettingsOverlay
 from afra_web.state import WebState, web_dir
+from medix.models import AuditEvent
 
 __all__ = ["Web", "create_app", "web_of"]
 
@@ -87,7 +90,13 @@ class Web:
     def record(self, action: str, **fields: Any) -> None:
         op: security.Operator | None = g.get("operator")
         actor = fields.pop("actor", None) or (op.name if op else "")
-        self.audit.add(self.now(), actor, request.remote_addr or "", action, **fields)
+        address = request.remote_addr or ""
+        self.audit.add(self.now(), actor, address, action, **fields)
+        trail = getattr(self.appliance, "audit", None)
+        if trail is not None:
+            event = box_audit_event(trail.events, self.now(), actor, address, action, fields)
+            if event is not None:
+                trail.record(event)
 
 
 def web_of(app: Flask) -> Web:
@@ -220,3 +229,44 @@ def create_app(
         return render_template("error.html", message=message), exc.code
 
     return app
+
+
+# What the web app records, as the box's audit trail names it (afra.audit: DICOM audit
+# messages). The dashboard's own log above keeps every action in words; the trail keeps those
+# an auditor asks about. Updates are recorded by the update record itself, PACS echoes not.
+_AUTH_OK = {"claim", "signed in"}
+_AUTH_FAILED = {"claim refused", "sign-in refused", "setup reopen refused"}
+_SECURITY = {"password set", "password changed", "setup reopened"}
+_SETTINGS = {"DICOM settings changed", "enrolled", "enrolment failed", "setup finished"}
+_LOG_USED = {"audit log exported", "diagnostics downloaded"}
+
+
+def box_audit_event(
+    events: Events, when: float, actor: str, address: str, action: str, fields: dict[str, Any]
+) -> AuditEvent | None:
+    who = Actor(actor or "(not signed in)", address=address)
+    detail = str(fields.get("detail", ""))
+    if action in _AUTH_OK or action in _AUTH_FAILED or action == "signed out":
+        failed = action in _AUTH_FAILED
+        return events.authentication(
+            when, who, login=action != "signed out", outcome=4 if failed else 0, why=detail
+        )
+    study = StudyRef(
+        str(fields.get("study_uid", "")), patient_name=str(fields.get("patient_name", ""))
+    )
+    code_tail = str(fields.get("code", ""))[-4:]
+    if action == "code revealed":
+        return events.code(when, who, study, action="R", code_tail=code_tail)
+    if action == "slip printed":
+        return events.exported(
+            when, Actor("the reception desk's printer"), study, what="patient slip", requestor=who
+        )
+    if action in _SECURITY:
+        return events.configuration(when, who, action, kind=SECURITY_CONFIGURATION)
+    if action == "network changed":
+        return events.configuration(when, who, f"{action}: {detail}", kind=NETWORK_CONFIGURATION)
+    if action in _SETTINGS:
+        return events.configuration(when, who, f"{action}: {detail}".strip(": "))
+    if action in _LOG_USED:
+        return events.log_used(when, who, action)
+    return None

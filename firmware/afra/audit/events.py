@@ -31,6 +31,7 @@ NETWORK_CONFIGURATION = AuditCode(code="110128", meaning="Network Configuration"
 SECURITY_CONFIGURATION = AuditCode(code="110129", meaning="Security Configuration")
 SOFTWARE_CONFIGURATION = AuditCode(code="110131", meaning="Software Configuration")
 AUDIT_RECORDING_STOPPED = AuditCode(code="110139", meaning="Audit Recording Stopped")
+AUDIT_LOG_USED = AuditCode(code="110101", meaning="Audit Log Used")
 
 # Roles (CID 402)
 SOURCE = AuditCode(code="110153", meaning="Source Role ID")
@@ -279,6 +280,19 @@ class Events:
             types=(SOFTWARE_CONFIGURATION,),
             objects=(
                 AuditObject(id=self.source, role=13, id_type=NODE_ID, details={"version": version}),
+            ),
+        )
+
+    def log_used(self, when: float, who: Actor, what: str) -> AuditEvent:
+        """Someone took the audit log or the diagnostics (which hold the logs) off the box."""
+        return self._event(
+            when,
+            AUDIT_LOG_USED,
+            "R",
+            [self._person(who), self._box()],
+            outcome_text=what,
+            objects=(
+                AuditObject(id=self.source, role=13, id_type=NODE_ID, details={"what": what[:256]}),
             ),
         )
 
