@@ -1,14 +1,17 @@
 """A TCP proxy on loopback that can throttle and cut connections: a center's uplink, in a box.
 
-Used by the uplink tests (a connection cut mid-upload) and by `make bench-uplink` (5 and
-50 Mb/s links). Bytes pass through untouched (TLS goes end to end); the proxy only delays
-and counts them, and can close every connection once a byte budget is spent.
+Used by the uplink tests (a connection cut mid-upload), the fault suite's flaky link, and by
+`make bench-uplink` (5 and 50 Mb/s links). Bytes pass through untouched (TLS goes end to
+end); the proxy only delays and counts them, and can close every connection once a byte
+budget is spent, reset them (RST), or stall them: connections stay open and nothing moves,
+as behind a NAT that forgot them (half-open).
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
 from types import TracebackType
@@ -40,6 +43,9 @@ class Proxy:
         self._cut_after: int | None = None
         # One shared pacer per direction, so parallel connections share the link like a real one.
         self._next_send = {"up": 0.0, "down": 0.0}
+        self.latency_s = 0.0  # added before each chunk is passed on
+        self._flowing = threading.Event()
+        self._flowing.set()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -73,6 +79,23 @@ class Proxy:
         self.cut_all()
         for thread in self._threads:
             thread.join(timeout=5)
+
+    def stall(self) -> None:
+        """Stop passing bytes; connections stay open (the peer sees silence, no close)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    def reset_all(self) -> None:
+        """Close every connection with a TCP reset (SO_LINGER 0), as a middlebox would."""
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def cut_all(self) -> None:
         with self._lock:
@@ -122,6 +145,11 @@ class Proxy:
                 data = src.recv(CHUNK)
                 if not data:
                     break
+                while not self._flowing.wait(0.1):
+                    if self._stop.is_set():
+                        return
+                if self.latency_s:
+                    time.sleep(self.latency_s)  # the link's delay, not a wait for anything
                 self._pace(direction, len(data))
                 dst.sendall(data)
                 cut = False
