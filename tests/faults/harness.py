@@ -32,7 +32,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from afra.store.index import Index
 from afra.uplink.client import enrol

@@ -26,8 +26,12 @@ A study the box is still receiving (held, not yet complete) is not exported in p
 PACS to retrieve it from, the job waits for the box to complete it, holding no job slot,
 until its completion is due (no instance for `study.stable_age`, seen by the completion
 check within `study.scan_interval`) plus COMPLETION_MARGIN_S; instances that keep arriving
-push that on, up to COMPLETION_WAIT_CAP_S in all. ExportStarted then says it waited; a study
-still arriving after that is RequestFailed, saying so.
+push that on, up to COMPLETION_WAIT_CAP_S in all. Only reaching `stable_age` is read on the
+wall clock (as the completion check reads it); the rest is timed on the monotonic clock
+from the moment the job finds the study quiet, so a step of the wall clock (NTP setting a
+box without a real-time clock) cannot end the wait before the completion check has looked.
+ExportStarted then says it waited; a study still arriving after that is RequestFailed,
+saying so.
 """
 
 from __future__ import annotations
@@ -104,7 +108,8 @@ CREATE TABLE IF NOT EXISTS subscribers (
 RUNNING, SAVED, FAILED = "running", "saved", "failed"
 
 # A download of a study still arriving waits for its completion this long past the moment
-# it is due, and no longer than the cap in all however long instances keep arriving.
+# it is due, and no longer than the cap in all however long instances keep arriving
+# (both on the monotonic clock).
 COMPLETION_MARGIN_S = 30.0
 COMPLETION_WAIT_CAP_S = 3600.0
 
@@ -170,7 +175,7 @@ class JobStore(SqliteStore):
     """The jobs' record: jobs, their events, their webhook subscribers."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA)
+        super().__init__(path, SCHEMA, exclusive_fallback=True)  # the box starts on a full disk
         path.chmod(0o600)  # it holds the hub's authorization headers
 
     def running_with_key(self, join_key: str) -> str | None:
@@ -576,31 +581,49 @@ class DownloadManager:
         if self.pacs is not None:
             return []
         waited: list[str] = []
-        start = self.clock.time()
+        start = self.clock.monotonic()
+        grace = self.study.scan_interval + COMPLETION_MARGIN_S
         for uid in self._studies(subject):
             if not self.index.holding(uid).receiving:
                 continue
             LOG.info("job %s: %s is still arriving at the box; waiting for it", job_id, uid)
-            began = self.clock.time()
+            began = self.clock.monotonic()
+            quiet_since: float | None = None  # monotonic: when the job found it quiet
             while self.index.holding(uid).receiving:
-                due = self._completion_due(uid)
-                now = self.clock.time()
-                if due is None or now > due or now - start > COMPLETION_WAIT_CAP_S:
+                quiet = self._quiet(uid)
+                now = self.clock.monotonic()
+                if quiet is None or now - start > COMPLETION_WAIT_CAP_S:
+                    break
+                if not quiet:
+                    quiet_since = None  # an instance arrived: it is due later
+                elif quiet_since is None:
+                    quiet_since = now
+                    LOG.info(
+                        "job %s: %s is quiet; the completion check should complete it "
+                        "within %.0f s",
+                        job_id,
+                        uid,
+                        grace,
+                    )
+                elif now - quiet_since > grace:
                     break
                 if self.clock.sleep(1.0, self._stop):
                     return waited
-            if not self.index.holding(uid).receiving:
-                waited.append(
-                    f"waited {self.clock.time() - began:.0f} s for {uid} to complete on the box"
-                )
+            # Said however the wait ended: the export needs the study whole (with no PACS it
+            # has no other source), so the note is shown only if the box completed it, also
+            # when that happened between the end of the wait and the export.
+            waited.append(
+                f"waited {self.clock.monotonic() - began:.0f} s for {uid} to complete on the box"
+            )
         return waited
 
-    def _completion_due(self, uid: str) -> float | None:
-        """When the completion check will find the study's open revision quiet enough."""
+    def _quiet(self, uid: str) -> bool | None:
+        """Whether no instance of the study has arrived for `study.stable_age`, so that the
+        completion check may complete it; None when no revision of it is still receiving."""
         last = [s.last_received_at for s in self.index.due_studies(math.inf) if s.study_uid == uid]
         if not last:
             return None
-        return max(last) + self.study.stable_age + self.study.scan_interval + COMPLETION_MARGIN_S
+        return self.clock.time() - max(last) >= self.study.stable_age
 
     def _work(self, job_id: str, subject: str, folder: Path, waited: list[str]) -> None:
         merge = subject.startswith(("patient:", "studies:"))
@@ -773,11 +796,12 @@ class DownloadManager:
         assert result is None or isinstance(result, RetrieveResult)
         ok = error is None and result is not None and result.ok
         if self.audit is not None and self.pacs is not None:
-            remote = self.pacs.pacs
+            remote = getattr(self.pacs, "pacs", None)  # its settings (a stand-in may lack them)
+            pacs = Actor(remote.ae_title, address=remote.host) if remote else Actor("the PACS")
             self.audit.record(
                 self.audit.events.retrieved(
                     self.clock.time(),
-                    Actor(remote.ae_title, address=remote.host),
+                    pacs,
                     StudyRef(study_uid, instances=sink.count),
                     outcome=SUCCESS if ok else SERIOUS_FAILURE,
                     why="" if ok else f"{error or 'retrieve incomplete'}",

@@ -413,10 +413,15 @@ class Index(SqliteStore):
     def __init__(self, path: Path, *, reserve_wal: bool = False) -> None:
         # The running box reserves the WAL (one commit per received instance); CLI commands
         # that open the index for a moment do not.
-        super().__init__(path, SCHEMA, timeout=30.0, reserve_wal=reserve_wal)
+        super().__init__(
+            path, SCHEMA, timeout=30.0, reserve_wal=reserve_wal, exclusive_fallback=True
+        )
         self._migrate()
 
     def _migrate(self) -> None:
+        row = self._db.execute(SQL_GET_META, ("schema_version",)).fetchone()
+        if row is not None and int(row[0]) == SCHEMA_VERSION:
+            return  # no commit: a start on a full disk could not make one
         with self._transaction() as db:
             # Read inside the write transaction: two processes opening at once migrate once.
             row = db.execute(SQL_GET_META, ("schema_version",)).fetchone()
