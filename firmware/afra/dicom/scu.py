@@ -2,6 +2,15 @@
 
 Replies are untrusted input: the number of C-FIND matches is capped, every UID in a match is
 checked against PS3.5 before anyone uses it, and counts are bounded integers.
+
+pynetdicom's association reactor and the thread that sent a request both take decoded messages
+off one queue; a response the reactor takes is logged as "unexpected" and dropped
+(pydicom/pynetdicom#875), leaving a C-FIND one match short with a success status. It needs the
+reactor woken but not yet paused again when the response arrives, as when a request follows
+another on the same association (about 1 in 150 such requests on loopback). Every association
+here therefore carries one request, and what pynetdicom decoded is counted against what
+reached this module (`_Wire`): a response lost anyway is asked for again (C-FIND) or cannot
+pass unseen.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
+from pynetdicom.status import code_to_category
 
 from afra.config import DicomSettings, PacsSettings
 from afra.dicom.acceptor import TRANSFER_SYNTAXES
@@ -59,6 +69,8 @@ MOVE_DESTINATION_UNKNOWN = 0xA801
 STATUS_PENDING = (0xFF00, 0xFF01)
 
 _MOVE_GET_FALLBACK = (MOVE_DESTINATION_UNKNOWN, 0x0122, 0xA701, 0xA702)
+# A C-FIND whose responses went missing inside pynetdicom is asked this many times in all.
+_FIND_ATTEMPTS = 3
 # How long to wait for pynetdicom's threads to end after a release or abort.
 _CLOSE_WAIT_S = 5.0
 
@@ -72,11 +84,48 @@ class RetrieveResult:
     completed: int = 0
     failed: int = 0
     warning: int = 0
+    # Sub-operations the PACS counts as done that never reached the box (C-GET).
+    missing: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.status in (0x0000, 0xB000) and self.failed == 0
+        return self.status in (0x0000, 0xB000) and self.failed == 0 and self.missing == 0
+
+
+class _Wire:
+    """The responses pynetdicom decoded on one association, in order.
+
+    Filled from EVT_DIMSE_RECV on pynetdicom's DUL thread, before the message joins the queue
+    the reactor could take it from; a response therefore appears here before the caller can
+    read it, and the list is only appended to.
+    """
+
+    def __init__(self) -> None:
+        self.responses: list[tuple[int, bool]] = []  # (message id answered, pending)
+
+    def received(self, event: Any) -> None:
+        command = event.message.command_set
+        answered = command.get("MessageIDBeingRespondedTo")
+        if answered is not None:  # requests (a C-GET's C-STOREs) are not responses
+            self.responses.append((int(answered), command.get("Status") in STATUS_PENDING))
+
+    def lost(self, msg_id: int, pending_read: int, what: str) -> int:
+        """How many pending responses to `msg_id` before its final one the caller never read.
+
+        Call once the final response has been read. A response to another message is one the
+        box did not ask for on this association: PeerReplyError, never a match of this one.
+        """
+        pending = 0
+        for answered, is_pending in list(self.responses):
+            if answered != msg_id:
+                raise PeerReplyError(
+                    f"PACS answered message {answered} during the {what} of message {msg_id}"
+                )
+            if not is_pending:
+                break
+            pending += 1
+        return max(0, pending - pending_read)
 
 
 def _bounded(value: Any, what: str) -> int:
@@ -161,8 +210,10 @@ class PacsClient:
         contexts: list[Any],
         *,
         storage: Sequence[str] = (),
+        evt_handlers: Sequence[tuple[Any, Callable[[Any], Any]]] = (),
         **kwargs: Any,
-    ) -> Iterator[Any]:
+    ) -> Iterator[tuple[Any, _Wire]]:
+        """One association for one request (see the module's docstring)."""
         ae = AE(ae_title=self.local.ae_title)
         ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
@@ -174,7 +225,14 @@ class PacsClient:
             ae.add_requested_context(cx)
         for uid in storage:  # C-GET: objects come back in the syntaxes the box accepts
             ae.add_requested_context(uid, list(TRANSFER_SYNTAXES))
-        assoc = ae.associate(self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title, **kwargs)
+        wire = _Wire()
+        assoc = ae.associate(
+            self.pacs.host,
+            self.pacs.port,
+            ae_title=self.pacs.ae_title,
+            evt_handlers=[*evt_handlers, (evt.EVT_DIMSE_RECV, wire.received)],
+            **kwargs,
+        )
         if not assoc.is_established:
             raise AssociationFailedError(
                 f"PACS {self.pacs.ae_title} at {self.pacs.host}:{self.pacs.port} did not accept "
@@ -182,7 +240,7 @@ class PacsClient:
             )
         raw = getattr(getattr(assoc.dul, "socket", None), "socket", None)
         try:
-            yield assoc
+            yield assoc, wire
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -195,7 +253,7 @@ class PacsClient:
                 raw.close()
 
     def echo(self) -> int:
-        with self._associate([Verification]) as assoc:
+        with self._associate([Verification]) as (assoc, _wire):
             status = assoc.send_c_echo()
         if "Status" not in status:
             raise AssociationFailedError("PACS did not answer the C-ECHO")
@@ -205,37 +263,21 @@ class PacsClient:
         """C-FIND in the Study Root model; matches with invalid UIDs are dropped."""
         query = parse_keys(keys, level)
         uid_key = UID_KEYS[LEVELS.index(level)]
-        matches: list[Dataset] = []
-        dropped = 0
-        with self._associate([StudyRootQueryRetrieveInformationModelFind]) as assoc:
-            for status, identifier in assoc.send_c_find(
-                query, StudyRootQueryRetrieveInformationModelFind
-            ):
-                if "Status" not in status:
-                    raise AssociationFailedError("PACS stopped answering the C-FIND")
-                if status.Status not in STATUS_PENDING:
-                    if status.Status not in (0x0000, 0xFE00):
-                        raise PeerReplyError(
-                            f"PACS answered the C-FIND with status 0x{int(status.Status):04X}"
-                        )
-                    continue
-                if identifier is None:
-                    continue
-                if not is_valid_uid(identifier.get(uid_key)) or not is_valid_uid(
-                    identifier.get("StudyInstanceUID")
-                ):
-                    dropped += 1
-                    continue
-                matches.append(identifier)
-                if len(matches) >= self.pacs.max_results:
-                    LOG.warning(
-                        "C-FIND stopped at %d matches (pacs.max_results)", self.pacs.max_results
-                    )
-                    assoc.abort()
-                    break
-        if dropped:
-            LOG.warning("dropped %d C-FIND matches with invalid UIDs from the PACS", dropped)
-        return matches
+        for attempt in range(1, _FIND_ATTEMPTS + 1):
+            with self._associate([StudyRootQueryRetrieveInformationModelFind]) as (assoc, wire):
+                matches, lost = _find_on(assoc, wire, query, uid_key, self.pacs.max_results)
+            if not lost:
+                return matches
+            LOG.warning(
+                "C-FIND: %d of the PACS's responses were lost in pynetdicom (attempt %d of %d)",
+                lost,
+                attempt,
+                _FIND_ATTEMPTS,
+            )
+        raise PeerReplyError(
+            f"C-FIND responses from the PACS were lost {_FIND_ATTEMPTS} times in a row; "
+            "its matches are unknown"
+        )
 
     def study_instance_count(self, study_uid: str) -> int | None:
         """The PACS's NumberOfStudyRelatedInstances for a study, or None if it does not say."""
@@ -261,14 +303,14 @@ class PacsClient:
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_uid
         result = RetrieveResult(method="C-MOVE", status=0xC000)
-        with self._associate([StudyRootQueryRetrieveInformationModelMove]) as assoc:
+        with self._associate([StudyRootQueryRetrieveInformationModelMove]) as (assoc, wire):
             responses = assoc.send_c_move(
                 query,
                 destination or self.local.ae_title,
                 StudyRootQueryRetrieveInformationModelMove,
                 msg_id=msg_id,
             )
-            _collect(responses, result)
+            _collect(responses, result, wire, msg_id)
         return result
 
     def get(self, study_uid: str, *, sink: StoreSink | None = None) -> RetrieveResult:
@@ -284,16 +326,27 @@ class PacsClient:
         storage = self._study_sop_classes(study_uid)
         roles = [build_role(uid, scp_role=True) for uid in storage]
         receiver = self.receiver
-        handler: Callable[[Any], int] = lambda event: _store_from_get(event, receiver, sink)  # noqa: E731
+        answered: list[int] = []  # the box's answer to each C-STORE sub-operation
+
+        def handler(event: Any) -> int:
+            status = _store_from_get(event, receiver, sink)
+            answered.append(status)
+            return status
+
         result = RetrieveResult(method="C-GET", status=0xC000)
         with self._associate(
             [StudyRootQueryRetrieveInformationModelGet],
             storage=storage,
             ext_neg=roles,
             evt_handlers=[(evt.EVT_C_STORE, handler)],
-        ) as assoc:
-            responses = assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
-            _collect(responses, result)
+        ) as (assoc, wire):
+            responses = assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet, msg_id=1)
+            _collect(responses, result, wire, 1)
+        kept = sum(1 for status in answered if code_to_category(status) in ("Success", "Warning"))
+        claimed = result.completed + result.warning
+        if claimed > kept:
+            result.missing = claimed - kept
+            result.notes.append(f"the PACS counts {claimed} sub-operations done; {kept} arrived")
         return result
 
     def retrieve(
@@ -314,8 +367,56 @@ class PacsClient:
         return moved
 
 
-def _collect(responses: Iterator[tuple[Dataset, Dataset | None]], result: RetrieveResult) -> None:
-    for status, _identifier in responses:
+def _find_on(
+    assoc: Any, wire: _Wire, query: Dataset, uid_key: str, limit: int, msg_id: int = 1
+) -> tuple[list[Dataset], int]:
+    """One C-FIND on an open association: the valid matches, and how many of the PACS's
+    responses pynetdicom lost before they were read (they are not among the matches)."""
+    matches: list[Dataset] = []
+    dropped = read = 0
+    final = False
+    for status, identifier in assoc.send_c_find(
+        query, StudyRootQueryRetrieveInformationModelFind, msg_id=msg_id
+    ):
+        if "Status" not in status:
+            raise AssociationFailedError("PACS stopped answering the C-FIND")
+        if status.Status not in STATUS_PENDING:
+            if status.Status not in (0x0000, 0xFE00):
+                raise PeerReplyError(
+                    f"PACS answered the C-FIND with status 0x{int(status.Status):04X}"
+                )
+            final = True
+            continue
+        read += 1
+        if identifier is None:
+            continue
+        if not is_valid_uid(identifier.get(uid_key)) or not is_valid_uid(
+            identifier.get("StudyInstanceUID")
+        ):
+            dropped += 1
+            continue
+        matches.append(identifier)
+        if len(matches) >= limit:
+            LOG.warning("C-FIND stopped at %d matches (pacs.max_results)", limit)
+            assoc.abort()
+            return matches, 0
+    if not final:
+        raise AssociationFailedError("PACS ended the C-FIND without a final response")
+    if dropped:
+        LOG.warning("dropped %d C-FIND matches with invalid UIDs from the PACS", dropped)
+    return matches, wire.lost(msg_id, read, "C-FIND")
+
+
+def _collect(
+    responses: Iterator[tuple[Dataset, Dataset | None]],
+    result: RetrieveResult,
+    wire: _Wire,
+    msg_id: int,
+) -> None:
+    """Read a C-MOVE's or C-GET's responses into `result`; only a final response ends it well.
+
+    A pending response lost in pynetdicom costs nothing: the final one carries the counts."""
+    for read, (status, _identifier) in enumerate(responses):  # read: pending ones so far
         if "Status" not in status:
             result.status = 0xC000
             result.notes.append("PACS stopped answering")
@@ -328,6 +429,11 @@ def _collect(responses: Iterator[tuple[Dataset, Dataset | None]], result: Retrie
         ):
             if name in status and status.get(name) not in (None, ""):
                 setattr(result, attr, _bounded(status.get(name), name))
+        if result.status not in STATUS_PENDING:
+            wire.lost(msg_id, read, result.method)  # a response to another message raises
+            return
+    result.status = 0xC000
+    result.notes.append("PACS ended without a final response")
 
 
 def _store_from_get(event: Any, receiver: Receiver | None, sink: StoreSink | None) -> int:
