@@ -3,6 +3,12 @@
 Used by the box's HTTP services (the node-side Medix API; the setup wizard). Port 0 picks a
 free port; `port` tells which after `start()`. SO_REUSEADDR is set so a restarted box gets
 its port back at once.
+
+Idle and slow clients (medix.serving): a connection costs a worker thread only once its
+request headers are in, and is closed if they are not complete within `header_timeout`. One
+client address may hold PER_ADDRESS_CONNECTIONS connections (more are closed at accept) and a
+quarter of the threads (its further requests wait their turn), so the technician's phone is
+served beside anyone else's idle or slow connections.
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ import threading
 from typing import Any
 
 from afra.errors import ServiceError
-from medix.serving import LoggingServer
+from medix.serving import HEADER_TIMEOUT_S, LoggingServer
 
 LOG = logging.getLogger("afra.wsgi")
 
 SHUTDOWN_TIMEOUT_S = 3
-SELECT_INTERVAL_S = 0.1  # how soon stop() is noticed
+SELECT_INTERVAL_S = 0.1  # how soon stop() is noticed, and a late connection closed
+# A browser opens at most 6 connections to one host; 2 more for a second browser or a script.
+PER_ADDRESS_CONNECTIONS = 8
+IDLE_TIMEOUT_S = 60  # a kept-alive connection without a next request; a stalled body or reader
 
 
 class WsgiServer:
@@ -31,6 +40,7 @@ class WsgiServer:
         threads: int = 8,
         ssl_adapter: Any = None,
         what: str = "the service",
+        header_timeout: float = HEADER_TIMEOUT_S,
     ) -> None:
         self.app = app
         self.bind = bind
@@ -39,6 +49,7 @@ class WsgiServer:
         self.threads = threads
         self.ssl_adapter = ssl_adapter
         self.what = what
+        self.header_timeout = header_timeout
         self._server: LoggingServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -54,8 +65,11 @@ class WsgiServer:
             self.app,
             numthreads=self.threads,
             server_name=self.name,
-            timeout=60,
+            timeout=IDLE_TIMEOUT_S,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            per_address=PER_ADDRESS_CONNECTIONS,
+            per_address_workers=max(1, self.threads // 4),
+            header_timeout=self.header_timeout,
         )
         server.expiration_interval = SELECT_INTERVAL_S
         if self.ssl_adapter is not None:

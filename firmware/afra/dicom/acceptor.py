@@ -19,6 +19,7 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,9 +79,11 @@ MAX_ASSOCIATE_RQ = 1 << 20  # no honest A-ASSOCIATE-RQ is anywhere near this
 # The header is read from the first bytes of a data set kept in memory (docs/ARCHITECTURE.md).
 HEAD_BYTES = 64 * 1024
 PRE_ASSOCIATION_BUFFER = 16 * 1024
-PENDING_CONNECTIONS = 16  # connections beyond max_associations still negotiating or waiting
-UNKNOWN_POOL = 8  # connections at once from addresses no peer entry covers
-ACCEPT_BACKOFF_S = 0.1  # no honest A-ASSOCIATE-RQ is anywhere near this
+# The pool (docs/conformance.md 2.2.1.2.2): connections beyond max_associations still negotiating
+# or being refused, in all and for one address.
+PENDING_CONNECTIONS = 16
+PENDING_PER_ADDRESS = 2
+ACCEPT_BACKOFF_S = 0.1  # after accept() fails (out of descriptors), before trying again
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 # The box's own self-test (afra.update.selftest) calls with this AE title from the box's own
@@ -88,6 +91,7 @@ ACCEPT_BACKOFF_S = 0.1  # no honest A-ASSOCIATE-RQ is anywhere near this
 # connects from there.
 SELFTEST_AE = "AFRA-SELFTEST"
 SELF_ADDRESSES = frozenset({ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")})
+SELF_KEYS = frozenset(str(ip) for ip in SELF_ADDRESSES)
 REJECT_UNKNOWN_PEER = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE not recognized
 REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, service-provider (presentation), local limit
 REJECT_BAD_CONTEXT_NAME = (0x01, 0x01, 0x02)  # application context name not supported
@@ -100,6 +104,10 @@ ABORT_INVALID_PARAMETER = 0x06
 
 class PeerGone(ConnectionError):
     """The peer closed the connection or stopped sending."""
+
+
+class ArtimExpired(TimeoutError):
+    """No whole A-ASSOCIATE-RQ within the ARTIM time (dicom.acse_timeout)."""
 
 
 class ProtocolViolation(ValueError):
@@ -126,11 +134,9 @@ class PeerPolicy:
             ),
         )
 
-    def may_connect(self, address: str) -> bool:
-        """Whether any peer entry covers this source address, or it is the box itself
-        (checked at TCP accept)."""
-        if self.allow_any:
-            return True
+    def covers(self, address: str) -> bool:
+        """Whether a peer entry covers this source address, or it is the box itself: such an
+        address draws on the whole pool, any other on the unconfigured addresses' share."""
         ip = _ip(address)
         return ip is not None and (ip in SELF_ADDRESSES or any(ip in net for _, net in self.peers))
 
@@ -153,6 +159,115 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped  # an IPv4 sender on a dual-stack ("::") listener
     return ip
+
+
+def _address_key(address: str) -> str:
+    """One key per sending host (an IPv4-mapped IPv6 address is its IPv4 address)."""
+    ip = _ip(address)
+    return address if ip is None else str(ip)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much of the acceptor one address, and the unconfigured addresses together, may hold.
+
+    Derived from dicom.max_associations (docs/conformance.md 2.2.1.2.2): one address holds at
+    most half the associations, so one sender cannot keep the others out; addresses no peer
+    entry covers share half the pool, so the other half stays for the configured peers. When
+    there is no peer entry (allow_any_peer alone) there is no one to keep room for. The box's
+    own loopback address (the self-test, tools on the box) has no per-address limit.
+    """
+
+    associations: int
+    per_address: int
+    unknown: int
+    connections: int
+    connections_per_address: int
+    unknown_connections: int
+
+    @classmethod
+    def for_pool(cls, max_associations: int, *, reserve: bool) -> Limits:
+        half = max(1, max_associations // 2)
+        connections = max_associations + PENDING_CONNECTIONS
+        return cls(
+            associations=max_associations,
+            per_address=half,
+            unknown=max_associations // 2 if reserve else max_associations,
+            connections=connections,
+            connections_per_address=half + PENDING_PER_ADDRESS,
+            unknown_connections=connections // 2 if reserve else connections,
+        )
+
+
+class Occupancy:
+    """Who holds the acceptor's connections and associations: each check and its count under
+    one lock. `connect` and `associate` return None when admitted, else why not (for the log)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._connections: Counter[str] = Counter()
+        self._associations: Counter[str] = Counter()
+        self._unknown_connections = 0
+        self._unknown_associations = 0
+
+    @property
+    def associations(self) -> int:
+        with self._lock:
+            return sum(self._associations.values())
+
+    def connect(self, address: str, known: bool) -> str | None:
+        key, limits = _address_key(address), self.limits
+        with self._lock:
+            total = sum(self._connections.values())
+            if total >= limits.connections:
+                return f"{total} connections already open"
+            if self._connections[key] >= limits.connections_per_address and key not in SELF_KEYS:
+                return f"{self._connections[key]} connections already open from this address"
+            if not known and self._unknown_connections >= limits.unknown_connections:
+                return (
+                    f"{self._unknown_connections} connections already open from addresses "
+                    "no peer entry covers"
+                )
+            self._connections[key] += 1
+            self._unknown_connections += not known
+            return None
+
+    def disconnect(self, address: str, known: bool) -> None:
+        key = _address_key(address)
+        with self._lock:
+            self._connections[key] -= 1
+            if self._connections[key] <= 0:
+                del self._connections[key]
+            self._unknown_connections -= not known
+
+    def associate(self, address: str, known: bool) -> str | None:
+        key, limits = _address_key(address), self.limits
+        with self._lock:
+            total = sum(self._associations.values())
+            if total >= limits.associations:
+                return f"{total} associations already open (dicom.max_associations)"
+            if self._associations[key] >= limits.per_address and key not in SELF_KEYS:
+                return (
+                    f"{self._associations[key]} associations already open from this address "
+                    "(half of dicom.max_associations)"
+                )
+            if not known and self._unknown_associations >= limits.unknown:
+                return (
+                    f"{self._unknown_associations} associations already open from addresses "
+                    "no peer entry covers (half of dicom.max_associations)"
+                )
+            self._associations[key] += 1
+            self._unknown_associations += not known
+            return None
+
+    def dissociate(self, address: str, known: bool) -> None:
+        key = _address_key(address)
+        with self._lock:
+            self._associations[key] -= 1
+            if self._associations[key] <= 0:
+                del self._associations[key]
+            self._unknown_associations -= not known
 
 
 def _supported_contexts(requested: Iterable[PresentationContext]) -> list[PresentationContext]:
@@ -182,10 +297,11 @@ class _Message:
 class _Association:
     """One accepted connection, served on its own thread."""
 
-    def __init__(self, server: Acceptor, sock: socket.socket, address: str) -> None:
+    def __init__(self, server: Acceptor, sock: socket.socket, address: str, known: bool) -> None:
         self.server = server
         self.sock = sock
         self.address = address
+        self.known = known  # a peer entry covers the address (Limits)
         self.settings = server.settings
         self.calling_ae = ""
         self.contexts: dict[int, tuple[str, str]] = {}
@@ -206,10 +322,10 @@ class _Association:
         got, want = 0, len(view)
         while got < want:
             if self.deadline is not None:
-                # The whole A-ASSOCIATE-RQ within acse_timeout, not a byte per timeout.
+                # ARTIM: the whole A-ASSOCIATE-RQ within acse_timeout, not a byte per timeout.
                 left = self.deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError("association request not received in time")
+                    raise ArtimExpired("association request not received in time")
                 self.sock.settimeout(left)
             n = self.sock.recv_into(view[got:], want - got)
             if n == 0:
@@ -255,13 +371,24 @@ class _Association:
 
     def _establish(self) -> bool:
         self.deadline = time.monotonic() + self.settings.acse_timeout
-        pdu_type, body = self._read_pdu(MAX_ASSOCIATE_RQ)
+        try:
+            pdu_type, body = self._read_pdu(MAX_ASSOCIATE_RQ)
+        except TimeoutError as exc:
+            raise ArtimExpired(str(exc)) from None
         self.deadline = None
         if pdu_type != ASSOCIATE_RQ:
             raise ProtocolViolation(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
         rq_pdu = A_ASSOCIATE_RQ()
-        rq_pdu.decode(bytes(self.buffer[: 6 + len(body)]))
-        rq = rq_pdu.to_primitive()
+        try:
+            rq_pdu.decode(bytes(self.buffer[: 6 + len(body)]))
+            rq = rq_pdu.to_primitive()
+        except (ValueError, KeyError, IndexError, TypeError, AssertionError, struct.error) as exc:
+            # pynetdicom's decoder raises what the bytes give it (the fuzz suite found
+            # UnicodeDecodeError, KeyError 0, ValueError, its own asserts): a broken PDU.
+            raise ProtocolViolation(
+                f"unreadable A-ASSOCIATE-RQ ({exc.__class__.__name__}: {exc})",
+                ABORT_INVALID_PARAMETER,
+            ) from None
         self.calling_ae = str(rq.calling_ae_title).strip()
         if not self.server.policy.allows(self.calling_ae, self.address):
             LOG.warning(
@@ -275,13 +402,13 @@ class _Association:
         if str(rq.application_context_name) != APPLICATION_CONTEXT:
             self._reject(REJECT_BAD_CONTEXT_NAME, rq)
             return False
-        if not self.server.admit():
+        refusal = self.server.occupancy.associate(self.address, self.known)
+        if refusal is not None:
             LOG.warning(
-                "rejected an association from AE %r at %s: %d associations already open "
-                "(dicom.max_associations)",
+                "rejected an association from AE %r at %s: %s",
                 self.calling_ae,
                 self.address,
-                self.settings.max_associations,
+                refusal,
             )
             self._reject(REJECT_BUSY, rq)
             return False
@@ -566,6 +693,13 @@ class _Association:
         except (PeerGone, ConnectionError) as exc:
             if self.message is not None or not self.calling_ae:
                 LOG.warning("connection from %s lost: %s", self.address, exc)
+        except ArtimExpired:
+            # PS3.8 Sta2, ARTIM expired: AA-2, close the transport connection (no A-ABORT).
+            LOG.warning(
+                "closed a connection from %s: no A-ASSOCIATE-RQ within %g s (dicom.acse_timeout)",
+                self.address,
+                self.settings.acse_timeout,
+            )
         except TimeoutError:
             LOG.warning(
                 "association with %s (AE %r) timed out waiting for the peer",
@@ -584,7 +718,7 @@ class _Association:
                 self._discard(self.message)
             self._drop_spare()
             if self.admitted:
-                self.server.release()
+                self.server.occupancy.dissociate(self.address, self.known)
             with contextlib.suppress(OSError):
                 self.sock.close()
 
@@ -604,14 +738,16 @@ class Acceptor:
         # Who echoed or stored lately (the wizard shows it); kept across a reconfiguration.
         self.sightings = sightings or PeerSightings(receiver.clock)
         self.policy = PeerPolicy.from_settings(settings)
+        # Room is kept for the configured peers and the box itself, unless anyone may call and
+        # no one is listed.
+        reserve = bool(self.policy.peers) or not self.policy.allow_any
+        self.limits = Limits.for_pool(settings.max_associations, reserve=reserve)
+        self.occupancy = Occupancy(self.limits)
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._active = 0
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
-        self._known: set[socket.socket] = set()
-        self._unknown: set[socket.socket] = set()
 
     @property
     def running(self) -> bool:
@@ -630,19 +766,7 @@ class Acceptor:
 
     @property
     def open_associations(self) -> int:
-        with self._lock:
-            return self._active
-
-    def admit(self) -> bool:
-        with self._lock:
-            if self._active >= self.settings.max_associations:
-                return False
-            self._active += 1
-            return True
-
-    def release(self) -> None:
-        with self._lock:
-            self._active -= 1
+        return self.occupancy.associations
 
     def start(self) -> None:
         if not self.policy.allow_any and not self.policy.peers:
@@ -692,45 +816,40 @@ class Acceptor:
                 self._take(sock, str(address[0]))
             except Exception:
                 LOG.exception("could not serve a connection from %s", address[0])
-                with self._lock:
-                    self._connections.discard(sock)
-                    self._known.discard(sock)
-                    self._unknown.discard(sock)
                 with contextlib.suppress(OSError):
                     sock.close()
 
     def _take(self, sock: socket.socket, address: str) -> None:
-        # Addresses no peer entry covers still get the standard A-ASSOCIATE-RJ, but from a
-        # small pool of their own, so a flood from elsewhere cannot take the peers' places.
-        known = self.policy.may_connect(address)
+        # Nothing has been read yet, so there is no A-ASSOCIATE-RQ to answer: a connection
+        # over the limits is closed at once and costs no thread.
+        known = self.policy.covers(address)
+        refusal = self.occupancy.connect(address, known)
+        if refusal is not None:
+            LOG.warning("refused a DICOM connection from %s: %s", address, refusal)
+            sock.close()
+            return
+        association = _Association(self, sock, address, known)
         with self._lock:
-            pool = self._known if known else self._unknown
-            limit = self.settings.max_associations + PENDING_CONNECTIONS if known else UNKNOWN_POOL
-            if len(pool) >= limit:
-                LOG.warning(
-                    "refused a DICOM connection from %s: %d connections already open from %s",
-                    address,
-                    len(pool),
-                    "configured peers" if known else "unconfigured addresses",
-                )
-                sock.close()
-                return
-            pool.add(sock)
             self._connections.add(sock)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        association = _Association(self, sock, address)
-        threading.Thread(
-            target=self._run, args=(association,), name=f"dicom-{address}", daemon=True
-        ).start()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(
+                target=self._run, args=(association,), name=f"dicom-{address}", daemon=True
+            ).start()
+        except BaseException:
+            self._forget(association)
+            raise
 
     def _run(self, association: _Association) -> None:
         try:
             association.run()
         finally:
-            with self._lock:
-                self._connections.discard(association.sock)
-                self._known.discard(association.sock)
-                self._unknown.discard(association.sock)
+            self._forget(association)
+
+    def _forget(self, association: _Association) -> None:
+        with self._lock:
+            self._connections.discard(association.sock)
+        self.occupancy.disconnect(association.address, association.known)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting; let open associations finish for `grace` seconds, then cut them."""

@@ -8,6 +8,7 @@ element runs past the end of what arrived).
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset
+from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.tag import Tag
 from pydicom.uid import RE_VALID_UID, UID
 
@@ -118,9 +119,44 @@ def _raw_text(ds: Any, tag: int) -> str:
     return "" if value is None else str(value).strip("\0 ")
 
 
+# pydicom inflates a deflated data set whole, in memory: one that inflates past this is
+# refused before it is read (a deflate bomb of 1 MiB took the parser to 2 GiB).
+MAX_INFLATED = 256 * 2**20
+
+
+def _check_inflated_size(path: Path) -> None:
+    """Refuse a deflated data set that would inflate past MAX_INFLATED, counting it a chunk
+    at a time. The data set starts after the file meta, whose group length is its first
+    element (as the box itself writes it: dimse.part10_header)."""
+    with path.open("rb") as fp:
+        head = fp.read(144)
+        if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+            return  # not the layout the box writes: pydicom's own checks decide
+        fp.seek(144 + int.from_bytes(head[140:144], "little"))
+        inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        while chunk := fp.read(1 << 16):
+            try:
+                while chunk:
+                    total += len(inflate.decompress(chunk, 1 << 20))
+                    if total > MAX_INFLATED:
+                        raise InvalidInstanceError(
+                            f"deflated data set inflates to more than {MAX_INFLATED >> 20} MiB; "
+                            "the box does not take it",
+                            status=STATUS_CANNOT_UNDERSTAND,
+                        )
+                    chunk = inflate.unconsumed_tail
+            except zlib.error:
+                return  # broken deflate data: pydicom says so, with its reason
+            if inflate.eof:
+                return
+
+
 def _from_file(path: Path) -> Any:
     size = os.path.getsize(path)
     try:
+        if read_file_meta_info(path).get("TransferSyntaxUID") == DEFLATED:
+            _check_inflated_size(path)
         ds = dcmread(path, defer_size=_DEFER_SIZE)
         last = ds.get_item(_last_tag(ds), keep_deferred=True) if len(ds) else None
     except _DECODE_ERRORS as exc:
