@@ -12,6 +12,7 @@ transfer syntax already compresses the pixel data).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -158,11 +159,12 @@ class StudyZip:
         return size, digest
 
     def abandon(self) -> None:
-        try:
+        # The zip's close writes its central directory and may fail (a full disk): the file
+        # is closed all the same, then removed.
+        with contextlib.suppress(OSError, ValueError):
             self.zip.close()
+        with contextlib.suppress(OSError, ValueError):
             self.out.close()
-        except (OSError, ValueError):
-            pass
         self.path.unlink(missing_ok=True)
 
 

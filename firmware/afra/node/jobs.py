@@ -677,6 +677,10 @@ class DownloadManager:
             uploader.abandon()
             self._fail(job_id, merge, S.ExportFailed, str(exc))
             return
+        except BaseException:  # anything else (an OSError reading an instance): nothing left open
+            study_zip.abandon()
+            uploader.abandon()
+            raise
         self._emit(job_id, S.CompressFinished, f"{size} bytes")
         self._emit(job_id, S.ExportCompleted)
         if merge:
