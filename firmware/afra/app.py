@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from afra.audit import Audit, build_audit
+from afra.audit import Actor, Audit, build_audit
 from afra.clock import Clock, SystemClock
 from afra.config import Config
 from afra.dicom.acceptor import Acceptor
@@ -61,7 +61,7 @@ from afra.uplink.identity import NodeIdentity
 from afra.uplink.policy import PolicyStore
 from afra.uplink.worker import Uplink, UplinkSettings
 from afra.wsgi import WsgiServer
-from medix.models import AuditEvent, UpdateReport
+from medix.models import AuditEvent, Policy, UpdateReport
 
 LOG = logging.getLogger("afra")
 
@@ -168,6 +168,12 @@ class Appliance:
             logging.getLogger("afra").removeHandler(self.log_ring)
             self._started = False
 
+    def _policy_applied(self, policy: Policy) -> None:
+        if self.audit is not None:
+            hub = Actor(self.identity.hub_url if self.identity.enrolled else "the hub")
+            what = f"policy version {policy.version} from the hub applied (a command)"
+            self.audit.record(self.audit.events.configuration(self.clock.time(), hub, what))
+
     def liveness(self) -> list[Liveness]:
         """The threads the box cannot work without: systemd's watchdog is fed while they run."""
         checks: list[Liveness] = [
@@ -250,7 +256,7 @@ class Appliance:
     def command_channel(self, client: HubClient) -> CommandChannel:
         """The long poll for the hub's commands, with every handler the box has."""
         channel = CommandChannel(client, clock=self.clock, wait_s=self.config.hub.command_poll_s)
-        channel.register("apply_policy", apply_policy_handler(self.policy))
+        channel.register("apply_policy", apply_policy_handler(self.policy, self._policy_applied))
         channel.register("diagnostics", diagnostics_handler(self.diagnostics))
         if self.downloads is not None:
             channel.register("download", download_handler(self.downloads))
@@ -373,6 +379,7 @@ def _node_api(
         name="afra-node-api",
         ssl_adapter=tls_adapter(identity) if config.node_api.tls else None,
         what="the node API (node_api.bind, node_api.port)",
+        share_threads=False,  # its one client is the hub: all threads are the hub's
     )
 
 

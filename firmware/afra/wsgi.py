@@ -41,6 +41,7 @@ class WsgiServer:
         ssl_adapter: Any = None,
         what: str = "the service",
         header_timeout: float = HEADER_TIMEOUT_S,
+        share_threads: bool = True,
     ) -> None:
         self.app = app
         self.bind = bind
@@ -50,6 +51,9 @@ class WsgiServer:
         self.ssl_adapter = ssl_adapter
         self.what = what
         self.header_timeout = header_timeout
+        # A quarter of the threads per address (the wizard: a phone beside a scanner); off
+        # for the node API, whose one client is the hub (and is authenticated before use).
+        self.share_threads = share_threads
         self._server: LoggingServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -68,7 +72,7 @@ class WsgiServer:
             timeout=IDLE_TIMEOUT_S,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
             per_address=PER_ADDRESS_CONNECTIONS,
-            per_address_workers=max(1, self.threads // 4),
+            per_address_workers=max(1, self.threads // 4) if self.share_threads else None,
             header_timeout=self.header_timeout,
         )
         server.expiration_interval = SELECT_INTERVAL_S

@@ -404,7 +404,7 @@ class AuditBatch(Message):
 
 
 class AuditAck(Message):
-    through: int = Field(ge=0, description="every record up to this seq is held by the hub")
+    through: int = Field(ge=0, description="the batch's last seq: held by the hub")
 
 
 class Problem(Message):

@@ -285,11 +285,11 @@ def _node_to_hub(b: _Builder) -> dict[str, Any]:
                 "operationId": "postAudit",
                 "tags": tags,
                 "summary": "Hand over audit records (DICOM PS3.15 A.5 messages as JSON)",
-                "description": "1-500 records, each with the node's gap-free `seq`; the hub "
+                "description": "1-500 records in `seq` order, from the node's cursor; the hub "
                 "keeps each (node, seq) once, so a batch sent again is harmless. The answer's "
-                "`through` is the highest seq the hub holds for the node with none missing "
-                "below it (counted from the first record it holds); the node moves its cursor "
-                "there and sends what follows.",
+                "`through` is the batch's last seq, now held; the node moves its cursor there "
+                "and sends what follows. A gap in the seqs is the node's own doing (records it "
+                "removed unsent; its trail records how many).",
                 "security": MTLS,
                 "requestBody": b.json_body(models.AuditBatch),
                 "responses": {

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from afra.audit import Actor, Events, Forwarder, StudyRef
-from afra.audit.forward import BOM, SyslogTls, audit_message
+from afra.audit.forward import BOM, DestinationStuck, SyslogTls, audit_message
 from afra.audit.trail import AuditTrail
 from afra.clock import SystemClock
 from medix.hub.ca import HubCA
@@ -87,11 +87,15 @@ def test_unsent_records_are_kept_past_the_bound_until_a_hard_cap_which_is_record
     trail.record(login(clock))
     assert [r.seq for r in trail.after(0, limit=100)] == [6, 7, 8, 9, 10]  # sent: trimmed
 
-    for _ in range(12):  # the hub takes nothing more; past twice the bound the oldest go
+    for _ in range(22):  # the hub takes nothing more; past twice the bound the oldest go
         trail.record(login(clock))
     records = trail.after(0, limit=100)
-    assert len(records) <= 11
-    assert any(r.event.code == "110113" and "removed unsent" in r.outcome_text for r in records)
+    assert len(records) <= 2 * 5 + 1
+    notices = [r for r in records if "removed unsent" in r.outcome_text]
+    # One notice per bound's worth of records cut, not one per record.
+    assert 1 <= len(notices) <= 2 and all(r.event.code == "110113" for r in notices)
+    # Each says how many unsent records its cut removed (a bound's worth, about five here).
+    assert all(int(r.outcome_text.split()[0]) >= 2 for r in notices)
     trail.close()
 
 
@@ -172,4 +176,21 @@ def test_a_repository_with_a_certificate_from_another_ca_gets_nothing(
     with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
         forwarder.step()
     assert trail.cursor("syslog") == 0 and server.messages() == []
+    trail.close()
+
+
+def test_a_destination_that_takes_nothing_is_a_failure_not_a_loop(tmp_path: Path) -> None:
+    clock = FakeClock()
+    trail = AuditTrail(tmp_path / "trail.sqlite", clock=clock, events=EVENTS, destinations=("hub",))
+    trail.record(login(clock))
+    calls: list[int] = []
+
+    def stuck(events: object) -> int:
+        calls.append(1)
+        return 0  # "I hold nothing of it"
+
+    forwarder = Forwarder(trail, "hub", stuck, clock=clock)
+    with pytest.raises(DestinationStuck, match="holds only up to 0"):
+        forwarder.step()  # the thread backs off on this, as on any failure
+    assert calls == [1] and trail.cursor("hub") == 0
     trail.close()

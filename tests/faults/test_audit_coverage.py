@@ -74,6 +74,12 @@ def test_every_action_leaves_an_audit_record(
         types="110131",
     )
 
+    # And one sent as a command.
+    node = box.identity.node_id
+    hub.queue_command(node, "apply_policy", Policy(version=8).model_dump(mode="json"))
+    wait_for(lambda: box.policy.current.version == 8, what="the policy command applied")
+    expect("policy command", "110113", lambda e: "policy version 8" in e.outcome_text)
+
     # People on the web app: claim, password, settings, a wrong password, sign-out, codes.
     app = create_app(box, network=FakeNetwork(), clock=clock)
     app.testing = True
@@ -103,4 +109,4 @@ def test_every_action_leaves_an_audit_record(
     missing = [action for action, check in performed.items() if not any(map(check, records))]
     FIGURES["audit"] = [f"audit_missing={len(missing)}"]
     assert missing == [], f"no audit record for: {missing}"
-    assert len(performed) == 13
+    assert len(performed) == 14

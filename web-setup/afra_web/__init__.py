@@ -235,7 +235,7 @@ def create_app(
 # messages). The dashboard's own log above keeps every action in words; the trail keeps those
 # an auditor asks about. Updates are recorded by the update record itself, PACS echoes not.
 _AUTH_OK = {"claim", "signed in"}
-_AUTH_FAILED = {"claim refused", "sign-in refused", "setup reopen refused"}
+_AUTH_FAILED = {"claim refused", "sign-in refused", "setup reopen refused", "password refused"}
 _SECURITY = {"password set", "password changed", "setup reopened"}
 _SETTINGS = {"DICOM settings changed", "enrolled", "enrolment failed", "setup finished"}
 _LOG_USED = {"audit log exported", "diagnostics downloaded"}

@@ -272,6 +272,7 @@ def _password_again(web: Web, errors: Errors, field: str) -> Guess:
         errors[field] = TOO_MANY
     elif not guess.right:
         errors[field] = Msg("This password is wrong.")
+        web.record("password refused", detail=f"typed again for {request.path}")
     return guess
 
 

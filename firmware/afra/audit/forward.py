@@ -149,12 +149,17 @@ class SyslogTls:
         readable, _, _ = select.select([sock], [], [], 0)
         if not readable:
             return False
+        # Readable is also a TLS 1.3 server's session tickets: look without waiting.
+        timeout = sock.gettimeout()
+        sock.settimeout(0)
         try:
             return sock.recv(1) == b""
-        except ssl.SSLWantReadError:
+        except (ssl.SSLWantReadError, BlockingIOError):
             return False
         except (OSError, ssl.SSLError):
             return True
+        finally:
+            sock.settimeout(timeout)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -162,6 +167,10 @@ class SyslogTls:
                 self._sock.close()
             finally:
                 self._sock = None
+
+
+class DestinationStuck(RuntimeError):
+    """A destination answered without taking what it was sent."""
 
 
 Sender = Callable[[Sequence[AuditEvent]], int]  # returns the last seq the destination holds
@@ -206,11 +215,19 @@ class Forwarder:
             self._close()
 
     def step(self) -> int:
-        """Send one batch; how many records went (0: nothing waiting). Raises when it failed."""
-        events = self.trail.after(self.trail.cursor(self.name), self.batch)
+        """Send one batch; how many records went (0: nothing waiting). Raises when it failed,
+        also when the destination took the batch but says it holds none of it (sending it
+        again at once would only loop)."""
+        cursor = self.trail.cursor(self.name)
+        events = self.trail.after(cursor, self.batch)
         if not events:
             return 0
         through = self.send(events)
+        if through < events[0].seq:
+            raise DestinationStuck(
+                f"{self.name} took records {events[0].seq}-{events[-1].seq} but holds only up "
+                f"to {through}"
+            )
         self.trail.sent(self.name, through)
         return len(events)
 
@@ -236,5 +253,7 @@ class Forwarder:
                 self.failures, self.last_error = 0, ""
             if sent == 0:
                 with self.trail.changed:
-                    if not self._stop.is_set():
+                    # A record that came in since the step is not waited past.
+                    cursor = self.trail.cursor(self.name, locked=True)
+                    if not self._stop.is_set() and not self.trail.has_after(cursor, locked=True):
                         self.trail.changed.wait(timeout=30)

@@ -123,6 +123,7 @@ class AuditTrail:
                 self._insert(db, lost)
             for event in self._waiting:
                 self._insert(db, event)
+            removed = self._trim(db)  # in the same transaction: a failure keeps it all waiting
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -137,9 +138,15 @@ class AuditTrail:
                 len(self._waiting),
             )
             self._complained_at = None
+        if removed:
+            LOG.error(
+                "audit trail: %d record(s) removed before every destination had them "
+                "(it holds %d; see audit.keep_records)",
+                removed,
+                self.keep,
+            )
         self._waiting.clear()
         self._lost, self._lost_why = 0, ""
-        self._trim(db)
 
     def _insert(self, db: sqlite3.Connection, event: AuditEvent) -> None:
         body = event.model_dump_json(exclude={"seq"})
@@ -156,30 +163,35 @@ class AuditTrail:
             )
             self._complained_at = now
 
-    def _trim(self, db: sqlite3.Connection) -> None:
-        (newest,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()
+    def _trim(self, db: sqlite3.Connection) -> int:
+        """Remove what every destination has beyond the newest `keep`; past twice that, the
+        oldest down to `keep` whatever was sent, in one go, with one record saying how many
+        (so a destination away for long costs one notice per `keep` records, not one each).
+        Returns how many unsent records went."""
+        oldest, newest = db.execute(
+            "SELECT COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM records"
+        ).fetchone()
         keep_from = newest - self.keep  # everything at or below may go once it was sent
         if keep_from <= 0:
-            return
+            return 0
         sent = min((self._through(db, d) for d in self.destinations), default=newest)
         cut = min(keep_from, sent)
+        unsent = 0
         hard = newest - 2 * self.keep
-        if hard > cut:  # a destination that takes nothing does not hold the box's disk
+        if cut < hard and oldest <= hard:  # unsent records past twice the bound are still here
             unsent = db.execute(
-                "SELECT COUNT(*) FROM records WHERE seq > ? AND seq <= ?", (cut, hard)
+                "SELECT COUNT(*) FROM records WHERE seq > ? AND seq <= ?", (cut, keep_from)
             ).fetchone()[0]
-            cut = hard
-            if unsent:
-                LOG.error(
-                    "audit trail: %d record(s) removed before every destination had them", unsent
-                )
-                self._insert(
-                    db,
-                    self.events.recording_lost(
-                        self.clock.time(), unsent, "removed unsent to stay within the bound"
-                    ),
-                )
+            cut = keep_from
         db.execute("DELETE FROM records WHERE seq <= ?", (cut,))
+        if unsent:
+            self._insert(
+                db,
+                self.events.recording_lost(
+                    self.clock.time(), unsent, "removed unsent to stay within the bound"
+                ),
+            )
+        return int(unsent)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -211,10 +223,27 @@ class AuditTrail:
             ).fetchall()
         return [_event(n, body) for n, body in rows]
 
-    def cursor(self, name: str) -> int:
-        with self._lock:
+    def cursor(self, name: str, *, locked: bool = False) -> int:
+        if locked:  # the caller holds `changed` (the trail's lock)
             db = self._open()
             return 0 if db is None else self._through(db, name)
+        with self._lock:
+            return self.cursor(name, locked=True)
+
+    def has_after(self, seq: int, *, locked: bool = False) -> bool:
+        """Whether a record above `seq` is kept or waiting (`locked`: the caller holds the
+        trail's lock, as a forwarder does while it decides to wait)."""
+        if not locked:
+            with self._lock:
+                return self.has_after(seq, locked=True)
+        if self._waiting:
+            return True
+        db = self._open()
+        if db is None:
+            return False
+        return (
+            db.execute("SELECT 1 FROM records WHERE seq > ? LIMIT 1", (seq,)).fetchone() is not None
+        )
 
     def sent(self, name: str, through: int) -> None:
         """Destination `name` holds every record up to `through`."""

@@ -121,7 +121,7 @@ def _raw_text(ds: Any, tag: int) -> str:
 
 # pydicom inflates a deflated data set whole, in memory: one that inflates past this is
 # refused before it is read (a deflate bomb of 1 MiB took the parser to 2 GiB).
-MAX_INFLATED = 256 * 2**20
+MAX_INFLATED = 64 * 2**20  # four header workers at once stay within a Pi's memory
 
 
 def _check_inflated_size(path: Path) -> None:

@@ -13,6 +13,7 @@ the receiver holds health's `disk_floor` (the box shows failed), and it logs at 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -52,9 +53,13 @@ class HealthSink(Protocol):
 class SpaceRefusals:
     """Whether the box is refusing instances for space, said to health and the log.
 
-    `refused` for every instance answered out-of-resources for lack of space; `stored` for
-    every instance taken; `recheck` with the free space now (the storage check calls it), so a
-    box nobody sends to clears once there is room for what it last refused. Thread-safe."""
+    `refused` for every instance answered out-of-resources for lack of space (or because the
+    device failed a write: `why`); `stored` for every instance taken, with the free space then;
+    `recheck` with the free space now (the storage check calls it). A refusal for space ends
+    once there is room for the largest instance refused (a small instance that still fits
+    does not end it: the large ones are still refused, and the report would flap); one for a
+    failed write ends with the next instance stored. The log says the first refusal, then a
+    count once a minute, also across episodes. Thread-safe."""
 
     SOURCE = "receive"
 
@@ -75,8 +80,9 @@ class SpaceRefusals:
         self.total = 0  # refused since the box started
         self._since_log = 0  # refused since the last log line
         self._senders: set[str] = set()
-        self._logged_at = 0.0
+        self._logged_at = -math.inf
         self._need = 0  # the largest refused object: room for it ends the refusals
+        self._device = False  # a write the device refused, not (only) the floor
 
     def refused(self, sender: str, free: int, size: int, why: str = "") -> None:
         now = self.clock.monotonic()
@@ -88,8 +94,9 @@ class SpaceRefusals:
             self.total += 1
             self._since_log += 1
             self._need = max(self._need, size)
+            self._device = self._device or bool(why)
             self._senders.add(sender)
-            due = first or now - self._logged_at >= self.log_every_s
+            due = now - self._logged_at >= self.log_every_s
             if due:
                 count, senders = self._since_log, sorted(self._senders)
                 self._since_log, self._senders, self._logged_at = 0, set(), now
@@ -99,7 +106,7 @@ class SpaceRefusals:
             )
         if not due:
             return
-        if first:
+        if first and count == 1:
             LOG.error(
                 "refusing new instances with 0x%04X: %s (studies not yet delivered are kept; "
                 "free space or lower storage.min_free_mb)",
@@ -115,13 +122,15 @@ class SpaceRefusals:
                 reason,
             )
 
-    def stored(self) -> None:
-        if self.active:
+    def stored(self, free: int) -> None:
+        with self._lock:
+            room = self.active and (self._device or free >= self.min_free_bytes + self._need)
+        if room:
             self._end("an instance was stored")
 
     def recheck(self, free: int) -> None:
         with self._lock:
-            room = self.active and free >= self.min_free_bytes + self._need
+            room = self.active and not self._device and free >= self.min_free_bytes + self._need
         if room:
             self._end(f"{free // 2**20} MB free")
 
@@ -130,7 +139,7 @@ class SpaceRefusals:
             if not self.active:
                 return
             self.active, count = False, self._since_log
-            self._since_log, self._senders, self._need = 0, set(), 0
+            self._need, self._device = 0, False
         if self.health is not None:
             self.health.set("disk_floor", False, source=self.SOURCE)
         LOG.warning("taking new instances again (%s); %d refused since the last report", why, count)
@@ -241,7 +250,7 @@ class Receiver:
             return self._store(tmp, request, sender)
         except InvalidInstanceError as exc:
             return self._refuse(tmp, request, sender, exc.status, str(exc))
-        except StorageError as exc:
+        except (StorageError, OSError) as exc:  # a write, flush or rename the device refused
             return self.refuse_for_space(
                 request, f"could not store it ({exc}); check the storage device"
             )
@@ -282,7 +291,8 @@ class Receiver:
                 os.fstat(request.fd) if request.fd >= 0 else self.spool.absolute(rel).stat()
             ).st_size
             added = self.index.add_instance(header, rel, size, now, request.calling_ae)
-        self.refusals.stored()
+        if self.refusals.active:  # one look at the free space, only while refusing
+            self.refusals.stored(self.spool.free_bytes())
         if added.new_study_row:
             LOG.info(
                 "receiving study %s (revision %d) from %s",

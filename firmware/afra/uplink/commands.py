@@ -119,11 +119,16 @@ class CommandChannel:
                     return
 
 
-def apply_policy_handler(policy: PolicyStore) -> Handler:
-    """`apply_policy`: the whole policy or nothing; answers the version now running."""
+def apply_policy_handler(
+    policy: PolicyStore, applied: Callable[[Policy], None] | None = None
+) -> Handler:
+    """`apply_policy`: the whole policy or nothing; answers the version now running.
+    `applied` hears of a policy that replaced the running one (the audit trail)."""
 
     def handle(args: dict[str, object]) -> dict[str, object]:
-        policy.apply(Policy.model_validate(args))
+        new = Policy.model_validate(args)
+        if policy.apply(new) and applied is not None:
+            applied(new)
         return {"version": policy.current.version}
 
     return handle

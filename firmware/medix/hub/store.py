@@ -977,38 +977,29 @@ class HubStore:
     # -- audit records from nodes --------------------------------------------------------------
 
     def add_audit(self, node_id: str, events: list[tuple[int, str]], at: float) -> int:
-        """Keep each (node, seq) once; the highest seq held with none missing below it."""
+        """Keep each (node, seq) once; the highest seq of the batch, now held. A node sends
+        its records in order from its cursor, so the batch's last is its receipt; a gap in
+        the seqs is the node's own doing (records removed unsent, which its trail records)."""
         with self._tx() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO audit (node_id, seq, event_json, received_at) "
                 "VALUES (?, ?, ?, ?)",
                 [(node_id, seq, body, at) for seq, body in events],
             )
-            rows = db.execute(
-                "SELECT seq FROM audit WHERE node_id = ? ORDER BY seq", (node_id,)
-            ).fetchall()
-        # Contiguous from the first record held (a node's trail may start above 1: records
-        # trimmed on the box before it had a hub).
-        through = 0
-        for (seq,) in rows:
-            if through and seq != through + 1:
-                break
-            through = int(seq)
-        return through
+        return max(seq for seq, _body in events)
 
     def audit(self, node_id: str | None = None, limit: int = 1000) -> list[tuple[str, int, str]]:
+        """The newest `limit` records (of one node, or all), oldest first."""
         if node_id is None:
-            return [
-                (str(n), int(q), str(b))
-                for n, q, b in self._all(
-                    "SELECT node_id, seq, event_json FROM audit ORDER BY received_at, seq LIMIT ?",
-                    (limit,),
-                )
-            ]
-        return [
-            (str(n), int(q), str(b))
-            for n, q, b in self._all(
-                "SELECT node_id, seq, event_json FROM audit WHERE node_id = ? ORDER BY seq LIMIT ?",
+            rows = self._all(
+                "SELECT node_id, seq, event_json FROM audit "
+                "ORDER BY received_at DESC, seq DESC LIMIT ?",
+                (limit,),
+            )
+        else:
+            rows = self._all(
+                "SELECT node_id, seq, event_json FROM audit WHERE node_id = ? "
+                "ORDER BY seq DESC LIMIT ?",
                 (node_id, limit),
             )
-        ]
+        return [(str(n), int(q), str(b)) for n, q, b in reversed(rows)]
