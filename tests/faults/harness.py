@@ -117,6 +117,7 @@ class Notify:
 class KillHarness:
     def __init__(self, work: Path, hub: HubServer, *, seed: int, instances: int = 12) -> None:
         self.work = work
+        work.mkdir(parents=True, exist_ok=True)
         self.hub = hub
         self.rng = random.Random(seed)
         self.instances = instances
