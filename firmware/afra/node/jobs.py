@@ -42,6 +42,7 @@ import logging
 import math
 import secrets
 import shutil
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ from medix.models import DownloadAccepted, DownloadRequest, DownloadStatus, Webh
 LOG = logging.getLogger("afra.jobs")
 
 S = DownloadStatus
+SENDER_RETRY_S = 10
+
 TERMINAL = {S.RequestFailed, S.ExportFailed, S.DownloadFailed, S.MergeFailed, S.DownloadSaved}
 
 SCHEMA = """
@@ -884,6 +887,24 @@ class DownloadManager:
         thread.start()
 
     def _send_loop(self, sub: Subscriber, target: Target | None) -> None:
+        """A target's sender: a failure of the box's own (its job store on a full disk) is
+        logged and the sender goes on after a pause, instead of ending silently with the
+        job's later statuses never posted (one may then be posted twice)."""
+        while not self._stop.is_set():
+            try:
+                self._send_events(sub, target)
+                return
+            except (sqlite3.Error, OSError) as exc:
+                LOG.error(
+                    "webhook sender of job %s failed (%s); trying again in %d s",
+                    sub.job_id,
+                    exc,
+                    SENDER_RETRY_S,
+                )
+                if self.clock.sleep(SENDER_RETRY_S, self._stop):
+                    return
+
+    def _send_events(self, sub: Subscriber, target: Target | None) -> None:
         if target is None:
             try:
                 target = self.guard.check(sub.uri)
