@@ -257,3 +257,14 @@ def test_each_hostile_opening_is_answered_or_closed(make_box: BoxFactory, garbag
     answer = exchange(box.dicom.port, garbage)
     assert answer == b"" or answer[0] in (0x03, 0x07)  # an A-ASSOCIATE-RJ, an A-ABORT or a close
     assert echoscu(LOOPBACK, box.dicom.port).returncode == 0
+
+
+def test_a_head_that_ends_inside_a_length_field_is_left_to_the_file(
+    seeds: dict[str, bytes],
+) -> None:
+    """Found by the fuzzing: the first 64 KiB of a data set may end inside an explicit VR
+    element's 4-byte length; pydicom then raised struct.error out of the receive path."""
+    data = seeds[EXPLICIT]
+    pixels = data.index(b"\xe0\x7f\x10\x00OW")  # (7FE0,0010) OW
+    head = data[: pixels + 4 + 2 + 2 + 2]  # tag, VR, reserved, and half the 4-byte length
+    assert parse_head(head, EXPLICIT) is None  # not a crash: the file walk decides
