@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEBS := dcmtk orthanc chromium chromium-driver
 RUN_DIR ?= data/emulation
 
-.PHONY: run test test-faults lint typecheck pytest system-deps venv image image-test label \
+.PHONY: run test test-faults lint typecheck pytest system-deps venv image image-test test-power label \
 	bench-ingest bench-memory bench-uplink bench-download clean
 
 $(STAMP): pyproject.toml
@@ -79,6 +79,14 @@ image: $(STAMP)
 # builds the image first when build/ has none).
 image-test: system-deps $(STAMP)
 	PYTHONPATH=image-build:. $(BIN)/python -m afra_image.imagetest
+
+# Power cuts: the image under qemu, SIGKILLed at random moments during boot, receive and
+# upload, CUTS times (50 by default: about 70 minutes under TCG), then the books at the hub.
+# Needs the built image (make image); prints the seed, replay one with SEED=<n>.
+CUTS ?= 50
+test-power: system-deps $(STAMP)
+	PYTHONPATH=image-build:. $(BIN)/python -m afra_image.powercut --cuts $(CUTS) \
+	  $(if $(SEED),--seed $(SEED))
 
 # Writes an image onto a card or an image file for one box and prints its label:
 #   make label TARGET=/dev/sdX [IMAGE=build/afra-<v>-arm64.img.xz] [SETTINGS=site.toml] [YES=1]

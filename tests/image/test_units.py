@@ -90,3 +90,14 @@ def test_the_dicom_service_keeps_only_the_privilege_it_needs() -> None:
     assert settings["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
     assert settings["ProtectSystem"] == "strict"
     assert settings["ReadWritePaths"] == "/data/afra"  # state only on the data partition
+
+
+def test_afra_waits_for_its_partitions_however_slow_the_card() -> None:
+    """The power-cut suite found a box at a login prompt without AFRA: under load the data
+    partition appeared after the mount's 30 s device timeout, the mount failed, and
+    afra.service (RequiresMountsFor=/data/afra) failed on the dependency and never came back.
+    The box's own partitions are waited for without a limit (nofail keeps the boot going)."""
+    for line in (ROOTFS / "etc/fstab").read_text().splitlines():
+        if line.startswith(("PARTLABEL=afra-data", "PARTLABEL=afra-boot")):
+            options = line.split()[3].split(",")
+            assert "nofail" in options and "x-systemd.device-timeout=0" in options, line
