@@ -35,6 +35,7 @@ from tests.faults.harness import dataset_bytes
 from tests.peers import echoscu
 
 CASES: dict[str, int] = {}
+pytestmark = pytest.mark.timeout(3600)  # the full counts take minutes
 
 
 def figures() -> None:

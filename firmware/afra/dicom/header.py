@@ -229,8 +229,8 @@ def parse_head(head: bytes, transfer_syntax: str) -> HeadParse | None:
         return None
     try:
         ds = read_dataset(BytesIO(head), ts.is_implicit_VR, True, defer_size=_DEFER_SIZE)
-    except _DECODE_ERRORS:
-        return None  # the file walk gives the precise reason
+    except Exception:  # any of pydicom's: the file walk gives the precise reason
+        return None
     if not len(ds):
         return None
     return HeadParse(ds, len(head), transfer_syntax)
@@ -257,8 +257,18 @@ def read_header(path: Path) -> InstanceHeader:
 
     Raises InvalidInstanceError with the storage status to answer.
     """
-    ds = _from_file(path)
-    return _header_of(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
+    try:
+        ds = _from_file(path)
+        return _header_of(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
+    except InvalidInstanceError:
+        raise
+    except Exception as exc:  # pydicom on hostile bytes raises what it meets
+        # (the fuzz suite: TypeError, KeyError from a character set, struct.error): all of
+        # it is a data set the box cannot read, answered 0xC210 and quarantined.
+        raise InvalidInstanceError(
+            f"data set cannot be decoded ({exc.__class__.__name__}: {exc})",
+            status=STATUS_CANNOT_UNDERSTAND,
+        ) from None
 
 
 def _header_of(ds: Any, ts: str) -> InstanceHeader:
