@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -132,6 +133,16 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(autouse=True)
 def _quiet_pynetdicom() -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+@pytest.fixture(autouse=True)
+def _own_tempdir() -> Iterator[None]:
+    """A box points tempfile's folder at its spool (scu.configure_pynetdicom, process-wide):
+    each test gets the folder back as it was, so none writes into a box gone (or a disk
+    unmounted) with the test before it."""
+    before = tempfile.tempdir
+    yield
+    tempfile.tempdir = before
 
 
 # -- the fault suite's figures (tests/figures.py) ---------------------------------------------

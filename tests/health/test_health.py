@@ -24,6 +24,7 @@ from afra.health import (
     read_status,
 )
 from afra.uplink.identity import NodeIdentity
+from tests.disks import tmpfs
 from tests.fakes import FakeClock
 
 
@@ -136,13 +137,8 @@ def test_the_snapshot_is_json(health: Health, clock: FakeClock) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs of its own, so that full and read-only are real, not pretended."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", 8) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_storage_below_the_floor_fails_and_nearly_full_degrades(

@@ -10,10 +10,7 @@ which SQLite cannot size the index's wal-index (`-shm`) file: "disk I/O error"
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from afra.store.sqlite import WAL_RESERVE_BYTES
 from tests.conftest import LOOPBACK, make_config
 from tests.dicom.conftest import send_raw
 from tests.dicomgen import make_instance
+from tests.disks import fill, tmpfs
 from tests.fakes import FakeClock
 from tests.peers import echoscu
 
@@ -35,30 +33,8 @@ DISK_PROBLEMS = {"disk_floor", "storage_unwritable"}
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 MiB tmpfs of its own (the index reserves 8 MiB of write-ahead log)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", 64) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def fill(disk: Path) -> Path:
-    """Take every free byte of `disk`; returns the file that holds them."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (1 << 20, 4096, 1):
-            try:
-                while os.write(fd, b"\0" * size):
-                    pass
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-    assert shutil.disk_usage(disk).free == 0
-    return filler
 
 
 def started(config: Config, clock: FakeClock, boxes: list[Appliance]) -> Appliance:

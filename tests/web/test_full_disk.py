@@ -9,10 +9,7 @@ error" when the audit file is opened and "database or disk is full" when it is w
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from afra_web import web_of
 from afra_web.audit import LOST, PENDING_MAX, AuditFile, AuditLog
 from afra_web.state import new_setup_code
 from tests.conftest import make_config
+from tests.disks import fill, tmpfs
 from tests.fakes import FakeClock
 from tests.web.conftest import PASSWORD, AppFactory, finish_setup, post, text
 
@@ -89,30 +87,8 @@ def test_the_dashboard_starts_when_the_audit_file_will_not_open(
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 MiB tmpfs of its own (the index reserves 8 MiB of write-ahead log). Mounting needs
     root, as `make test` runs (the storage health tests mount one the same way)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", 64) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def fill(disk: Path) -> Path:
-    """Take every free byte of `disk`; returns the file that holds them."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (1 << 20, 4096, 1):
-            try:
-                while os.write(fd, b"\0" * size):
-                    pass
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-    assert shutil.disk_usage(disk).free == 0
-    return filler
 
 
 @pytest.fixture

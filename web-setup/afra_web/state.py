@@ -15,9 +15,7 @@ choice if a dependency were free). Every file is written whole (temp, fsync, ren
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import ipaddress
 import json
 import logging
@@ -32,6 +30,7 @@ from typing import NamedTuple
 from afra.clock import Clock
 from afra.medis.codes import format_code, new_code, parse_code
 from medix.hub import ca
+from medix.passwords import hash_secret, verify_secret
 
 LOG = logging.getLogger("afra.web")
 
@@ -44,9 +43,6 @@ ADMIN_FILE = "admin.hash"
 SESSION_MAX_S = 12 * 3600.0  # a session ends this long after its sign-in, used or not
 
 # scrypt cost: 16 MiB and about 0.05 s on a laptop, 0.2-0.3 s on a Raspberry Pi 4.
-SCRYPT_N = 2**14
-SCRYPT_R = 8
-SCRYPT_P = 1
 
 
 class ThrottledError:
@@ -77,34 +73,6 @@ def write_private(path: Path, data: bytes) -> None:
     """Write a whole file durably with mode 0600, in a folder only the box's user reads."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca.write_private(path, data)
-
-
-def hash_secret(secret: str, *, n: int = SCRYPT_N) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(
-        secret.encode("utf-8"), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P, dklen=32
-    )
-    b64 = base64.b64encode
-    return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
-
-
-def verify_secret(secret: str, stored: str) -> bool:
-    try:
-        kind, n, r, p, salt, digest = stored.strip().split("$")
-        if kind != "scrypt":
-            return False
-        expected = base64.b64decode(digest)
-        actual = hashlib.scrypt(
-            secret.encode("utf-8"),
-            salt=base64.b64decode(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            dklen=len(expected),
-        )
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(actual, expected)
 
 
 def new_setup_code(data_dir: Path, *, force: bool = False) -> str:

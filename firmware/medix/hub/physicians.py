@@ -19,7 +19,6 @@ bucket is empty the password is not even checked.
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import hmac
@@ -31,13 +30,10 @@ from medix.hub import schemas
 from medix.hub.errors import HubError
 from medix.hub.store import HubStore, PhysicianRow, SessionRow
 from medix.hub.throttle import Clock, Throttle, retry_after
+from medix.passwords import SCRYPT_N, hash_secret, verify_secret
 
 # scrypt cost as afra_web uses it: 16 MiB and about 0.05 s a hash on a laptop. Memory-hard,
 # so a stolen database is slow to attack on GPUs; standard library, nothing to build.
-SCRYPT_N = 2**14
-SCRYPT_R = 8
-SCRYPT_P = 1
-SCRYPT_SALT_BYTES = 16
 SESSION_TOKEN_BYTES = 32
 FORM_NONCE_BYTES = 16
 # A session's last use is written at most this often (each write is an fsync).
@@ -48,32 +44,11 @@ LOGIN_PATTERN = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 
 
 def hash_password(password: str, *, n: int = SCRYPT_N) -> str:
-    """`scrypt$N$r$p$salt$digest` (base64), the form afra_web keeps its secrets in."""
-    salt = secrets.token_bytes(SCRYPT_SALT_BYTES)
-    digest = hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P, dklen=32
-    )
-    b64 = base64.b64encode
-    return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+    """`scrypt$N$r$p$salt$digest`, the form afra_web keeps its secrets in (medix.passwords)."""
+    return hash_secret(password, n=n)
 
 
-def verify_password(password: str, stored: str) -> bool:
-    try:
-        kind, n, r, p, salt, digest = stored.strip().split("$")
-        if kind != "scrypt":
-            return False
-        expected = base64.b64decode(digest)
-        actual = hashlib.scrypt(
-            password.encode("utf-8"),
-            salt=base64.b64decode(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            dklen=len(expected),
-        )
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(actual, expected)
+verify_password = verify_secret
 
 
 def physician_key(name: str) -> str:
