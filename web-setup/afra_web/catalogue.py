@@ -415,6 +415,7 @@ PERSIAN: dict[str, str] = {
     "claim refused": "تحویل رد شد",
     "signed in": "ورود",
     "sign-in refused": "ورود رد شد",
+    "password refused": "گذرواژه رد شد",
     "signed out": "خروج",
     "setup reopened": "راه‌اندازی دوباره باز شد",
     "setup reopen refused": "باز کردن دوبارهٔ راه‌اندازی رد شد",
