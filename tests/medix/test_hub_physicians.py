@@ -227,8 +227,8 @@ def test_wrong_login_and_wrong_password_look_the_same(hc: HubClient) -> None:
     no_such_login = sign_in(hc.client, "nobody", PASSWORD)
     assert wrong_password.status_code == no_such_login.status_code == 403
     text = wrong_password.get_data(as_text=True)
-    assert "the login or the password is wrong" in text
-    assert "the login or the password is wrong" in no_such_login.get_data(as_text=True)
+    assert "The login or the password is wrong." in text
+    assert "The login or the password is wrong." in no_such_login.get_data(as_text=True)
     assert "Karimi" not in text and 'value="rahimi"' in text  # the form again, login kept
     for login, password in (
         ("", ""),

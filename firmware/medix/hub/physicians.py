@@ -161,7 +161,7 @@ class Physicians:
             ok = verify_password(password, row.password_hash if row else self._decoy)
         if row is None or not ok:
             self.throttle.wrong_password(client, login)
-            raise HubError(403, "Sign-in refused", "the login or the password is wrong")
+            raise HubError(403, "Sign-in refused", "The login or the password is wrong.")
         token = secrets.token_urlsafe(SESSION_TOKEN_BYTES)
         now = self.clock.time()
         self.store.add_session(
