@@ -45,17 +45,14 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 from pydicom import dcmread
-from pynetdicom import AE, _config
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from tests.dicomgen import make_ct_series
-from tests.faults.harness import PHASES, Books, dataset_bytes
+from tests.faults.harness import PHASES, Books, dataset_bytes, send_study
 
 from afra import __version__
 from afra_image.flash import flash
@@ -282,36 +279,15 @@ class PowerCuts:
     def send(self, files: list[Path], round_number: int) -> int:
         """`files` on one association, as the kill harness sends them; each 0x0000 is
         written in the books. Returns how many were acknowledged."""
-        ae = AE(ae_title=TEST_AE)
-        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        acked = 0
-        assoc = ae.associate("127.0.0.1", self.ports[11112], ae_title="AFRA")
-        if not assoc.is_established:
-            return 0
-        before = _config.STORE_SEND_CHUNKED_DATASET
-        _config.STORE_SEND_CHUNKED_DATASET = True  # the file's own bytes go on the wire
-        try:
-            for path in files:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    status = assoc.send_c_store(path)
-                if not assoc.is_established or "Status" not in status:
-                    break
-                if int(status.Status) == 0x0000:
-                    ds = dcmread(path, stop_before_pixels=True)
-                    uid = str(ds.SOPInstanceUID)
-                    self.books.acked[uid] = dataset_bytes(path.read_bytes())
-                    self.books.study_of[uid] = str(ds.StudyInstanceUID)
-                    self.round_of[uid] = round_number
-                    acked += 1
-            if assoc.is_established:
-                assoc.release()
-        finally:
-            _config.STORE_SEND_CHUNKED_DATASET = before
-            if not assoc.is_released and not assoc.is_aborted:
-                assoc.abort()
-        return acked
+        return send_study(
+            "127.0.0.1",
+            self.ports[11112],
+            files,
+            self.books,
+            aet=TEST_AE,
+            timeout=30,
+            acked_one=lambda uid: self.round_of.__setitem__(uid, round_number),
+        )
 
     # -- the hub's view ----------------------------------------------------------------------
 

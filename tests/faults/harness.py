@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from afra.store.index import Index
 from afra.uplink.client import enrol
 from afra.uplink.identity import NodeIdentity
 from medix.hub.server import HubServer
+from tests.dicom.conftest import chunked_send
 from tests.dicomgen import make_ct_series
 from tests.peers import free_port
 
@@ -78,6 +79,52 @@ class Verdict:
             f"faults_kills={self.kills} acked_lost={self.acked_lost} "
             f"hub_duplicates={self.hub_duplicates} partial_uploads={self.partial_uploads}"
         ]
+
+
+def send_study(
+    host: str,
+    port: int,
+    files: list[Path],
+    books: Books,
+    *,
+    aet: str,
+    timeout: float = 10,
+    stop: threading.Event | None = None,
+    acked_one: Callable[[str], None] | None = None,
+) -> int:
+    """A modality: `files` on one association, their own bytes on the wire; each C-STORE
+    answered 0x0000 goes into `books` with its data set. Returns how many were acknowledged."""
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    acked = 0
+    assoc = ae.associate(host, port, ae_title="AFRA")
+    if not assoc.is_established:
+        return 0
+    try:
+        with chunked_send():
+            for path in files:
+                if stop is not None and stop.is_set():
+                    break
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    status = assoc.send_c_store(path)
+                if not assoc.is_established or "Status" not in status:
+                    break
+                if int(status.Status) == 0x0000:
+                    ds = dcmread(path, stop_before_pixels=True)
+                    uid = str(ds.SOPInstanceUID)
+                    books.acked[uid] = dataset_bytes(path.read_bytes())
+                    books.study_of[uid] = str(ds.StudyInstanceUID)
+                    if acked_one is not None:
+                        acked_one(uid)
+                    acked += 1
+        if assoc.is_established:
+            assoc.release()
+    finally:
+        if not assoc.is_released and not assoc.is_aborted:
+            assoc.abort()
+    return acked
 
 
 class Notify:
@@ -182,37 +229,7 @@ class KillHarness:
 
     def send(self, files: list[Path], stop: threading.Event | None = None) -> int:
         """Send `files` on one association; record each acknowledgement. Returns how many."""
-        ae = AE(ae_title="FAULTSCU")
-        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-        acked = 0
-        assoc = ae.associate(LOOPBACK, self.port, ae_title="AFRA")
-        if not assoc.is_established:
-            return 0
-        before = _config.STORE_SEND_CHUNKED_DATASET
-        _config.STORE_SEND_CHUNKED_DATASET = True  # the file's own bytes go on the wire
-        try:
-            for path in files:
-                if stop is not None and stop.is_set():
-                    break
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    status = assoc.send_c_store(path)
-                if not assoc.is_established or "Status" not in status:
-                    break
-                if int(status.Status) == 0x0000:
-                    ds = dcmread(path, stop_before_pixels=True)
-                    uid = str(ds.SOPInstanceUID)
-                    self.books.acked[uid] = dataset_bytes(path.read_bytes())
-                    self.books.study_of[uid] = str(ds.StudyInstanceUID)
-                    acked += 1
-            if assoc.is_established:
-                assoc.release()
-        finally:
-            _config.STORE_SEND_CHUNKED_DATASET = before
-            if not assoc.is_released and not assoc.is_aborted:
-                assoc.abort()
-        return acked
+        return send_study(LOOPBACK, self.port, files, self.books, aet="FAULTSCU", stop=stop)
 
     # -- one round ------------------------------------------------------------------------------
 
