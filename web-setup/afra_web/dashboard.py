@@ -263,6 +263,14 @@ def _settings_page(code: int, errors: Errors) -> tuple[str, int]:
     )
 
 
+# What the password was typed again for, as the audit log says it (not a URL path).
+GRAVE_CHANGES = {
+    "/settings/password": "a password change",
+    "/settings/update": "a system update",
+    "/settings/reopen": "reopening setup",
+}
+
+
 def _password_again(web: Web, errors: Errors, field: str) -> Guess:
     """The admin password typed again for a grave change, counted by the same per-client
     lockout as signing in (state.Lockout)."""
@@ -272,7 +280,7 @@ def _password_again(web: Web, errors: Errors, field: str) -> Guess:
         errors[field] = TOO_MANY
     elif not guess.right:
         errors[field] = Msg("This password is wrong.")
-        web.record("password refused", detail=f"typed again for {request.path}")
+        web.record("password refused", detail=GRAVE_CHANGES.get(request.path, request.path))
     return guess
 
 
