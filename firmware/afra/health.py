@@ -37,6 +37,7 @@ from cryptography import x509
 from afra.clock import Clock
 from afra.config import Config
 from afra.errors import AfraError
+from medix.durable import write_atomic
 
 LOG = logging.getLogger("afra.health")
 
@@ -567,10 +568,9 @@ class HealthMonitor:
             "updated_at": self.clock.time(),
             "pid": os.getpid(),
         }
-        tmp = self.status_path.with_name(f".{self.status_path.name}.tmp")
         try:
-            tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
-            os.replace(tmp, self.status_path)
+            # Rewritten every few seconds and worthless after a reboot: atomic, not fsynced.
+            write_atomic(self.status_path, json.dumps(doc, indent=2).encode(), sync=False)
         except OSError as exc:
             LOG.debug("status file %s not written: %s", self.status_path, exc)
             return False

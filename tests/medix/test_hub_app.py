@@ -21,7 +21,6 @@ from cryptography.x509.oid import NameOID
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from medix.hub.ca import verify_receipt
 from medix.hub.core import CODE_ATTEMPT_WINDOW_S, REDELIVER_AFTER_S, normalise_code
 from medix.models import (
     CommandBatch,
@@ -32,6 +31,7 @@ from medix.models import (
     Receipt,
     Registration,
 )
+from medix.receipts import verify_receipt
 from tests.medix.conftest import API, HubClient, sign_in
 from tests.medix.nodekit import (
     BIRTH_DATE,

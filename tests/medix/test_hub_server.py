@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from medix.hub.ca import verify_receipt
 from medix.hub.server import HubServer
 from medix.models import CommandBatch, Policy, Receipt, Registration
+from medix.receipts import verify_receipt
 from tests.medix.conftest import ADMIN_TOKEN, API, PASSWORD, csrf_token
 from tests.medix.nodekit import BIRTH_DATE, MEDIS_CODE, Study, enrol_body, make_study, node_key
 

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from afra.clock import Clock
 from afra.medis.codes import format_code, new_code, parse_code
-from medix.hub import ca
+from medix import durable
 from medix.passwords import hash_secret, verify_secret
 
 LOG = logging.getLogger("afra.web")
@@ -72,7 +72,7 @@ def web_dir(data_dir: Path) -> Path:
 def write_private(path: Path, data: bytes) -> None:
     """Write a whole file durably with mode 0600, in a folder only the box's user reads."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ca.write_private(path, data)
+    durable.write_private(path, data)
 
 
 def new_setup_code(data_dir: Path, *, force: bool = False) -> str:

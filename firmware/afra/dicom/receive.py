@@ -34,9 +34,10 @@ from afra.dicom.header import (
     parse_head,
     read_header,
 )
-from afra.dicom.spool import AlreadyStored, Spool, fsync_file
+from afra.dicom.spool import AlreadyStored, Spool
 from afra.errors import InvalidInstanceError, StorageError
 from afra.store.index import Index, StoredInstance
+from medix.durable import fsync_file
 
 LOG = logging.getLogger("afra.receive")
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from afra.errors import StorageError
+from medix.durable import fsync_dir, fsync_file
 
 OBJECTS = "objects"
 TMP = "tmp"
@@ -60,22 +61,6 @@ class AlreadyStored(FileExistsError):
 
 def uid_hash(uid: str) -> str:
     return hashlib.blake2b(uid.encode("ascii", "replace"), digest_size=16).hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _data_set_offset(fp: BinaryIO) -> int | None:

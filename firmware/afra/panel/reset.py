@@ -15,7 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from afra.dicom.spool import fsync_dir
+from medix.durable import fsync_dir
 
 LOG = logging.getLogger("afra.panel")
 

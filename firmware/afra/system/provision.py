@@ -33,7 +33,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from afra.errors import AfraError
-from medix.hub.ca import fsync_dir, write_private
+from medix.durable import fsync_dir, write_private
 
 LOG = logging.getLogger("afra.system")
 

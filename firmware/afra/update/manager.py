@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import secrets
 import shutil
 import threading
@@ -38,7 +37,7 @@ from afra.update.rauc import BundleInfo, BundleRefused, InstallFailed, Rauc, Upd
 from afra.update.status import UpdateRecord, UpdateStatus, audit_moves
 from afra.uplink.client import HubClient, HubError
 from afra.uplink.policy import PolicyStore
-from medix.hub.ca import write_stream
+from medix.durable import replace_durably, write_stream
 from medix.models import UpdateOffer
 
 LOG = logging.getLogger("afra.update")
@@ -256,7 +255,7 @@ class UpdateManager:
             part.unlink()
             raise UpdateError("the downloaded bundle does not match the hub's SHA-256")
         path = part.with_suffix("")
-        os.replace(part, path)
+        replace_durably(part, path)
         return path
 
     # -- the dashboard's upload -----------------------------------------------------------------

@@ -353,7 +353,7 @@ def _version() -> str:
 
 
 def save_report(report: Report, directory: Path) -> None:
-    from medix.hub.ca import write_public
+    from medix.durable import write_public
 
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_public(directory / REPORT_FILE, json.dumps(report.as_dict(), indent=2).encode())
@@ -381,7 +381,7 @@ def confirmed_slot(directory: Path) -> str | None:
 
 def _confirm(directory: Path, slot: str) -> None:
     if confirmed_slot(directory) != slot:
-        from medix.hub.ca import write_public
+        from medix.durable import write_public
 
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_public(directory / CONFIRMED_FILE, f"{slot}\n".encode("ascii"))

@@ -26,7 +26,7 @@ from typing import Any
 from afra.audit import Actor, Audit
 from afra.clock import Clock
 from afra.errors import AfraError
-from medix.hub.ca import write_public
+from medix.durable import write_public
 
 LOG = logging.getLogger("afra.update")
 

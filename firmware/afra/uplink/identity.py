@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from afra.errors import AfraError
-from medix.hub.ca import write_private, write_public
+from medix.durable import write_private, write_public
 
 
 class IdentityError(AfraError, ValueError):

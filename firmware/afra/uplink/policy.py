@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from datetime import datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from medix.durable import write_public
 from medix.models import Policy
 
 LOG = logging.getLogger("afra.policy")
@@ -47,12 +47,7 @@ class PolicyStore:
         with self._lock:
             if policy.version <= self._policy.version:
                 return False
-            tmp = self.path.with_suffix(".tmp")
-            with tmp.open("w", encoding="utf-8") as fp:
-                json.dump(policy.model_dump(mode="json"), fp, indent=2)
-                fp.flush()
-                os.fsync(fp.fileno())
-            os.replace(tmp, self.path)
+            write_public(self.path, json.dumps(policy.model_dump(mode="json"), indent=2).encode())
             self._policy = policy
         LOG.info("policy version %d applied", policy.version)
         return True

@@ -31,7 +31,6 @@ from afra.store.index import Index, UploadStudy
 from afra.uplink import stream
 from afra.uplink.client import HubClient, HubError, HubRefused, HubUnavailable
 from afra.uplink.policy import PolicyStore, in_window
-from medix.hub.ca import verify_receipt
 from medix.models import (
     CommitRequest,
     Heartbeat,
@@ -42,6 +41,7 @@ from medix.models import (
     StudyRegistration,
     UpdateReport,
 )
+from medix.receipts import verify_receipt
 
 LOG = logging.getLogger("afra.uplink")
 

@@ -5,30 +5,27 @@ Files live in one directory (the hub keeps it at `<data_dir>/ca/`): `ca.key` and
 (EC P-256, mode 0600), `ca.crt` and `server.crt`. They are made on first start and reused ever
 after; the server certificate alone is re-issued when its names change or it nears expiry.
 
-`verify_receipt` is what the node calls on a receipt; this module imports only `cryptography`
-and the message models, so the node can use it without Flask.
+What a node needs of the hub's signatures (`verify_receipt`) lives in `medix.receipts`, and
+the durable file writes in `medix.durable`: the node imports neither the hub nor this module.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import hashlib
 import ipaddress
-import json
-import os
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from medix.models import Receipt
+from medix.durable import write_private, write_public
+from medix.receipts import canonical_json
 
 CA_VALIDITY = dt.timedelta(days=3650)
 SERVER_VALIDITY = dt.timedelta(days=825)
@@ -48,16 +45,6 @@ class CSRError(ValueError):
     """A certificate signing request the hub will not sign; the message says why."""
 
 
-def canonical_json(fields: Mapping[str, object]) -> bytes:
-    """The bytes a receipt signature covers: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
-
-
-def receipt_fields(receipt: Receipt) -> dict[str, object]:
-    """A receipt's signed fields: every field but the signature, as JSON values."""
-    return receipt.model_dump(mode="json", exclude={"signature"})
-
-
 def fingerprint(cert_pem: str | bytes) -> str:
     """SHA-256 (hex, lower case) of a certificate's DER encoding: how the hub names a node."""
     data = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
@@ -65,88 +52,9 @@ def fingerprint(cert_pem: str | bytes) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
-def verify_receipt(receipt: Receipt, ca_pem: str) -> bool:
-    """True when `receipt.signature` is the hub CA's signature over the receipt's other fields."""
-    try:
-        ca = x509.load_pem_x509_certificate(ca_pem.encode())
-        key = ca.public_key()
-        signature = base64.b64decode(receipt.signature, validate=True)
-    except (ValueError, binascii.Error):
-        return False
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        return False
-    try:
-        key.verify(signature, canonical_json(receipt_fields(receipt)), ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return False
-    return True
-
-
 def _now() -> dt.datetime:
     # Certificates are checked by TLS stacks against the real clock, never a test clock.
     return dt.datetime.now(dt.UTC)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (the directory entry itself is synced)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes, mode: int) -> None:
-    """Temp file (own name, created exclusively with `mode`), fsync, rename, fsync dir:
-    readers see the old file or the new one, and threads writing at once never mix."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def write_stream(
-    path: Path, chunks: Iterable[bytes], *, limit: int, too_large: Callable[[], Exception]
-) -> tuple[int, str]:
-    """Write `chunks` into a new file at `path` (created exclusively, mode 0600) and fsync it;
-    its size and SHA-256. More than `limit` bytes raises `too_large()`; on any error the file
-    is removed. (Update bundles: uploaded to the hub, uploaded to a box.)"""
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fp:
-            for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise too_large()
-                digest.update(chunk)
-                fp.write(chunk)
-            fp.flush()
-            os.fsync(fp.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return size, digest.hexdigest()
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret atomically and durably, mode 0600 from the first byte."""
-    _write_durably(path, data, 0o600)
-
-
-def write_public(path: Path, data: bytes) -> None:
-    """Write a file atomically and durably (mode 0644)."""
-    _write_durably(path, data, 0o644)
 
 
 def read_or_make_token(path: Path) -> str:

@@ -36,16 +36,9 @@ from typing import IO, Protocol
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medix.durable import fsync_dir, write_public
 from medix.hub import schemas
-from medix.hub.ca import (
-    CSRError,
-    HubCA,
-    fingerprint,
-    fsync_dir,
-    read_or_make_token,
-    receipt_fields,
-    write_public,
-)
+from medix.hub.ca import CSRError, HubCA, fingerprint, read_or_make_token
 from medix.hub.errors import HubError
 from medix.hub.physicians import Physicians, SessionSettings, physician_key
 from medix.hub.store import (
@@ -94,6 +87,7 @@ from medix.models import (
     WebhookProgress,
     webhook_signature,
 )
+from medix.receipts import receipt_fields
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
-from medix.hub.ca import fsync_dir, write_stream
+from medix.durable import fsync_dir, write_stream
 from medix.models import UpdateOffer
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
