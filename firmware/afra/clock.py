@@ -1,37 +1,6 @@
-"""The clock seam: everything that waits or ages reads time from here, so tests can drive it."""
+"""The clock seam, as the firmware names it: `medix.clock` is the one definition, shared with
+the reference hub (which reads only `time()`)."""
 
-from __future__ import annotations
+from medix.clock import Clock, SystemClock
 
-import threading
-import time
-from typing import Protocol
-
-
-class Clock(Protocol):
-    def monotonic(self) -> float:
-        """Seconds on a clock that never goes backwards (ages, timeouts)."""
-        ...
-
-    def time(self) -> float:
-        """Wall-clock seconds since the epoch (timestamps shown to people)."""
-        ...
-
-    def sleep(self, seconds: float, stop: threading.Event | None = None) -> bool:
-        """Wait; return True early if `stop` is set."""
-        ...
-
-
-class SystemClock:
-    """The real clock."""
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time(self) -> float:
-        return time.time()
-
-    def sleep(self, seconds: float, stop: threading.Event | None = None) -> bool:
-        if stop is None:
-            time.sleep(seconds)
-            return False
-        return stop.wait(seconds)
+__all__ = ["Clock", "SystemClock"]

@@ -31,11 +31,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medix.clock import Clock, SystemClock
 from medix.durable import fsync_dir, write_public
 from medix.hub import schemas
 from medix.hub.ca import CSRError, HubCA, fingerprint, read_or_make_token
@@ -127,17 +128,6 @@ FILE_ID_BYTES = 24
 MISSING_SHOWN = 100
 DEFAULT_RATE_LIMITS = RateLimits()
 DEFAULT_SESSIONS = SessionSettings()
-
-
-class Clock(Protocol):
-    def time(self) -> float:
-        """Wall-clock seconds since the epoch."""
-        ...
-
-
-class SystemClock:
-    def time(self) -> float:
-        return time.time()
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ from typing import Any
 
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
+from medix.clock import Clock
 from medix.hub import schemas
 from medix.hub.app import create_hub, hub_of
-from medix.hub.core import Clock, HubConfig
+from medix.hub.core import HubConfig
 from medix.models import Policy
 from medix.serving import LoggingServer
 
