@@ -18,6 +18,7 @@ from typing import Any
 from afra.audit import Actor, Audit, build_audit
 from afra.clock import Clock, SystemClock
 from afra.config import Config
+from afra.datadir import DataDir
 from afra.dicom.acceptor import Acceptor
 from afra.dicom.header import read_header
 from afra.dicom.receive import Receiver
@@ -25,7 +26,6 @@ from afra.dicom.scu import PacsClient, configure_pynetdicom
 from afra.dicom.spool import Spool
 from afra.errors import AfraError, InvalidInstanceError, StorageError
 from afra.health import (
-    STATUS_FILE,
     DiskUsage,
     Health,
     HealthMonitor,
@@ -418,13 +418,14 @@ def build_appliance(
     clock = clock or SystemClock()
     release = release or running_release()
     root = storage_root or config.box.data_dir
+    layout = DataDir(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
         spool = Spool(root, free_bytes=lambda: usage(root).free)
     except OSError as exc:
         raise StorageError(f"storage root {root} is not usable: {exc}") from exc
     configure_pynetdicom(spool.tmp_dir)
-    index = Index(root / "index.sqlite", reserve_wal=True)
+    index = Index(layout.index, reserve_wal=True)
     health = Health(clock)
     health.set("booting", True)
     setup_window = SetupWindow(health, clock=clock, duration=config.panel.setup_window)
@@ -448,13 +449,13 @@ def build_appliance(
         health=health,
     )
     pacs = PacsClient(config.pacs, config.dicom, receiver=receiver) if config.pacs else None
-    identity = NodeIdentity(root / "identity")
+    identity = NodeIdentity(layout.identity)
     if hub is None and identity.enrolled:
         try:
             hub = HubClient(identity, timeout=config.hub.request_timeout)
         except AfraError as exc:  # the box still receives; uploads wait for a repair
             LOG.error("the hub enrolment is unusable (%s); uploads are paused", exc)
-    policy = PolicyStore(root / "policy.json")
+    policy = PolicyStore(layout.policy)
     the_box: list[Appliance] = []  # the hub client can change (enrolment, repair)
     audit = build_audit(
         config.audit,
@@ -537,7 +538,7 @@ def build_appliance(
     )
     the_box.append(box)
     box.updates = UpdateManager(
-        root / "update",
+        layout.update,
         rauc=rauc or RaucCli(),
         release=release,
         policy=policy,
@@ -585,7 +586,7 @@ def build_appliance(
             room_check=receiver.refusals.recheck,
         ),
         clock=clock,
-        status_path=root / STATUS_FILE,
+        status_path=layout.status,
         parts=parts,
     )
     if hub is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from afra import __version__
 from afra.config import Config, PacsSettings, load_config
+from afra.datadir import DataDir
 from afra.errors import AfraError, ConfigError
 from medix.models import DownloadStatus
 
@@ -158,10 +159,10 @@ def cmd_emulate(config: Config, hub_port: int) -> int:
     from afra.uplink.identity import NodeIdentity
     from medix.hub.server import HubServer
 
-    hub = HubServer(config.box.data_dir / "hub", port=hub_port)
+    hub = HubServer(DataDir(config.box.data_dir).emulated_hub, port=hub_port)
     hub.start()
     try:
-        identity = NodeIdentity(config.box.data_dir / "identity")
+        identity = NodeIdentity(DataDir(config.box.data_dir).identity)
         if not identity.enrolled:
             enrol(
                 identity,
@@ -172,7 +173,7 @@ def cmd_emulate(config: Config, hub_port: int) -> int:
             )
         print(
             f"Reference hub: {hub.url} (patient page {hub.url}/patient, CA {hub.ca_pem_path},"
-            f" admin token in {config.box.data_dir / 'hub' / 'admin-token'})",
+            f" admin token in {hub.hub.admin_token_path})",
             flush=True,
         )
         _emulated_label(config, hub)
@@ -186,7 +187,7 @@ def _emulated_label(config: Config, hub: Any) -> None:
     setup code and prints it (with a pairing code for the wizard's hub step)."""
     if not config.web.enabled:
         return
-    from afra_web.state import admin_password_set, new_setup_code
+    from afra.system.provision import admin_password_set, new_setup_code
 
     if admin_password_set(config.box.data_dir):
         print("Setup wizard: sign in with the admin password you chose", flush=True)
@@ -200,27 +201,32 @@ def _emulated_label(config: Config, hub: Any) -> None:
 
 
 def _start_web(appliance: Any) -> Any:
-    """The setup wizard and dashboard (web-setup/), when `web.enabled`."""
+    """The setup wizard and dashboard (web-setup/, found as the `web` front end), when
+    `web.enabled`."""
     if not appliance.config.web.enabled:
         return None
-    try:
-        from afra_web.server import start_web, urls
+    from afra.frontends import available
 
-        server = start_web(appliance)
+    try:
+        start = available().get("web")
+        if start is None:
+            LOG.error("web.enabled is set but no setup page is installed (the afra_web package)")
+            return None
+        server = start(appliance)
     except AfraError as exc:  # the box still receives and uploads without its web page
         LOG.error("%s", exc)
         return None
     except Exception:  # e.g. out of file descriptors while loading it: the same, logged
         LOG.exception("the setup and dashboard page could not start; the box runs without it")
         return None
-    for url in urls(appliance.config.web.bind, server.port):
+    for url in server.urls:
         print(f"Setup wizard and dashboard: open {url}", flush=True)
     return server
 
 
 def cmd_setup_code(config: Config, force: bool) -> int:
     """At image-build time: make the box's setup code, print it for the label, keep its hash."""
-    from afra_web.state import new_setup_code
+    from afra.system.provision import new_setup_code
 
     try:
         code = new_setup_code(config.box.data_dir, force=force)
@@ -233,9 +239,10 @@ def cmd_setup_code(config: Config, force: bool) -> int:
 def _take_provisioning(config: Config) -> bool:
     """What the card brought for this box (afra-identity.service moved it onto the data
     partition): checked and put in place before the box starts; whether anything was."""
-    from afra.system.provision import INBOX, take_provisioning
+    from afra.system.provision import take_provisioning
 
-    return bool(take_provisioning(config.box.data_dir / INBOX, config.box.data_dir))
+    layout = DataDir(config.box.data_dir)
+    return bool(take_provisioning(layout.inbox, layout.root))
 
 
 def cmd_run(config: Config) -> int:
@@ -293,7 +300,7 @@ def cmd_selftest(config: Config, args: argparse.Namespace) -> int:
     from afra.uplink.identity import NodeIdentity
 
     release = running_release()
-    directory = config.box.data_dir / "update"
+    directory = DataDir(config.box.data_dir).update
     clock = SystemClock()
     record = UpdateRecord(directory / "status.json", clock)
     # Kept or rolled back is decided here, in its own process: the trail is the box's, and
@@ -303,7 +310,7 @@ def cmd_selftest(config: Config, args: argparse.Namespace) -> int:
         config.box.data_dir,
         clock=clock,
         source=lambda: audit_source(
-            config.box.data_dir, NodeIdentity(config.box.data_dir / "identity")
+            config.box.data_dir, NodeIdentity(DataDir(config.box.data_dir).identity)
         ),
         hub=None,
     )
@@ -338,7 +345,7 @@ def cmd_update_status(config: Config, as_json: bool) -> int:
     from afra.update.selftest import read_report
     from afra.update.status import UpdateRecord
 
-    directory = config.box.data_dir / "update"
+    directory = DataDir(config.box.data_dir).update
     status = UpdateRecord(directory / "status.json", SystemClock()).current
     release = running_release()
     if as_json:
@@ -395,7 +402,7 @@ def cmd_enrol(config: Config, args: argparse.Namespace) -> int:
     if not hub_url:
         raise ConfigError("no hub URL: give --hub or set hub.url")
     node_id = enrol(
-        NodeIdentity(config.box.data_dir / "identity"),
+        NodeIdentity(DataDir(config.box.data_dir).identity),
         hub_url=hub_url,
         pairing_code=args.code,
         ca_file=args.ca,
@@ -412,7 +419,7 @@ def cmd_slip(config: Config, args: argparse.Namespace) -> int:
     from afra.store.index import Index
     from afra.uplink.identity import NodeIdentity
 
-    index = Index(config.box.data_dir / "index.sqlite")
+    index = Index(DataDir(config.box.data_dir).index)
     try:
         wanted = parse_code(args.study)
     except InvalidCodeError:
@@ -423,7 +430,7 @@ def cmd_slip(config: Config, args: argparse.Namespace) -> int:
     if not rows:
         raise ConfigError(f"no study with a Medis code matches {args.study!r}")
     study = rows[0]
-    identity = NodeIdentity(config.box.data_dir / "identity")
+    identity = NodeIdentity(DataDir(config.box.data_dir).identity)
     hub_url = config.hub.url or (identity.hub_url if identity.enrolled else "")
     patient_url = config.hub.patient_url or (f"{hub_url}/patient" if hub_url else "")
     if not patient_url:
@@ -456,7 +463,7 @@ def _open_pacs(config: Config, with_receiver: bool) -> Any:
     if with_receiver:
         spool = Spool(config.box.data_dir)
         configure_pynetdicom(spool.tmp_dir)
-        index = Index(config.box.data_dir / "index.sqlite")
+        index = Index(DataDir(config.box.data_dir).index)
         receiver = Receiver(
             spool, index, min_free_bytes=config.storage.min_free_mb * 2**20, clock=SystemClock()
         )
@@ -466,7 +473,7 @@ def _open_pacs(config: Config, with_receiver: bool) -> Any:
 def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
     from afra.node.jobs import JobStore
 
-    path = config.box.data_dir / "jobs.sqlite"
+    path = DataDir(config.box.data_dir).jobs_db
     if not path.exists():
         print("no download jobs yet")
         return 0
@@ -571,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("studies", "quarantine", "conflicts"):
             from afra.store.index import Index
 
-            index = Index(config.box.data_dir / "index.sqlite")
+            index = Index(DataDir(config.box.data_dir).index)
             if args.command == "studies":
                 rows: list[Any] = index.studies(args.limit)
             elif args.command == "quarantine":

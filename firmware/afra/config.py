@@ -22,6 +22,8 @@ from pydantic import (
     ValidationError,
 )
 
+from afra import datadir
+from afra.datadir import DataDir
 from afra.errors import ConfigError
 
 ENV_PREFIX = "AFRA__"
@@ -327,7 +329,7 @@ def overrides_from_cli(assignments: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-OVERLAY_NAME = "settings.toml"
+OVERLAY_NAME = datadir.OVERLAY
 
 
 def _read_overlay(data: Mapping[str, Any]) -> tuple[dict[str, Any], Path]:
@@ -335,7 +337,7 @@ def _read_overlay(data: Mapping[str, Any]) -> tuple[dict[str, Any], Path]:
     below the environment and the command line); empty when there are none."""
     box = data.get("box")
     data_dir = box.get("data_dir") if isinstance(box, Mapping) else None
-    path = Path(str(data_dir) if data_dir else BoxSettings().data_dir) / OVERLAY_NAME
+    path = DataDir(Path(str(data_dir) if data_dir else BoxSettings().data_dir)).overlay
     try:
         overlay = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -9,8 +9,8 @@ from pathlib import Path
 from pydicom import dcmread
 
 from afra.app import Appliance
+from afra.system.provision import new_setup_code
 from afra_web import create_app
-from afra_web.state import new_setup_code
 from medix.hub.server import HubServer
 from medix.models import AuditEvent, DownloadRequest, Policy
 from tests.conftest import BoxFactory, wait_for

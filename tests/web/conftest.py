@@ -14,9 +14,9 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from afra.app import Appliance, build_appliance
+from afra.system.provision import new_setup_code
 from afra_web import create_app
 from afra_web.network import NetworkError, NetworkInfo, StaticAddress
-from afra_web.state import new_setup_code
 from tests.conftest import make_config
 from tests.fakes import FakeClock
 

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from afra.app import Appliance
 from afra.medis.codes import format_code
-from afra_web.state import new_setup_code
+from afra.system.provision import new_setup_code
 from tests.conftest import BoxFactory
 from tests.dicomgen import make_ct_series
 from tests.fakes import FakeClock

@@ -17,9 +17,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from afra.app import Appliance, build_appliance
+from afra.system.provision import new_setup_code
 from afra.wsgi import WsgiServer
 from afra_web.server import start_web
-from afra_web.state import new_setup_code
 from medix.hub.server import HubServer
 from tests.conftest import BoxFactory, make_config
 from tests.dicomgen import make_ct_series

@@ -18,9 +18,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from afra.app import Appliance, build_appliance
+from afra.system.provision import new_setup_code
 from afra_web import web_of
 from afra_web.audit import LOST, PENDING_MAX, AuditFile, AuditLog
-from afra_web.state import new_setup_code
 from tests.conftest import make_config
 from tests.disks import fill, tmpfs
 from tests.fakes import FakeClock

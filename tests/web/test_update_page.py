@@ -13,9 +13,9 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from afra.app import Appliance, build_appliance
+from afra.system.provision import new_setup_code
 from afra.system.release import Release
 from afra.update.rauc import RaucCli
-from afra_web.state import new_setup_code
 from tests.conftest import make_config
 from tests.fakes import FakeClock, FakeRauc
 from tests.web.conftest import PASSWORD, AppFactory, error_for, finish_setup, post, text

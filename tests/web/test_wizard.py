@@ -225,7 +225,7 @@ def test_saving_restarts_the_dicom_service_and_persists(
 ) -> None:
     box = make_box(tmp_path / "live")
     client = make_app(box).test_client()
-    from afra_web.state import new_setup_code
+    from afra.system.provision import new_setup_code
 
     code = new_setup_code(tmp_path / "live")
     claim(client, code)
@@ -258,7 +258,7 @@ def test_a_port_in_use_keeps_the_box_serving(
 ) -> None:
     other = make_box(tmp_path / "other")
     box = make_box(tmp_path / "live")
-    from afra_web.state import new_setup_code
+    from afra.system.provision import new_setup_code
 
     client = make_app(box).test_client()
     claim(client, new_setup_code(tmp_path / "live"))
@@ -277,7 +277,7 @@ def test_the_box_shows_the_pacs_echo_and_first_store(
     make_box: BoxFactory, make_app: AppFactory, tmp_path: Path
 ) -> None:
     box = make_box(tmp_path / "live")
-    from afra_web.state import new_setup_code
+    from afra.system.provision import new_setup_code
 
     client = make_app(box).test_client()
     claim(client, new_setup_code(tmp_path / "live"))

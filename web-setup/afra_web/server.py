@@ -12,6 +12,7 @@ import logging
 import socket
 
 from afra.app import Appliance
+from afra.frontends import Started
 from afra.wsgi import WsgiServer
 from afra_web import create_app
 from afra_web.network import NetworkAdapter
@@ -47,3 +48,15 @@ def urls(bind: str, port: int) -> list[str]:
     if bind not in ("0.0.0.0", "::", ""):  # noqa: S104
         found.append(f"http://{bind}{suffix}/")
     return found
+
+
+def start_frontend(appliance: Appliance) -> Started:
+    """The `web` front end (entry point group `afra.frontends`): how `afra run` starts the
+    wizard and dashboard without importing this package."""
+    server = start_web(appliance)
+    return Started(
+        name="web",
+        port=server.port,
+        urls=urls(appliance.config.web.bind, server.port),
+        stop=server.stop,
+    )

@@ -27,19 +27,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from afra import datadir
 from afra.clock import Clock
-from afra.medis.codes import format_code, new_code, parse_code
+from afra.datadir import DataDir
+from afra.medis.codes import parse_code
 from medix import durable
 from medix.passwords import hash_secret, verify_secret
 
 LOG = logging.getLogger("afra.web")
 
-WEB_DIR = "web"
 SCHEMA_VERSION = 1
 # The wizard's steps after the claim, in order. "hub" may be skipped and done later.
 STEPS = ("password", "network", "dicom", "hub", "summary")
-SETUP_CODE_FILE = "setup-code.hash"
-ADMIN_FILE = "admin.hash"
+SETUP_CODE_FILE = datadir.SETUP_CODE_HASH
+ADMIN_FILE = datadir.ADMIN_HASH
 SESSION_MAX_S = 12 * 3600.0  # a session ends this long after its sign-in, used or not
 
 # scrypt cost: 16 MiB and about 0.05 s on a laptop, 0.2-0.3 s on a Raspberry Pi 4.
@@ -66,32 +67,13 @@ class ThrottledError:
 
 
 def web_dir(data_dir: Path) -> Path:
-    return data_dir / WEB_DIR
+    return DataDir(data_dir).web
 
 
 def write_private(path: Path, data: bytes) -> None:
     """Write a whole file durably with mode 0600, in a folder only the box's user reads."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     durable.write_private(path, data)
-
-
-def new_setup_code(data_dir: Path, *, force: bool = False) -> str:
-    """Make the box's setup code, keep only its hash; return it grouped for the label.
-
-    The code has the Medis code's form (12 symbols without look-alikes, the last a check
-    symbol), so a typo is caught before it counts as a wrong guess."""
-    path = web_dir(data_dir) / SETUP_CODE_FILE
-    if path.exists() and not force:
-        raise FileExistsError(
-            f"{path} already holds a setup code; the label shows it (--force makes a new one)"
-        )
-    code = new_code()
-    write_private(path, (hash_secret(code) + "\n").encode("ascii"))
-    return format_code(code)
-
-
-def admin_password_set(data_dir: Path) -> bool:
-    return (web_dir(data_dir) / ADMIN_FILE).exists()
 
 
 @dataclass

@@ -17,6 +17,7 @@ from afra.audit.forward import Forwarder, SyslogTls
 from afra.audit.trail import AuditTrail
 from afra.clock import Clock
 from afra.config import AuditSettings
+from afra.datadir import DataDir
 from medix.models import AuditEvent
 
 __all__ = ["Actor", "Audit", "AuditTrail", "Events", "Forwarder", "StudyRef", "build_audit"]
@@ -66,7 +67,7 @@ def build_audit(
 ) -> Audit:
     destinations = ((SYSLOG,) if settings.syslog_host else ()) + ((HUB,) if settings.to_hub else ())
     trail = AuditTrail(
-        root / "audit" / "trail.sqlite",
+        DataDir(root).audit_trail,
         clock=clock,
         events=Events(source),
         keep=settings.keep_records,

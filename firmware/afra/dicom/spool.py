@@ -24,13 +24,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from afra.datadir import CONFLICTS, OBJECTS, QUARANTINE, TMP
 from afra.errors import StorageError
 from medix.durable import fsync_dir, fsync_file
 
-OBJECTS = "objects"
-TMP = "tmp"
-CONFLICTS = "conflicts"
-QUARANTINE = "quarantine"
 SUFFIX = ".dcm"
 
 

@@ -15,12 +15,12 @@ import logging
 import shutil
 from pathlib import Path
 
+from afra.datadir import RESET_ENTRIES, RESET_KEEPS
 from medix.durable import fsync_dir
 
 LOG = logging.getLogger("afra.panel")
 
-RESET_ENTRIES = ("identity", "web", "settings.toml", "policy.json")
-KEPT = {"web": ("setup-code.hash",)}  # inside a reset entry, what stays
+KEPT = RESET_KEEPS  # inside a reset entry, what stays (afra/datadir.py names both)
 
 
 def factory_reset(data_dir: Path) -> list[str]:

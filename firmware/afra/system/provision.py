@@ -32,18 +32,19 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from afra import datadir
+from afra.datadir import DataDir
 from afra.errors import AfraError
+from afra.medis.codes import format_code, new_code
 from medix.durable import fsync_dir, write_private
+from medix.passwords import hash_secret
 
 LOG = logging.getLogger("afra.system")
 
 CARD_DIR = "afra"
-INBOX = "provision"
+INBOX = datadir.INBOX
 BOX_FILE = "box.json"
 SETTINGS_FILE = "settings.toml"
-BOX_ID_FILE = "box-id"
-SETUP_CODE_HASH = Path("web") / "setup-code.hash"
-SETTINGS_OVERLAY = "settings.toml"
 BOX_ID_RE = re.compile(r"^[0-9a-f]{6}$")
 HASH_RE = re.compile(r"^scrypt\$[0-9]+\$[0-9]+\$[0-9]+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
 MAX_SETTINGS_BYTES = 64 * 1024
@@ -125,17 +126,18 @@ def take_provisioning(inbox: Path, data_dir: Path) -> list[str]:
         return []
     if card is None:
         return []
-    taken = [BOX_ID_FILE, str(SETUP_CODE_HASH)]
-    (data_dir / SETUP_CODE_HASH).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_private(data_dir / BOX_ID_FILE, f"{card.box_id}\n".encode("ascii"))
-    write_private(data_dir / SETUP_CODE_HASH, f"{card.setup_code_hash}\n".encode("ascii"))
+    layout = DataDir(data_dir)
+    taken = [datadir.BOX_ID, f"{datadir.WEB}/{datadir.SETUP_CODE_HASH}"]
+    layout.web.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(layout.box_id, f"{card.box_id}\n".encode("ascii"))
+    write_private(layout.setup_code_hash, f"{card.setup_code_hash}\n".encode("ascii"))
     if card.settings_toml is not None:
-        overlay = data_dir / SETTINGS_OVERLAY
+        overlay = layout.overlay
         if overlay.exists():
             LOG.warning("pre-staged settings not used: %s already holds settings", overlay)
         else:
             write_private(overlay, card.settings_toml.encode("utf-8"))
-            taken.append(SETTINGS_OVERLAY)
+            taken.append(datadir.OVERLAY)
     shutil.rmtree(inbox)
     fsync_dir(data_dir)
     LOG.warning("took the card's provisioning (box id %s): %s", card.box_id, ", ".join(taken))
@@ -154,7 +156,7 @@ def key_box_id(key_path: Path) -> str:
 def box_id(data_dir: Path, key_path: Path) -> str:
     """The box's id: the one the card gave (or an earlier start made), else the key's."""
     try:
-        stored = (data_dir / BOX_ID_FILE).read_text(encoding="ascii").strip()
+        stored = DataDir(data_dir).box_id.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError):
         stored = ""
     if BOX_ID_RE.match(stored):
@@ -164,8 +166,30 @@ def box_id(data_dir: Path, key_path: Path) -> str:
 
 def ensure_box_id(data_dir: Path, key_path: Path) -> str:
     """The box id, written to `<data_dir>/box-id` when it is not there yet (first start)."""
-    path = data_dir / BOX_ID_FILE
+    path = DataDir(data_dir).box_id
     current = box_id(data_dir, key_path)
     if not path.exists():
         write_private(path, f"{current}\n".encode("ascii"))
     return current
+
+
+def new_setup_code(data_dir: Path, *, force: bool = False) -> str:
+    """Make the box's setup code, keep only its hash; return it grouped for the label.
+
+    The code has the Medis code's form (12 symbols without look-alikes, the last a check
+    symbol), so a typo is caught before it counts as a wrong guess. `afra setup-code` calls
+    this when an image is made for one box; an emulated box makes a fresh one each run."""
+    path = DataDir(data_dir).setup_code_hash
+    if path.exists() and not force:
+        raise FileExistsError(
+            f"{path} already holds a setup code; the label shows it (--force makes a new one)"
+        )
+    code = new_code()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(path, (hash_secret(code) + "\n").encode("ascii"))
+    return format_code(code)
+
+
+def admin_password_set(data_dir: Path) -> bool:
+    """Whether the box has been claimed: the wizard's admin password exists."""
+    return DataDir(data_dir).admin_hash.exists()
