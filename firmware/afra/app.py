@@ -50,18 +50,18 @@ from afra.system.release import Release, running_release
 from afra.update.manager import UpdateManager
 from afra.update.rauc import Rauc, RaucCli
 from afra.uplink.client import HubClient, HubUnavailable
-from afra.uplink.commands import (
-    CommandChannel,
-    apply_policy_handler,
-    diagnostics_handler,
-    download_handler,
-    report_status_handler,
-)
+from afra.uplink.commands import CommandChannel, Handler
 from afra.uplink.identity import NodeIdentity
 from afra.uplink.policy import PolicyStore
 from afra.uplink.worker import Uplink, UplinkSettings
 from afra.wsgi import WsgiServer
-from medix.models import AuditEvent, Policy, UpdateReport
+from medix.models import (
+    AuditEvent,
+    DownloadRequest,
+    Policy,
+    ReportStatusRequest,
+    UpdateReport,
+)
 
 LOG = logging.getLogger("afra")
 
@@ -254,17 +254,53 @@ class Appliance:
         LOG.info("DICOM settings applied: AE %r, port %d", config.dicom.ae_title, config.dicom.port)
 
     def command_channel(self, client: HubClient) -> CommandChannel:
-        """The long poll for the hub's commands, with every handler the box has."""
-        channel = CommandChannel(client, clock=self.clock, wait_s=self.config.hub.command_poll_s)
-        channel.register("apply_policy", apply_policy_handler(self.policy, self._policy_applied))
-        channel.register("diagnostics", diagnostics_handler(self.diagnostics))
-        if self.downloads is not None:
-            channel.register("download", download_handler(self.downloads))
-        if self.reports is not None:
-            channel.register("report_status", report_status_handler(self.reports))
+        """The long poll for the hub's commands, with a handler for each command the box
+        can do (Medix's command types); the channel itself knows none of them."""
+        return CommandChannel(
+            client,
+            clock=self.clock,
+            handlers=self.command_handlers(),
+            wait_s=self.config.hub.command_poll_s,
+        )
+
+    def command_handlers(self) -> list[tuple[str, Handler]]:
+        """(command type, handler) for each command this box can do now. A handler takes the
+        command's args and returns its result; invalid args raise ValueError/ValidationError
+        (the channel answers "invalid arguments")."""
+
+        def apply_policy(args: dict[str, object]) -> dict[str, object]:
+            # The whole policy or nothing; answers the version now running.
+            new = Policy.model_validate(args)
+            if self.policy.apply(new):
+                self._policy_applied(new)
+            return {"version": self.policy.current.version}
+
+        def diagnostics(args: dict[str, object]) -> dict[str, object]:
+            return self.diagnostics()  # the bundle itself is the result; the hub keeps it
+
+        handlers: list[tuple[str, Handler]] = [
+            ("apply_policy", apply_policy),
+            ("diagnostics", diagnostics),
+        ]
+        downloads, reports = self.downloads, self.reports
+        if downloads is not None:
+
+            def download(args: dict[str, object]) -> dict[str, object]:
+                # Answers DownloadAccepted; progress goes to the request's webhook.
+                request = DownloadRequest.model_validate(args)
+                return downloads.submit(request, source="command").model_dump(mode="json")
+
+            handlers.append(("download", download))
+        if reports is not None:
+
+            def report_status(args: dict[str, object]) -> dict[str, object]:
+                answer = reports.answer(ReportStatusRequest.model_validate(args))
+                return answer.model_dump(mode="json")
+
+            handlers.append(("report_status", report_status))
         if self.panel is not None:
-            channel.register("locate", locate_handler(self.panel))
-        return channel
+            handlers.append(("locate", locate_handler(self.panel)))
+        return handlers
 
     def attach_hub(self, client: HubClient) -> None:
         """After an enrolment (the wizard's hub step): use this hub from now on, no restart.
@@ -317,8 +353,21 @@ class Appliance:
             hook()
 
     def diagnostics(self) -> dict[str, Any]:
-        """The diagnostics bundle (afra.node.diagnostics)."""
-        return diagnostics.collect(self, self.log_ring)
+        """The diagnostics bundle (afra.node.diagnostics), from the parts as they are now."""
+        sources = diagnostics.Sources(
+            box_name=self.config.box.name,
+            clock=self.clock,
+            identity=self.identity,
+            policy_version=self.policy.current.version,
+            pacs=self.current_pacs(),
+            hub=self.hub,
+            heartbeat=self.uplink.heartbeat_message,
+            data_dir=self.spool.root,
+            min_free_bytes=self.config.storage.min_free_mb * 2**20,
+            cert_warning_days=self.config.health.cert_warning_days,
+            queue=self.index,
+        )
+        return diagnostics.collect(sources, self.log_ring)
 
     def close(self) -> None:
         self.stop()

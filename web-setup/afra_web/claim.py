@@ -17,7 +17,8 @@ from flask import Blueprint, g, jsonify, redirect, render_template, request, ses
 from werkzeug.wrappers import Response
 
 from afra.medis.codes import InvalidCodeError, parse_code
-from afra_web import current, security
+from afra_web import security
+from afra_web.context import current
 from afra_web.forms import Errors, Msg
 from afra_web.i18n import LANGUAGES, fmt_age
 from afra_web.state import Guess

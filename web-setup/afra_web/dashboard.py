@@ -27,7 +27,8 @@ from markupsafe import Markup, escape
 from afra.medis.codes import format_code
 from afra.medis.slip import render_slip
 from afra.update.manager import UpdateBusy, UploadRejected
-from afra_web import Web, current, security, status
+from afra_web import security, status
+from afra_web.context import Web, current
 from afra_web.echo import echo
 from afra_web.forms import Errors, Msg, check_password
 from afra_web.i18n import notify, translate

@@ -20,7 +20,8 @@ from werkzeug.wrappers import Response
 from afra.config import DicomSettings, PacsSettings, Peer
 from afra.errors import AfraError
 from afra.uplink.client import HubRefused, HubUnavailable, HubUntrusted, enrol
-from afra_web import Web, current, security, status
+from afra_web import security, status
+from afra_web.context import Web, current
 from afra_web.echo import echo
 from afra_web.forms import (
     Errors,

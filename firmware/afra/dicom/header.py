@@ -22,6 +22,7 @@ from pydicom.tag import Tag
 from pydicom.uid import RE_VALID_UID, UID
 
 from afra.errors import InvalidInstanceError
+from afra.store.records import Demographics
 
 # Statuses of PS3.4 Annex B (storage) the box answers with.
 STATUS_SUCCESS = 0x0000
@@ -36,20 +37,6 @@ _DEFER_SIZE = 1024
 SOP_CLASS_UID, SOP_INSTANCE_UID, MODALITY = 0x00080016, 0x00080018, 0x00080060
 STUDY_UID, SERIES_UID = 0x0020000D, 0x0020000E
 _UNDEFINED_LENGTH = 0xFFFFFFFF
-
-
-@dataclass(frozen=True)
-class Demographics:
-    """What the index keeps about a study's patient and order, read once per study."""
-
-    patient_id: str = ""
-    patient_name: str = ""
-    patient_birth_date: str = ""
-    patient_phone: str = ""
-    accession_number: str = ""
-    study_date: str = ""
-    study_description: str = ""
-    referring_physician: str = ""
 
 
 @dataclass(frozen=True)

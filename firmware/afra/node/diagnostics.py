@@ -5,29 +5,35 @@ clock for the skew), disk, the node certificate's expiry, the queue, the policy 
 the recent log. Each check is timed and never raises: a failing check is a result. The log
 excerpt comes from a ring buffer of the last lines at INFO and above; the box's log names
 studies by UID and peers by AE title, never patients.
+
+The bundle is collected from `Sources`: the few parts of the box it reads, as they are at
+the moment it is asked for (the composition root builds one each time). The certificate is
+judged by the health model's rule (`afra.health.certificate_expiry`), so the bundle and the
+`cert_expiring` condition agree on what "expiring soon" means.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import shutil
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cryptography import x509
 
 from afra import __version__
+from afra.clock import Clock
+from afra.health import DAY_S, IdentityView, QueueView, certificate_expiry, disk_usage
 from afra.uplink.client import HubError
-
-if TYPE_CHECKING:
-    from afra.app import Appliance
+from medix.models import Heartbeat, HeartbeatResponse
 
 RING_LINES = 200
 
@@ -65,13 +71,50 @@ def _timed(check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def collect(box: Appliance, ring: LogRing | None = None) -> dict[str, Any]:
+class NodeIdentityView(IdentityView, Protocol):
+    """What the bundle reads of the node's identity (afra.uplink.identity.NodeIdentity)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def hub_url(self) -> str: ...
+
+    @property
+    def ca_path(self) -> Path: ...
+
+
+class HeartbeatView(Protocol):
+    """The hub, as far as the clock check needs it (afra.uplink.client.HubClient)."""
+
+    def heartbeat(self, beat: Heartbeat) -> HeartbeatResponse: ...
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The parts of the box the bundle is collected from, as they are now."""
+
+    box_name: str
+    clock: Clock
+    identity: NodeIdentityView
+    policy_version: int
+    # The PACS's C-ECHO and its label ("AE@host:port"), or None when none is configured.
+    pacs: tuple[Callable[[], int], str] | None
+    hub: HeartbeatView | None  # None until the box is enrolled
+    heartbeat: Callable[[], Heartbeat]  # the message the box would send the hub now
+    data_dir: Path
+    min_free_bytes: int  # the storage floor (storage.min_free_mb)
+    cert_warning_days: int  # [health] cert_warning_days
+    queue: QueueView
+
+
+def collect(box: Sources, ring: LogRing | None = None) -> dict[str, Any]:
     """The bundle as JSON-ready data."""
     bundle: dict[str, Any] = {
         "software_version": __version__,
-        "box_name": box.config.box.name,
+        "box_name": box.box_name,
         "generated_at": datetime.fromtimestamp(box.clock.time(), UTC).isoformat(),
-        "policy_version": box.policy.current.version,
+        "policy_version": box.policy_version,
     }
     identity = box.identity
     enrolled = identity.enrolled
@@ -80,12 +123,9 @@ def collect(box: Appliance, ring: LogRing | None = None) -> dict[str, Any]:
     def pacs() -> dict[str, Any]:
         if box.pacs is None:
             return {"ok": False, "error": "no PACS configured"}
-        status = box.pacs.echo()
-        return {
-            "ok": status == 0,
-            "status": f"0x{status:04X}",
-            "peer": f"{box.pacs.pacs.ae_title}@{box.pacs.pacs.host}:{box.pacs.pacs.port}",
-        }
+        echo, peer = box.pacs
+        status = echo()
+        return {"ok": status == 0, "status": f"0x{status:04X}", "peer": peer}
 
     def hub_dns() -> dict[str, Any]:
         host = urlsplit(identity.hub_url).hostname or ""
@@ -115,7 +155,7 @@ def collect(box: Appliance, ring: LogRing | None = None) -> dict[str, Any]:
             return {"ok": False, "error": "not enrolled"}
         before = box.clock.time()
         try:
-            answer = box.hub.heartbeat(box.uplink.heartbeat_message())
+            answer = box.hub.heartbeat(box.heartbeat())
         except HubError as exc:
             return {"ok": False, "error": str(exc)}
         after = box.clock.time()
@@ -123,17 +163,18 @@ def collect(box: Appliance, ring: LogRing | None = None) -> dict[str, Any]:
         return {"ok": abs(skew) < 60, "skew_s": round(skew, 3)}
 
     def certificate() -> dict[str, Any]:
-        cert = x509.load_pem_x509_certificate(identity.cert_path.read_bytes())
-        left = cert.not_valid_after_utc.timestamp() - box.clock.time()
+        expiry = certificate_expiry(
+            identity.cert_path, now=box.clock.time(), warning_days=box.cert_warning_days
+        )
         return {
-            "ok": left > 14 * 86400,
-            "not_after": cert.not_valid_after_utc.isoformat(),
-            "days_left": round(left / 86400, 1),
+            "ok": expiry.condition is None,  # neither expired nor expiring soon
+            "not_after": expiry.not_after.isoformat(),
+            "days_left": round(expiry.left_s / DAY_S, 1),
         }
 
     def disk() -> dict[str, Any]:
-        usage = shutil.disk_usage(box.spool.root)
-        floor = box.config.storage.min_free_mb * 2**20
+        usage = disk_usage(box.data_dir)
+        floor = box.min_free_bytes
         return {
             "ok": usage.free > floor,
             "total_mb": usage.total // 2**20,
@@ -142,7 +183,7 @@ def collect(box: Appliance, ring: LogRing | None = None) -> dict[str, Any]:
         }
 
     def queue() -> dict[str, Any]:
-        count, oldest, size = box.index.queue_stats(box.clock.time())
+        count, oldest, size = box.queue.queue_stats(box.clock.time())
         return {"studies_waiting": count, "oldest_waiting_s": round(oldest), "bytes": size}
 
     bundle["pacs_echo"] = _timed(pacs)

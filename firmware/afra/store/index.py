@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from afra.dicom.header import InstanceHeader
+from afra.store.records import Header
 from afra.store.sqlite import SqliteStore
 
 SCHEMA_VERSION = 2
@@ -440,7 +440,7 @@ class Index(SqliteStore):
         return None if row is None else StoredInstance(*row)
 
     def add_instance(
-        self, header: InstanceHeader, rel_path: str, size: int, now: float, calling_ae: str
+        self, header: Header, rel_path: str, size: int, now: float, calling_ae: str
     ) -> AddedInstance:
         """Record a durable instance under the study's open revision (opening one if needed).
 

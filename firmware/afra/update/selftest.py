@@ -51,6 +51,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from afra.config import Config
 from afra.dicom.acceptor import SELFTEST_AE
+from afra.datadir import DataDir
 from afra.dicom.spool import Spool
 from afra.health import STATUS_FILE, box_running, read_status
 from afra.store.index import SELFTEST_UID_PREFIX, Index
@@ -256,7 +257,7 @@ class SelfTest:
 
     def _store(self) -> Check:
         spool = Spool(self.data_dir)
-        index = Index(self.data_dir / "index.sqlite")
+        index = Index(DataDir(self.data_dir).index)
         try:
             with tempfile.TemporaryDirectory(prefix="afra-selftest-") as tmp:
                 sent = Path(tmp) / "selftest.dcm"
@@ -300,7 +301,7 @@ class SelfTest:
         return len(paths)
 
     def _index(self) -> Check:
-        index = Index(self.data_dir / "index.sqlite")
+        index = Index(DataDir(self.data_dir).index)
         try:
             rows = index.studies(1)
         finally:
@@ -311,7 +312,7 @@ class SelfTest:
         from afra.uplink.client import HubClient
         from medix.models import Heartbeat, QueueStats
 
-        identity = NodeIdentity(self.data_dir / "identity")
+        identity = NodeIdentity(DataDir(self.data_dir).identity)
         client = HubClient(identity, timeout=20)
         doc = read_status(self.data_dir) or {}
         health = str((doc.get("health") or {}).get("state", "unknown"))[:32]
@@ -338,7 +339,7 @@ class SelfTest:
         report.checks.append(self._wait(deadline, self._echo))
         report.checks.append(self._wait(deadline, self._store))
         report.checks.append(self._wait(deadline, self._index))
-        if NodeIdentity(self.data_dir / "identity").enrolled:
+        if NodeIdentity(DataDir(self.data_dir).identity).enrolled:
             hub_deadline = self.monotonic() + (hub_wait if trial else 0)
             report.checks.append(self._wait(hub_deadline, self._hub))
         for check in report.checks:

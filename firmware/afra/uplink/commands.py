@@ -4,32 +4,24 @@ The hub never connects to the node (it sits behind the center's firewall). This 
 one `GET /commands?wait=N` open, hands each command to the handler registered for its type,
 and posts the result back. A type with no handler is answered with an error result, so the
 hub's user hears "not supported" instead of waiting forever. Handlers are plain functions
-(args -> result dict) and must not raise; a raised exception becomes an error result.
+(args -> result dict); a raised exception becomes an error result.
+
+This module is transport only: it knows no command but by its type. The handlers are
+registered at the composition root (`afra.app.Appliance.command_channel`), beside the
+services they call, as pynetdicom takes `(evt.EVT_C_STORE, handler)` pairs.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
 from pydantic import ValidationError
 
 from afra.clock import Clock
 from afra.uplink.client import HubClient, HubError
-
-if TYPE_CHECKING:
-    from afra.node.jobs import DownloadManager
-    from afra.node.reports import ReportStatusService
-from afra.uplink.policy import PolicyStore
-from medix.models import (
-    Command,
-    CommandResult,
-    DownloadRequest,
-    Policy,
-    ReportStatusRequest,
-)
+from medix.models import Command, CommandResult
 
 LOG = logging.getLogger("afra.commands")
 
@@ -44,13 +36,19 @@ STOP_WAIT_S = 2.0
 
 class CommandChannel:
     def __init__(
-        self, client: HubClient, *, clock: Clock, retry_s: float = 10.0, wait_s: int = LONG_POLL_S
+        self,
+        client: HubClient,
+        *,
+        clock: Clock,
+        handlers: Iterable[tuple[str, Handler]] = (),
+        retry_s: float = 10.0,
+        wait_s: int = LONG_POLL_S,
     ) -> None:
         self.client = client
         self.clock = clock
         self.retry_s = retry_s
         self.wait_s = wait_s
-        self.handlers: dict[str, Handler] = {}
+        self.handlers: dict[str, Handler] = dict(handlers)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -117,45 +115,3 @@ class CommandChannel:
                 LOG.exception("command poll failed")
                 if self.clock.sleep(self.retry_s, stop):
                     return
-
-
-def apply_policy_handler(
-    policy: PolicyStore, applied: Callable[[Policy], None] | None = None
-) -> Handler:
-    """`apply_policy`: the whole policy or nothing; answers the version now running.
-    `applied` hears of a policy that replaced the running one (the audit trail)."""
-
-    def handle(args: dict[str, object]) -> dict[str, object]:
-        new = Policy.model_validate(args)
-        if policy.apply(new) and applied is not None:
-            applied(new)
-        return {"version": policy.current.version}
-
-    return handle
-
-
-def download_handler(downloads: DownloadManager) -> Handler:
-    """`download`: a DownloadRequest; answers DownloadAccepted (progress goes to the webhook)."""
-
-    def handle(args: dict[str, object]) -> dict[str, object]:
-        accepted = downloads.submit(DownloadRequest.model_validate(args), source="command")
-        return accepted.model_dump(mode="json")
-
-    return handle
-
-
-def report_status_handler(reports: ReportStatusService) -> Handler:
-    def handle(args: dict[str, object]) -> dict[str, object]:
-        answer = reports.answer(ReportStatusRequest.model_validate(args))
-        return answer.model_dump(mode="json")
-
-    return handle
-
-
-def diagnostics_handler(collect: Callable[[], dict[str, object]]) -> Handler:
-    """`diagnostics`: the bundle itself is the command's result (the hub keeps it)."""
-
-    def handle(args: dict[str, object]) -> dict[str, object]:
-        return collect()
-
-    return handle
