@@ -1,9 +1,10 @@
 """The study index: an embedded SQLite database (WAL, synchronous FULL) of studies and instances.
 
-A study's state is a column: received -> complete (-> queued -> delivered in the uplink). An
-instance that arrives for a study already complete opens a new revision of that study, which
-holds only the new instances, so nothing is sent twice. Every statement is a named constant
-with `?` parameters.
+A study revision's state is a column, its moves the table in store/lifecycle.py (received ->
+complete -> queued -> uploading -> delivered, purged), held by CHECK constraints. An instance
+that arrives for a study already complete opens a new revision of that study, which holds
+only the new instances, so nothing is sent twice. Every statement is a named constant with
+`?` parameters; those that read or move a state are written with lifecycle's `where`/`move`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from afra.store.lifecycle import UPLOADABLE, WAITING_FOR_UPLINK, StudyState, check_sql, move, where
 from afra.store.records import Header
 from afra.store.sqlite import SqliteStore
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,11 +84,59 @@ CREATE TABLE IF NOT EXISTS quarantine (
 SELFTEST_UID_PREFIX = "1.2.826.0.1.3680043.8.498.77."
 SELFTEST_LIKE = SELFTEST_UID_PREFIX + "%"
 
-RECEIVED = "received"
-COMPLETE = "complete"
-QUEUED = "queued"  # Medis code issued, waiting for the uplink
-UPLOADING = "uploading"  # registered with the hub, parts going up
-DELIVERED = "delivered"  # the hub's receipt is stored
+RECEIVED, COMPLETE, QUEUED, UPLOADING, DELIVERED = (
+    StudyState.RECEIVED,
+    StudyState.COMPLETE,
+    StudyState.QUEUED,
+    StudyState.UPLOADING,
+    StudyState.DELIVERED,
+)
+
+# The studies table as of version 3: version 2's columns, and the lifecycle's CHECKs (SQLite
+# adds a constraint only by rebuilding the table: migration 3).
+_STUDY_COLUMNS = (
+    "id, study_uid, revision, state, state_reason, patient_id, patient_name, "
+    "patient_birth_date, patient_phone, accession_number, study_date, study_description, "
+    "referring_physician, instance_count, bytes, expected_count, first_received_at, "
+    "last_received_at, waiting_since, completed_at, medis_code, part_size, upload_id, "
+    "attempts, next_attempt_at, last_error, receipt, delivered_at, stream_sha256, purged_at"
+)
+STUDIES_V3 = f"""
+CREATE TABLE studies_v3 (
+    id INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    state_reason TEXT NOT NULL DEFAULT '',
+    patient_id TEXT NOT NULL DEFAULT '',
+    patient_name TEXT NOT NULL DEFAULT '',
+    patient_birth_date TEXT NOT NULL DEFAULT '',
+    patient_phone TEXT NOT NULL DEFAULT '',
+    accession_number TEXT NOT NULL DEFAULT '',
+    study_date TEXT NOT NULL DEFAULT '',
+    study_description TEXT NOT NULL DEFAULT '',
+    referring_physician TEXT NOT NULL DEFAULT '',
+    instance_count INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    expected_count INTEGER,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    waiting_since REAL,
+    completed_at REAL,
+    medis_code TEXT,
+    part_size INTEGER,
+    upload_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    receipt TEXT,
+    delivered_at REAL,
+    stream_sha256 TEXT,
+    purged_at REAL,
+    UNIQUE (study_uid, revision),
+    {check_sql()}
+)
+"""
 
 # Schema changes after version 1, applied in order to an older database at open.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -107,21 +157,39 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX IF NOT EXISTS studies_purgeable ON studies (delivered_at) "
         "WHERE state = 'delivered' AND purged_at IS NULL",
     ),
+    3: (
+        # The lifecycle's CHECKs: a new table, the rows copied, the old one replaced. A row
+        # the table would refuse fails the migration (and the box's start) instead of being
+        # dropped; the transaction leaves the old table as it was.
+        STUDIES_V3,
+        f"INSERT INTO studies_v3 ({_STUDY_COLUMNS}) SELECT {_STUDY_COLUMNS} FROM studies",
+        "DROP TABLE studies",
+        "ALTER TABLE studies_v3 RENAME TO studies",
+        "CREATE INDEX IF NOT EXISTS studies_state ON studies (state, last_received_at)",
+        "CREATE INDEX IF NOT EXISTS studies_medis_code ON studies (medis_code)",
+        "CREATE INDEX IF NOT EXISTS studies_purgeable ON studies (delivered_at) "
+        f"WHERE {where(DELIVERED)} AND purged_at IS NULL",
+    ),
 }
+
+_COMPLETE = move((RECEIVED,), COMPLETE)
+_QUEUE = move((COMPLETE,), QUEUED)
+_UPLOADING = move(UPLOADABLE, UPLOADING)
+_DELIVERED = move(UPLOADABLE, DELIVERED)
 
 SQL_SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 SQL_GET_META = "SELECT value FROM meta WHERE key = ?"
 SQL_FIND_INSTANCE = "SELECT path, size, study_id FROM instances WHERE sop_instance_uid = ?"
 SQL_OPEN_REVISION = (
-    "SELECT id, revision FROM studies WHERE study_uid = ? AND state = 'received' "
+    f"SELECT id, revision FROM studies WHERE study_uid = ? AND {where(RECEIVED)} "
     "ORDER BY revision DESC LIMIT 1"
 )
 SQL_NEXT_REVISION = "SELECT COALESCE(MAX(revision) + 1, 0) FROM studies WHERE study_uid = ?"
-SQL_NEW_STUDY = """
+SQL_NEW_STUDY = f"""
 INSERT INTO studies (study_uid, revision, state, patient_id, patient_name, patient_birth_date,
     patient_phone, accession_number, study_date, study_description, referring_physician,
     first_received_at, last_received_at)
-VALUES (?, ?, 'received', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, '{RECEIVED.value}', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 SQL_INSERT_INSTANCE = """
 INSERT INTO instances (sop_instance_uid, study_id, series_uid, sop_class_uid, transfer_syntax,
@@ -142,20 +210,20 @@ INSERT INTO quarantine (path, received_at, calling_ae, peer_address, sop_class_u
     sop_instance_uid, status, reason)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
-SQL_DUE_STUDIES = """
+SQL_DUE_STUDIES = f"""
 SELECT id, study_uid, revision, instance_count, last_received_at, waiting_since, expected_count
-FROM studies WHERE state = 'received' AND last_received_at <= ? AND study_uid NOT LIKE ?
+FROM studies WHERE {where(RECEIVED)} AND last_received_at <= ? AND study_uid NOT LIKE ?
 ORDER BY last_received_at
 """
 SQL_STUDY_TOTAL = "SELECT COALESCE(SUM(instance_count), 0) FROM studies WHERE study_uid = ?"
-SQL_MARK_COMPLETE = """
-UPDATE studies SET state = 'complete', completed_at = ?, expected_count = ?, state_reason = ?
-WHERE id = ? AND state = 'received' AND last_received_at <= ?
+SQL_MARK_COMPLETE = f"""
+UPDATE studies SET {_COMPLETE[0]}, completed_at = ?, expected_count = ?, state_reason = ?
+WHERE id = ? AND {_COMPLETE[1]} AND last_received_at <= ?
 """
-SQL_MARK_WAITING = """
+SQL_MARK_WAITING = f"""
 UPDATE studies SET waiting_since = COALESCE(waiting_since, ?), expected_count = ?,
     state_reason = ?
-WHERE id = ? AND state = 'received'
+WHERE id = ? AND {where(RECEIVED)}
 """
 SQL_LIST_STUDIES = """
 SELECT id, study_uid, revision, state, state_reason, patient_id, patient_name, study_date,
@@ -175,8 +243,8 @@ SELECT id, path, received_at, calling_ae, peer_address, sop_class_uid, sop_insta
     status, reason
 FROM quarantine ORDER BY id DESC LIMIT ?
 """
-SQL_STUDIES_WITHOUT_CODE = """
-SELECT id, study_uid FROM studies WHERE state = 'complete' AND medis_code IS NULL
+SQL_STUDIES_WITHOUT_CODE = f"""
+SELECT id, study_uid FROM studies WHERE {where(COMPLETE)} AND medis_code IS NULL
 ORDER BY completed_at
 """
 SQL_CODE_TAKEN = "SELECT 1 FROM studies WHERE medis_code = ?"
@@ -186,11 +254,11 @@ SELECT medis_code FROM studies WHERE study_uid = ? AND medis_code IS NOT NULL LI
 SQL_GET_PART_SIZE = "SELECT part_size FROM studies WHERE id = ?"
 SQL_SET_PART_SIZE = "UPDATE studies SET part_size = ? WHERE id = ? AND part_size IS NULL"
 SQL_GET_CODE = "SELECT medis_code FROM studies WHERE id = ?"
-SQL_SET_CODE = """
-UPDATE studies SET medis_code = ?, state = 'queued' WHERE id = ? AND medis_code IS NULL
+SQL_SET_CODE = f"""
+UPDATE studies SET medis_code = ?, {_QUEUE[0]} WHERE id = ? AND medis_code IS NULL AND {_QUEUE[1]}
 """
-SQL_NEXT_UPLOAD = """
-SELECT id FROM studies WHERE state IN ('queued', 'uploading') AND next_attempt_at <= ?
+SQL_NEXT_UPLOAD = f"""
+SELECT id FROM studies WHERE {where(*UPLOADABLE)} AND next_attempt_at <= ?
 ORDER BY next_attempt_at, completed_at LIMIT 1
 """
 SQL_UPLOAD_STUDY = """
@@ -206,33 +274,33 @@ FROM instances WHERE study_id = ? ORDER BY series_uid, path
 SQL_SET_HASH = "UPDATE instances SET sha256 = ? WHERE sop_instance_uid = ?"
 SQL_SET_STREAM_HASH = "UPDATE studies SET stream_sha256 = ? WHERE id = ?"
 SQL_GET_STREAM_HASH = "SELECT stream_sha256 FROM studies WHERE id = ?"
-SQL_PURGEABLE = """
-SELECT id FROM studies WHERE state = 'delivered' AND purged_at IS NULL AND delivered_at <= ?
+SQL_PURGEABLE = f"""
+SELECT id FROM studies WHERE {where(DELIVERED)} AND purged_at IS NULL AND delivered_at <= ?
 """
 SQL_MARK_PURGED = "UPDATE studies SET purged_at = ? WHERE id = ?"
 SQL_STUDY_OF_INSTANCE = """
 SELECT s.state, s.purged_at FROM instances i JOIN studies s ON s.id = i.study_id
 WHERE i.sop_instance_uid = ?
 """
-SQL_SET_UPLOADING = """
-UPDATE studies SET state = 'uploading', upload_id = ?
-WHERE id = ? AND state IN ('queued', 'uploading')
+SQL_SET_UPLOADING = f"""
+UPDATE studies SET {_UPLOADING[0]}, upload_id = ?
+WHERE id = ? AND {_UPLOADING[1]}
 """
 SQL_RECORD_FAILURE = """
 UPDATE studies SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?
 """
-SQL_MARK_DELIVERED = """
-UPDATE studies SET state = 'delivered', receipt = ?, delivered_at = ?, last_error = '',
+SQL_MARK_DELIVERED = f"""
+UPDATE studies SET {_DELIVERED[0]}, receipt = ?, delivered_at = ?, last_error = '',
     next_attempt_at = 0
-WHERE id = ? AND state IN ('queued', 'uploading')
+WHERE id = ? AND {_DELIVERED[1]}
 """
-SQL_QUEUE_STATS = """
+SQL_QUEUE_STATS = f"""
 SELECT COUNT(*), COALESCE(MIN(completed_at), 0), COALESCE(SUM(bytes), 0)
-FROM studies WHERE state IN ('complete', 'queued', 'uploading')
+FROM studies WHERE {where(*WAITING_FOR_UPLINK)}
 """
 SQL_RECENT_INSTANCES = "SELECT received_at, size FROM instances ORDER BY rowid DESC"
-SQL_DELIVERED_SINCE = """
-SELECT delivered_at, bytes FROM studies WHERE state = 'delivered' AND delivered_at >= ?
+SQL_DELIVERED_SINCE = f"""
+SELECT delivered_at, bytes FROM studies WHERE {where(DELIVERED)} AND delivered_at >= ?
 """
 SQL_SELFTEST_PATHS = """
 SELECT i.path FROM instances i JOIN studies s ON s.id = i.study_id
@@ -336,8 +404,8 @@ SELECT i.sop_instance_uid, i.series_uid, i.sop_class_uid, i.modality, i.path, i.
 FROM instances i JOIN studies s ON s.id = i.study_id
 WHERE s.study_uid = ? AND s.purged_at IS NULL ORDER BY i.series_uid, i.path
 """
-SQL_STUDY_HOLDING = """
-SELECT COUNT(*), SUM(state = 'received'), SUM(purged_at IS NOT NULL) FROM studies
+SQL_STUDY_HOLDING = f"""
+SELECT COUNT(*), SUM({where(RECEIVED)}), SUM(purged_at IS NOT NULL) FROM studies
 WHERE study_uid = ?
 """
 SQL_REPORT_INSTANCES = """
@@ -422,15 +490,27 @@ class Index(SqliteStore):
         row = self._db.execute(SQL_GET_META, ("schema_version",)).fetchone()
         if row is not None and int(row[0]) == SCHEMA_VERSION:
             return  # no commit: a start on a full disk could not make one
-        with self._transaction() as db:
-            # Read inside the write transaction: two processes opening at once migrate once.
-            row = db.execute(SQL_GET_META, ("schema_version",)).fetchone()
-            version = int(row[0]) if row else 1
-            for target in sorted(MIGRATIONS):
-                if version < target:
-                    for statement in MIGRATIONS[target]:
-                        db.execute(statement)
-            db.execute(SQL_SET_META, ("schema_version", str(SCHEMA_VERSION)))
+        # A table rebuilt (migration 3) is dropped while instances still refer to it: foreign
+        # keys are off for the migration (the pragma only takes effect outside a transaction)
+        # and checked whole before it commits.
+        self._db.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with self._transaction() as db:
+                # Read inside the write transaction: two processes opening at once migrate once.
+                row = db.execute(SQL_GET_META, ("schema_version",)).fetchone()
+                version = int(row[0]) if row else 1
+                for target in sorted(MIGRATIONS):
+                    if version < target:
+                        for statement in MIGRATIONS[target]:
+                            db.execute(statement)
+                broken = db.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise sqlite3.IntegrityError(
+                        f"the index's migration left {len(broken)} rows without their study"
+                    )
+                db.execute(SQL_SET_META, ("schema_version", str(SCHEMA_VERSION)))
+        finally:
+            self._db.execute("PRAGMA foreign_keys = ON")
 
     # -- receive path ------------------------------------------------------------------
 

@@ -1,0 +1,89 @@
+"""The study lifecycle as data (store/lifecycle.py) and the schema that holds it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from afra.store import index as index_module
+from afra.store.index import Index
+from afra.store.lifecycle import TRANSITIONS, StudyState, move, where
+
+
+def _v2_database(path: Path) -> None:
+    """A database as a box of the previous release left it: schema version 2, one study
+    revision in each state (one purged), each with an instance."""
+    db = sqlite3.connect(path)
+    db.executescript(index_module.SCHEMA)
+    for statement in index_module.MIGRATIONS[2]:
+        db.execute(statement)
+    db.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+    for n, state in enumerate(StudyState):
+        purged = 5.0 if state is StudyState.DELIVERED else None
+        db.execute(
+            "INSERT INTO studies (id, study_uid, revision, state, first_received_at, "
+            "last_received_at, medis_code, purged_at) VALUES (?, ?, 0, ?, 1, 2, ?, ?)",
+            (n + 1, f"1.2.3.{n}", state.value, f"CODE{n}", purged),
+        )
+        db.execute(
+            "INSERT INTO instances (sop_instance_uid, study_id, series_uid, sop_class_uid, "
+            "transfer_syntax, path, size, received_at) VALUES (?, ?, '1.9', '1.2', '1.2.840."
+            "10008.1.2.1', ?, 10, 1)",
+            (f"1.2.3.{n}.1", n + 1, f"objects/{n}.dcm"),
+        )
+    db.commit()
+    db.close()
+
+
+def test_a_box_updated_from_schema_2_keeps_every_study_and_gains_the_checks(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "index.sqlite"
+    _v2_database(path)
+    index = Index(path)
+    try:
+        states = [(s.study_uid, s.state, s.medis_code) for s in index.studies()]
+        assert sorted(states) == [
+            (f"1.2.3.{n}", st.value, f"CODE{n}") for n, st in enumerate(StudyState)
+        ]
+        assert index.delivered_and_purged("1.2.3.4.1")  # the purged one is still purged
+        db = sqlite3.connect(path)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            "3",
+        )
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert db.execute("SELECT COUNT(*) FROM instances").fetchone() == (5,)
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            db.execute("UPDATE studies SET state = 'sent' WHERE id = 1")
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            db.execute("UPDATE studies SET purged_at = 9 WHERE state = 'queued'")
+        db.close()
+    finally:
+        index.close()
+
+
+def test_a_new_index_has_the_checks_too(tmp_path: Path) -> None:
+    Index(tmp_path / "index.sqlite").close()
+    db = sqlite3.connect(tmp_path / "index.sqlite")
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        db.execute(
+            "INSERT INTO studies (study_uid, revision, state, first_received_at, "
+            "last_received_at) VALUES ('1.2', 0, 'lost', 1, 1)"
+        )
+
+
+def test_every_state_has_its_moves_and_no_other_move_is_written() -> None:
+    assert set(TRANSITIONS) == set(StudyState)
+    assert move((StudyState.RECEIVED,), StudyState.COMPLETE) == (
+        "state = 'complete'",
+        "state = 'received'",
+    )
+    with pytest.raises(ValueError, match="from delivered to received"):
+        move((StudyState.DELIVERED,), StudyState.RECEIVED)
+    with pytest.raises(ValueError, match="from received to queued"):
+        move((StudyState.RECEIVED,), StudyState.QUEUED)  # a code only for a complete study
+    assert where(StudyState.QUEUED, StudyState.UPLOADING) == "state IN ('queued', 'uploading')"
+    with pytest.raises(ValueError):
+        where("delivered")  # type: ignore[arg-type]  # a bare string is not a state
