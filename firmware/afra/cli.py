@@ -471,7 +471,7 @@ def _open_pacs(config: Config, with_receiver: bool) -> Any:
 
 
 def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
-    from afra.node.jobs import JobStore
+    from afra.node.jobstore import JobStore
 
     path = DataDir(config.box.data_dir).jobs_db
     if not path.exists():

@@ -15,7 +15,7 @@ from pydicom import dcmread
 
 from afra import cli
 from afra.app import Appliance, build_appliance
-from afra.node.jobs import JobStore
+from afra.node.jobstore import JobStore
 from medix.hub.server import HubServer
 from medix.models import DownloadStatus
 from tests.conftest import wait_for

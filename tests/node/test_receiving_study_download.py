@@ -1,10 +1,10 @@
 """A download of a study the box holds but has not yet completed (no PACS set).
 
-Before issue 15 such a job failed at once with RequestFailed and "not on the box and no PACS
-is set". It now waits, without taking a job slot, for the box to complete the study (the
-injected clock drives the completion), then exports it whole and says it waited. The wait ends
-only once the job itself has watched the study stay quiet past the completion check's time, so
-a jump of the clock past that time does not end it before the check has looked.
+Such a job does not fail at once with RequestFailed ("not on the box and no PACS is set"):
+it waits, without taking a job slot, for the box to complete the study (the injected clock
+drives the completion), then exports it whole and says it waited. The wait ends only once
+the job itself has watched the study stay quiet past the completion check's time, so a jump
+of the clock past that time does not end it before the check has looked.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from pydicom import dcmread
 
 from afra.app import Appliance
-from afra.node.jobs import COMPLETION_MARGIN_S
+from afra.node.retrieve import COMPLETION_MARGIN_S
 from medix.hub.server import HubServer
 from medix.models import DownloadRequest
 from tests.conftest import wait_for

@@ -14,8 +14,8 @@ on PyPI are logging handlers that drop what they cannot send; the trail needs a 
 advances only once a record is written, so the twenty lines of framing are our own.
 
 Each destination has a forwarder thread: it sends the records after its cursor in batches,
-advances the cursor, waits for new records, and backs off (capped, doubling) when the
-destination is away. Records wait in the trail meanwhile.
+advances the cursor, waits for new records, and backs off (the node's policy, `afra.retry`:
+capped, doubling) when the destination is away. Records wait in the trail meanwhile.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 
 from afra.audit.trail import AuditTrail
 from afra.clock import Clock
+from afra.retry import Backoff
 from medix.models import AuditCode, AuditEvent
 
 LOG = logging.getLogger("afra.audit")
@@ -192,7 +193,8 @@ class Forwarder:
         close: Callable[[], None] | None = None,
     ) -> None:
         self.trail, self.name, self.send, self.clock = trail, name, send, clock
-        self.batch, self.retry_base, self.retry_cap = batch, retry_base, retry_cap
+        self.batch = batch
+        self.backoff = Backoff(retry_base, retry_cap)
         self._close = close
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -238,7 +240,7 @@ class Forwarder:
             except Exception as exc:  # the destination is away or refused: wait, try again
                 self.failures += 1
                 self.last_error = str(exc) or exc.__class__.__name__
-                wait = min(self.retry_cap, self.retry_base * 2 ** min(self.failures - 1, 16))
+                wait = self.backoff.delay(self.failures)
                 if self.failures == 1 or self.failures % 10 == 0:
                     LOG.warning(
                         "audit records cannot reach %s (%s); kept here, next try in %.0f s",

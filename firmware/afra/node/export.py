@@ -2,12 +2,17 @@
 
 The zip is written as a stream (ZIP data descriptors, nothing is ever rewritten in place), so
 its bytes can go to the hub while it is still growing: `FileUploader` sends each part as soon
-as the zip holds it, three at a time, and commits when the zip is closed. Instances are added
-as they arrive (from the spool, or from a C-MOVE still running); each gets its File ID from
-pydicom's FileSet at once (PTxxxxxx/STxxxxxx/SExxxxxx/IMxxxxxx), and the DICOMDIR that
-FileSet writes at the end names the same IDs. Instance files are copied byte for byte; only
-their zip entries are compressed (deflate, level from `downloads.zip_level`; stored when the
-transfer syntax already compresses the pixel data).
+as the zip holds it, three at a time (the node's part uploader, `afra.uplink.parts`), and
+commits when the zip is closed. Instances are added as they arrive (from the spool, or from a
+C-MOVE still running); each gets its File ID at once from `afra.node.dicomdir.DicomDir`
+(pydicom's naming: PTxxxxxx/STxxxxxx/SExxxxxx/IMxxxxxx), and the DICOMDIR written last, after
+the instances, names the same IDs. Instance files are copied byte for byte; only their zip
+entries are compressed (deflate, level from `downloads.zip_level`; stored when the transfer
+syntax already compresses the pixel data).
+
+Calls to the hub and parts are tried again through a short outage with the node's backoff
+(`afra.retry`); parts still missing after that get a few more rounds (10, 20 and 40 s apart)
+before the download is given up.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-import zstandard
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -33,16 +37,22 @@ from pydicom.uid import UID
 from afra.clock import Clock
 from afra.errors import AfraError
 from afra.node.dicomdir import DicomDir
+from afra.retry import Backoff
 from afra.uplink.client import HubClient, HubError, HubUnavailable
+from afra.uplink.parts import PARTS_IN_FLIGHT, PartRetry, PartUploader
 from medix.models import FileCommit, FileRegistration, FileSaved, FileUpload
 
 LOG = logging.getLogger("afra.export")
 
-PARTS_IN_FLIGHT = 3
-MIN_SAVING = 0.03
-PART_ATTEMPTS = 5
+# A registration or a commit: tried up to HUB_ATTEMPTS times through a hub outage.
 HUB_ATTEMPTS = 5
+HUB_BACKOFF = Backoff(base=2.0, cap=30.0)
+# A part: up to PART_ATTEMPTS times, then RESEND_ROUNDS more rounds for the parts still
+# missing once all were tried.
+PART_ATTEMPTS = 5
+PART_BACKOFF = Backoff(base=2.0, cap=20.0)
 RESEND_ROUNDS = 3
+RESEND_BACKOFF = Backoff(base=10.0, cap=40.0)
 T = TypeVar("T")
 
 
@@ -192,7 +202,7 @@ class FileUploader:
         self.stop = stop
         self.level = compression_level
         self.file_id = ""
-        self._held: set[int] = set()
+        self._parts: PartUploader | None = None  # once the hub registered the file
         self._submitted = 0  # parts 0.._submitted-1 are sent or on their way
         self._futures: list[tuple[int, Future[None]]] = []
         self._pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="file-part")
@@ -205,7 +215,7 @@ class FileUploader:
             except HubUnavailable:
                 if attempt == HUB_ATTEMPTS or self.stop.is_set():
                     raise
-                self.clock.sleep(min(2.0**attempt, 30.0), self.stop)
+                HUB_BACKOFF.sleep(attempt, self.clock, self.stop)
         raise AssertionError("unreachable")
 
     def open(self, *, retry: bool = True) -> None:
@@ -215,8 +225,29 @@ class FileUploader:
             )
 
         upload = self._hub(register) if retry else register()
-        self.file_id = upload.file_id
-        self._held = set(upload.received_parts)
+        file_id = upload.file_id
+
+        def put(number: int, body: bytes, sha256: str, encoding: str) -> None:
+            self.client.put_file_part(file_id, number, body, sha256=sha256, encoding=encoding)
+
+        self._parts = PartUploader(
+            put,
+            self._read,
+            pool=self._pool,
+            compression_level=self.level,
+            stop=self.stop,
+            stopped=lambda: UploadError("the box is stopping"),
+            failed=lambda number, exc: UploadError(f"part {number}: {exc}"),
+            held=upload.received_parts,
+            retry=PartRetry(PART_ATTEMPTS, PART_BACKOFF, self.clock),
+        )
+        self.file_id = file_id
+
+    def _read(self, number: int) -> bytes:
+        """Part `number` of the file as it is now (a whole part, or the end at the finish)."""
+        with self.path.open("rb") as fp:
+            fp.seek(number * self.part_size)
+            return fp.read(self.part_size)
 
     def grown(self, available: int) -> None:
         """The file now holds `available` bytes: send every whole part not yet sent."""
@@ -226,34 +257,11 @@ class FileUploader:
             self._submit(self._submitted)
 
     def _submit(self, number: int) -> None:
+        assert self._parts is not None
         self._submitted = number + 1
-        if number not in self._held:
-            self._futures.append((number, self._pool.submit(self._send, number)))
-
-    def _send(self, number: int) -> None:
-        with self.path.open("rb") as fp:
-            fp.seek(number * self.part_size)
-            raw = fp.read(self.part_size)
-        digest = hashlib.sha256(raw).hexdigest()
-        packed = zstandard.ZstdCompressor(level=self.level).compress(raw)
-        body, encoding = (
-            (packed, "zstd") if len(packed) <= len(raw) * (1 - MIN_SAVING) else (raw, "identity")
-        )
-        for attempt in range(1, PART_ATTEMPTS + 1):
-            if self.stop.is_set():
-                raise UploadError("the box is stopping")
-            try:
-                self.client.put_file_part(
-                    self.file_id, number, body, sha256=digest, encoding=encoding
-                )
-            except HubUnavailable as exc:
-                if attempt == PART_ATTEMPTS:
-                    raise UploadError(f"part {number}: {exc}") from exc
-                self.clock.sleep(min(2.0**attempt, 20.0), self.stop)
-                continue
-            except HubError as exc:
-                raise UploadError(f"part {number}: {exc}") from exc
-            return
+        future = self._parts.submit(number)
+        if future is not None:
+            self._futures.append((number, future))
 
     def finish(self, size: int, sha256: str) -> FileSaved:
         parts = max(1, -(-size // self.part_size))
@@ -268,19 +276,20 @@ class FileUploader:
                     failed.append(number)
         finally:
             self._pool.shutdown(wait=True)
-        # Parts lost to a hub outage longer than a part's own retries: a few more rounds,
-        # minutes apart, before the whole download is given up.
+        # Parts lost to a hub outage longer than a part's own retries: a few more rounds
+        # before the whole download is given up.
+        assert self._parts is not None
         for round_ in range(RESEND_ROUNDS):
             if not failed:
                 break
             LOG.warning(
                 "%d part(s) of %s did not reach the hub; sending again", len(failed), self.name
             )
-            self.clock.sleep(10.0 * 2**round_, self.stop)
+            RESEND_BACKOFF.sleep(round_ + 1, self.clock, self.stop)
             still = []
             for number in failed:
                 try:
-                    self._send(number)
+                    self._parts.send(number)
                 except UploadError:
                     still.append(number)
             failed = still

@@ -4,22 +4,19 @@ It runs on its own thread, apart from the receive path, and reads studies from t
 part (2 MiB) at a time. Each study revision goes: complete -> queued (code issued, with no hub
 round-trip) -> uploading (registered) -> delivered (the hub's receipt, verified and stored).
 Every step is idempotent on the hub's side, so after a cut or a restart the worker asks the
-hub which parts it holds and sends only the rest. A failing study waits with capped
-exponential backoff and jitter (persisted in the index, so restarts do not reset it) and shows
-its attempts and last error; nothing is dropped.
+hub which parts it holds and sends only the rest (the parts go through
+`afra.uplink.parts.PartUploader`, as a download's do). A failing study waits with the node's
+backoff (`afra.retry`: capped, exponential, with jitter; its attempts are kept in the index, so
+restarts do not reset it) and shows its attempts and last error; nothing is dropped.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-import zstandard
 
 from afra import __version__
 from afra.audit import Actor, Audit, StudyRef
@@ -27,9 +24,11 @@ from afra.audit.events import MINOR_FAILURE, SUCCESS
 from afra.clock import Clock
 from afra.dicom.spool import Spool
 from afra.medis.codes import CodeIssuer
+from afra.retry import Backoff
 from afra.store.index import Index, UploadStudy
 from afra.uplink import stream
 from afra.uplink.client import HubClient, HubError, HubRefused, HubUnavailable
+from afra.uplink.parts import PARTS_IN_FLIGHT, PartUploader
 from afra.uplink.policy import PolicyStore, in_window
 from medix.models import (
     CommitRequest,
@@ -45,10 +44,6 @@ from medix.receipts import verify_receipt
 
 LOG = logging.getLogger("afra.uplink")
 
-# A part is sent compressed only when that saves at least this share of its bytes.
-MIN_SAVING = 0.03
-PARTS_IN_FLIGHT = 3
-
 
 @dataclass(frozen=True)
 class UplinkSettings:
@@ -56,6 +51,9 @@ class UplinkSettings:
     compression_level: int = 3
     retry_base: float = 5.0
     retry_cap: float = 900.0
+    # A failed delivery's wait is taken off at random by up to this share: boxes that lost
+    # the hub together do not all come back at the same moment.
+    retry_jitter: float = 0.5
     heartbeat_interval: float = 60.0
     idle_interval: float = 2.0
 
@@ -261,14 +259,11 @@ class Uplink:
         if registration.receipt is not None:
             return self._verified(registration.receipt, study, stream_hash, len(instances))
         self.index.set_uploading(study.id, registration.upload_id)
-        held = set(registration.received_parts)
-        missing = [n for n in range(plan.parts) if n not in held]
         # A few parts in flight keep the link busy while the hub stores the previous ones;
         # each is read and compressed only when a sender is free (memory stays bounded).
-        for sent in self._senders.map(
-            lambda n: self._send_part(registration.upload_id, plan, n), missing
-        ):
-            del sent
+        self._parts(registration.upload_id, plan, registration.received_parts).send_all(
+            range(plan.parts)
+        )
         manifest = CommitRequest(
             instances=tuple(
                 ManifestEntry(
@@ -286,21 +281,28 @@ class Uplink:
         receipt = self.client.commit(registration.upload_id, manifest)
         return self._verified(receipt, study, stream_hash, len(instances))
 
-    def _send_part(self, upload_id: str, plan: stream.StreamPlan, number: int) -> None:
-        assert self.client is not None
-        if self._stop.is_set():
-            raise Stopping
-        raw = stream.read_part(self.spool, plan, number)
-        digest = hashlib.sha256(raw).hexdigest()
-        packed = zstandard.ZstdCompressor(level=self.settings.compression_level).compress(raw)
-        if len(packed) <= len(raw) * (1 - MIN_SAVING):
-            body, encoding = packed, "zstd"
-        else:
-            body, encoding = raw, "identity"
-        self.throttle.take(len(body), self.policy.current.bandwidth_cap_kbps, self._stop)
-        self.client.put_part(upload_id, number, body, sha256=digest, encoding=encoding)
-        if self.on_activity is not None:
-            self.on_activity()
+    def _parts(self, upload_id: str, plan: stream.StreamPlan, held: Sequence[int]) -> PartUploader:
+        """The study's stream in parts to its upload: read from the spool a part at a time,
+        under the policy's bandwidth cap, each part the hub took flickering the LED."""
+        client = self.client
+        assert client is not None
+
+        def put(number: int, body: bytes, sha256: str, encoding: str) -> None:
+            client.put_part(upload_id, number, body, sha256=sha256, encoding=encoding)
+
+        return PartUploader(
+            put,
+            lambda number: stream.read_part(self.spool, plan, number),
+            pool=self._senders,
+            compression_level=self.settings.compression_level,
+            stop=self._stop,
+            stopped=Stopping,
+            held=held,
+            throttle=lambda size: self.throttle.take(
+                size, self.policy.current.bandwidth_cap_kbps, self._stop
+            ),
+            sent=self.on_activity,
+        )
 
     def _verified(
         self, receipt: Receipt, study: UploadStudy, stream_hash: str, instance_count: int
@@ -329,10 +331,15 @@ class Uplink:
 
     # -- failures -------------------------------------------------------------------------
 
+    @property
+    def backoff(self) -> Backoff:
+        """A failed study's wait before its next try (the settings can be replaced)."""
+        s = self.settings
+        return Backoff(s.retry_base, s.retry_cap, s.retry_jitter)
+
     def _failed(self, study: UploadStudy, exc: Exception) -> None:
         attempts = study.attempts + 1
-        delay = min(self.settings.retry_cap, self.settings.retry_base * 2 ** (attempts - 1))
-        delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not secrecy
+        delay = self.backoff.delay(attempts)
         self.index.record_failure(study.id, self.clock.time() + delay, str(exc))
         if attempts == 1 or attempts % 10 == 0:  # as often as the log says it
             self._audit_upload(study, MINOR_FAILURE, f"not delivered (attempt {attempts}): {exc}")
