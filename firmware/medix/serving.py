@@ -17,6 +17,11 @@ with no next request is closed after `timeout`. A server may also bound what one
 address holds: `per_address` connections at once (more are closed at accept) and
 `per_address_workers` busy workers (its further requests wait their turn), so a few clients
 sending request bodies slowly cannot take every thread either.
+
+`ThreadedServer` is the one way a service runs an app on it: a LoggingServer on a thread of
+its own, `start()` and `stop()`, port 0 picking a free port (`port` tells which, and a start
+after a stop serves that port again). The box's web page and node API (`afra.wsgi.WsgiServer`)
+and the reference hub (`medix.hub.server.HubServer`) are built on it.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import ssl
 import threading
 import time
 from collections import Counter, deque
-from typing import Any
+from typing import Any, Self
 
 from cheroot import server, wsgi
 from cheroot.makefile import MakeFile, StreamReader
@@ -48,6 +53,10 @@ ACCEPT_BACKOFF_S = 0.1  # after accept() fails (out of descriptors), before tryi
 # The end of the headers; with a bare LF the worker answers 400 (cheroot wants CRLF).
 HEADER_ENDS = (b"\r\n\r\n", b"\n\n")
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# cheroot's selector loop notices stop() only at this interval (0.5 s by default); a tenth of
+# a second keeps stopping quick (and closes a late connection soon) at the cost of ten idle
+# wake-ups a second.
+SELECT_INTERVAL_S = 0.1
 
 
 class _Prefixed(socket.SocketIO):
@@ -502,3 +511,84 @@ class LoggingServer(wsgi.Server):
         )
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         return sock
+
+
+class ThreadedServer:
+    """A WSGI app served by `LoggingServer` on a daemon thread named `name`.
+
+    `timeout` is how long a kept-alive connection may wait for its next request (and a body
+    or a reader may stall); `shutdown_timeout` how long `stop()` lets requests in flight
+    finish. `per_address`, `per_address_workers` and `header_timeout` are LoggingServer's.
+    `start()` raises OSError when the address cannot be served (nothing is left running)."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        bind: str,
+        port: int,
+        name: str,
+        threads: int,
+        timeout: float,
+        shutdown_timeout: float,
+        ssl_adapter: Any = None,
+        per_address: int | None = None,
+        per_address_workers: int | None = None,
+        header_timeout: float = HEADER_TIMEOUT_S,
+    ) -> None:
+        self.app = app
+        self.bind = bind
+        self._port = port
+        self.name = name
+        self.threads = threads
+        self.timeout = timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.ssl_adapter = ssl_adapter
+        self.per_address = per_address
+        self.per_address_workers = per_address_workers
+        self.header_timeout = header_timeout
+        self._server: LoggingServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port served (the one picked for port 0, once started)."""
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> Self:
+        if self._server is not None:
+            return self
+        server = LoggingServer(
+            (self.bind, self._port),
+            self.app,
+            numthreads=self.threads,
+            server_name=self.name,
+            timeout=self.timeout,
+            shutdown_timeout=self.shutdown_timeout,
+            per_address=self.per_address,
+            per_address_workers=self.per_address_workers,
+            header_timeout=self.header_timeout,
+        )
+        server.expiration_interval = SELECT_INTERVAL_S
+        if self.ssl_adapter is not None:
+            server.ssl_adapter = self.ssl_adapter
+        server.prepare()
+        # Port 0 became a real port: keep it, so a restart comes back at the same address.
+        self._port = int(server.bind_addr[1])
+        self._server = server
+        self._thread = threading.Thread(target=server.serve, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, let requests in flight finish (up to shutdown_timeout), join."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(self.shutdown_timeout + 1)
+            self._thread = None

@@ -21,7 +21,9 @@ from cryptography.x509.oid import NameOID
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from medix.hub.core import CODE_ATTEMPT_WINDOW_S, REDELIVER_AFTER_S, normalise_code
+from medix.hub.access import CODE_ATTEMPT_WINDOW_S
+from medix.hub.codes import normalise_code
+from medix.hub.commands import REDELIVER_AFTER_S
 from medix.models import (
     CommandBatch,
     EnrolResponse,

@@ -19,7 +19,7 @@ import pytest
 import requests
 import zstandard
 
-from medix.hub.core import HubError
+from medix.hub.errors import HubError
 from medix.hub.server import HubServer
 from medix.models import (
     NODE_HEADER,

@@ -4,8 +4,9 @@
 (the Medis code page and study downloads), `physician` (sign-in and sign-out), `inbox` (the
 signed-in physician's own studies), `files` (files nodes prepared for the hub's users, by
 capability URL), `webhook` (download progress from nodes) and `webhook_tools` (a redirect
-trap for tests). Routes parse and answer; the rules live in medix.hub.core and
-medix.hub.physicians. Errors are `application/problem+json`, except on the HTML pages.
+trap for tests). Routes parse and answer; the rules live behind `Hub` (medix.hub.core, the
+facade over the hub's parts) and in medix.hub.physicians. Errors are
+`application/problem+json`, except on the HTML pages.
 
 Every HTML page takes a token from its client address's bucket first (medix.hub.throttle);
 lookups by something guessable (a code, a link, a file id, a password) also count wrong
@@ -39,17 +40,12 @@ from jinja2 import DictLoader
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from medix.clock import Clock
 from medix.hub import schemas
-from medix.hub.core import (
-    Clock,
-    Hub,
-    HubConfig,
-    HubError,
-    compressed_limit,
-    format_code,
-    normalise_code,
-    validation_detail,
-)
+from medix.hub.codes import format_code, normalise_code
+from medix.hub.core import Hub, HubConfig
+from medix.hub.errors import HubError, validation_detail
+from medix.hub.multipart import compressed_limit
 from medix.hub.physicians import Physicians
 from medix.hub.store import SessionRow
 from medix.hub.templates import TEMPLATES

@@ -26,10 +26,11 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from medix.clock import Clock
 from medix.hub import schemas
 from medix.hub.errors import HubError
 from medix.hub.store import HubStore, PhysicianRow, SessionRow
-from medix.hub.throttle import Clock, Throttle, retry_after
+from medix.hub.throttle import Throttle, retry_after
 from medix.passwords import SCRYPT_N, hash_secret, verify_secret
 
 # scrypt cost as afra_web uses it: 16 MiB and about 0.05 s a hash on a laptop. Memory-hard,

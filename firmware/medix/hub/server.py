@@ -5,13 +5,14 @@ certificates, requested but optional (`CERT_OPTIONAL`), so `/medix/v1/enrol` wor
 one while every other node request arrives with a certificate the TLS layer has verified
 (cheroot hands its PEM to the app as `SSL_CLIENT_CERT`). A certificate from any other CA
 fails the handshake.
+
+It runs on medix.serving's `ThreadedServer`, like the box's own web services.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-import threading
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,16 +24,13 @@ from medix.hub import schemas
 from medix.hub.app import create_hub, hub_of
 from medix.hub.core import HubConfig
 from medix.models import Policy
-from medix.serving import LoggingServer
+from medix.serving import ThreadedServer
 
 log = logging.getLogger(__name__)
 
 SERVER_THREADS = 16  # long polls hold a thread each; leave room for uploads beside them
 SHUTDOWN_TIMEOUT_S = 5
 CONNECTION_TIMEOUT_S = 90  # above the longest long poll (60 s)
-# cheroot's selector loop notices stop() only at this interval (0.5 s by default); a tenth
-# of a second keeps stopping quick at the cost of ten idle wake-ups a second.
-SELECT_INTERVAL_S = 0.1
 
 
 class HubServer:
@@ -66,8 +64,7 @@ class HubServer:
         )
         self._clock = clock
         self._port = port
-        self._server: LoggingServer | None = None
-        self._thread: threading.Thread | None = None
+        self._runner: ThreadedServer | None = None
         self._open_hub()
 
     def _open_hub(self) -> None:
@@ -78,27 +75,23 @@ class HubServer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> HubServer:
-        if self._server is not None:
+        if self._runner is not None:
             return self
         if not self._hub_open:
             self._open_hub()
-        server = LoggingServer(
-            (self.host, self._port),
+        runner = ThreadedServer(
             self.app,
-            numthreads=SERVER_THREADS,
-            server_name="medix-hub",
+            bind=self.host,
+            port=self._port,  # after a stop: the port it had, so it comes back at the same URL
+            name="medix-hub",
+            threads=SERVER_THREADS,
             timeout=CONNECTION_TIMEOUT_S,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            ssl_adapter=self._ssl_adapter() if self.tls else None,
         )
-        server.expiration_interval = SELECT_INTERVAL_S
-        if self.tls:
-            server.ssl_adapter = self._ssl_adapter()
-        server.prepare()
-        # Port 0 became a real port: keep it, so a restart comes back at the same URL.
-        self._port = int(server.bind_addr[1])
-        self._server = server
-        self._thread = threading.Thread(target=server.serve, name="medix-hub", daemon=True)
-        self._thread.start()
+        runner.start()
+        self._port = runner.port
+        self._runner = runner
         self.hub.public_url = self.url
         log.info("reference hub at %s", self.url)
         return self
@@ -119,13 +112,10 @@ class HubServer:
 
     def stop(self) -> None:
         """Stop serving (long polls are released at once) and close the database."""
-        if self._server is not None:
+        if self._runner is not None:
             self.hub.begin_shutdown()
-            self._server.stop()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(SHUTDOWN_TIMEOUT_S + 1)
-            self._thread = None
+            self._runner.stop()
+            self._runner = None
         if self._hub_open:
             self.hub.close()
             self._hub_open = False

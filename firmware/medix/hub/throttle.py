@@ -23,14 +23,11 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Protocol
+
+from medix.clock import Clock
 
 DEFAULT_MAX_KEYS = 10_000
 IPV6_PREFIX = 64
-
-
-class Clock(Protocol):
-    def time(self) -> float: ...
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,12 @@ compatible string and the version before installing anything.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
-from medix.durable import fsync_dir, write_stream
+from medix.durable import replace_durably, write_stream
 from medix.models import UpdateOffer
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -23,6 +22,8 @@ MAX_BUNDLE_BYTES = 4 * 2**30
 
 
 class UpdateShelf:
+    """The bundles under `directory`, each as `<sha256>.raucb`."""
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -43,8 +44,7 @@ class UpdateShelf:
             if size == 0:
                 raise ValueError("the bundle is empty")
             offer = UpdateOffer(version=version, compatible=compatible, sha256=sha256, size=size)
-            os.replace(tmp, self.path_of(offer.sha256))
-            fsync_dir(self.directory)
+            replace_durably(tmp, self.path_of(offer.sha256))
         finally:
             tmp.unlink(missing_ok=True)
         return offer
