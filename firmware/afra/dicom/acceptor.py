@@ -6,6 +6,10 @@ PDU is received into one reusable buffer, command fragments are decoded by afra.
 and data set fragments go straight from the buffer to the spool's temp file, whose writeback
 starts while the rest is still arriving. The finished file goes to the Receiver, whose status
 becomes the C-STORE response. Why not pynetdicom's own DUL/DIMSE here: docs/ARCHITECTURE.md.
+
+What the association does with each PDU in each of its states is the table `TABLE` below,
+in the spirit of pynetdicom's `fsm.py` (PS3.8 9.2's state table, the acceptor's part): a
+state with a PDU the table lacks is an unexpected PDU, answered with A-ABORT (AA-8).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +105,51 @@ REJECT_BAD_CONTEXT_NAME = (0x01, 0x01, 0x02)  # application context name not sup
 ABORT_UNEXPECTED_PDU = 0x02
 ABORT_UNRECOGNIZED_PDU = 0x01
 ABORT_INVALID_PARAMETER = 0x06
+
+PDU_NAMES = {
+    0x01: "A-ASSOCIATE-RQ",
+    0x02: "A-ASSOCIATE-AC",
+    0x03: "A-ASSOCIATE-RJ",
+    0x04: "P-DATA-TF",
+    0x05: "A-RELEASE-RQ",
+    0x06: "A-RELEASE-RP",
+    0x07: "A-ABORT",
+}
+
+
+class State(Enum):
+    """An association's states as the acceptor has them (PS3.8 9.2 numbers in brackets)."""
+
+    AWAITING_RQ = "transport open, awaiting A-ASSOCIATE-RQ (Sta2; ARTIM: dicom.acse_timeout)"
+    READY = "established, between messages (Sta6; idle up to dicom.network_timeout)"
+    IN_MESSAGE = "established, a message part received (Sta6; dicom.dimse_timeout)"
+    CLOSED = "released or aborted, transport closed (Sta1)"
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a PDU does in a state: PS3.8's action, and the method of _Association doing it."""
+
+    action: str
+    handler: str
+
+
+# (state, PDU type received) -> what the acceptor does. AWAITING_RQ is served by
+# `_establish` (the association's negotiation); the other states by `_serve`'s loop.
+TABLE: dict[tuple[State, int], Step] = {
+    (State.AWAITING_RQ, ASSOCIATE_RQ): Step(
+        "AE-6: accept (AE-7, A-ASSOCIATE-AC) or reject (AE-8, A-ASSOCIATE-RJ)", "_establish"
+    ),
+    (State.READY, P_DATA): Step("DT-2: a message begins (command, then data set)", "_p_data"),
+    (State.IN_MESSAGE, P_DATA): Step("DT-2: the message goes on or ends", "_p_data"),
+    (State.READY, RELEASE_RQ): Step("AR-2, AR-4: A-RELEASE-RP, then close", "_release"),
+    (State.READY, ABORT): Step("AA-3: the peer aborted; close", "_peer_abort"),
+    (State.IN_MESSAGE, ABORT): Step(
+        "AA-3: the peer aborted; the partial message dropped", "_peer_abort"
+    ),
+}
+# The timeout on the socket while in a state (DicomSettings' field).
+TIMEOUTS = {State.READY: "network_timeout", State.IN_MESSAGE: "dimse_timeout"}
 
 
 class PeerGone(ConnectionError):
@@ -376,7 +426,7 @@ class _Association:
         except TimeoutError as exc:
             raise ArtimExpired(str(exc)) from None
         self.deadline = None
-        if pdu_type != ASSOCIATE_RQ:
+        if (State.AWAITING_RQ, pdu_type) not in TABLE:
             raise ProtocolViolation(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
         rq_pdu = A_ASSOCIATE_RQ()
         try:
@@ -473,38 +523,48 @@ class _Association:
             out += struct.pack(">BBI", P_DATA, 0, len(item)) + item
         self.sock.sendall(out)
 
+    @property
+    def state(self) -> State:
+        if self.closed:
+            return State.CLOSED
+        if not self.admitted:
+            return State.AWAITING_RQ
+        return State.READY if self.message is None else State.IN_MESSAGE
+
     def _serve(self) -> None:
-        while True:
+        """The established association: each PDU does what TABLE says for the state."""
+        handlers = {
+            key: getattr(self, step.handler) for key, step in TABLE.items() if key[0] in TIMEOUTS
+        }
+        while not self.closed:
+            state = self.state
             # Mid-message the peer owes us the rest (DIMSE timeout); between messages the
             # association may idle (network timeout).
-            self.sock.settimeout(
-                self.settings.dimse_timeout
-                if self.message is not None
-                else self.settings.network_timeout
-            )
+            self.sock.settimeout(getattr(self.settings, TIMEOUTS[state]))
             pdu_type, body = self._read_pdu(self.settings.max_pdu)
-            if pdu_type == P_DATA:
-                self._p_data(body)
-            elif pdu_type == RELEASE_RQ:
-                if self.message is not None:
-                    raise ProtocolViolation("A-RELEASE-RQ in the middle of a message")
-                self.sock.sendall(RELEASE_RP_PDU)
-                LOG.info(
-                    "association with AE %r at %s released (%d instance(s) stored)",
-                    self.calling_ae,
-                    self.address,
-                    self.stored,
+            handler = handlers.get((state, pdu_type))
+            if handler is None:
+                raise ProtocolViolation(
+                    f"unexpected {PDU_NAMES.get(pdu_type, hex(pdu_type))} "
+                    f"{'in the middle of a message' if state is State.IN_MESSAGE else 'now'}"
                 )
-                return
-            elif pdu_type == ABORT:
-                LOG.warning(
-                    "association with AE %r at %s aborted by the peer",
-                    self.calling_ae,
-                    self.address,
-                )
-                return
-            else:
-                raise ProtocolViolation(f"unexpected PDU type 0x{pdu_type:02X}")
+            handler(body)
+
+    def _release(self, body: memoryview) -> None:
+        self.sock.sendall(RELEASE_RP_PDU)
+        self.closed = True
+        LOG.info(
+            "association with AE %r at %s released (%d instance(s) stored)",
+            self.calling_ae,
+            self.address,
+            self.stored,
+        )
+
+    def _peer_abort(self, body: memoryview) -> None:
+        self.closed = True
+        LOG.warning(
+            "association with AE %r at %s aborted by the peer", self.calling_ae, self.address
+        )
 
     def _p_data(self, body: memoryview) -> None:
         offset, end = 0, len(body)
@@ -677,6 +737,7 @@ class _Association:
     # -- the thread ----------------------------------------------------------------------
 
     admitted = False
+    closed = False
 
     def run(self) -> None:
         try:
