@@ -172,9 +172,12 @@ class HubClient:
         self.identity = identity
         self.base = identity.hub_url + API_PREFIX
         self.timeout = timeout
-        # One session (one kept-alive connection) per thread: parts go up in parallel.
+        # One session (one kept-alive connection) per thread: parts go up in parallel. Each
+        # download job and its part senders are threads of their own, so the sessions of
+        # threads that have ended are closed whenever a new one is made: a box that runs
+        # for months keeps only its live threads' connections.
         self._local = threading.local()
-        self._sessions: list[requests.Session] = []
+        self._sessions: dict[threading.Thread, requests.Session] = {}
         self._sessions_lock = threading.Lock()
 
     @property
@@ -187,12 +190,20 @@ class HubClient:
             )
             self._local.session = session
             with self._sessions_lock:
-                self._sessions.append(session)
+                for thread in [t for t in self._sessions if not t.is_alive()]:
+                    self._sessions.pop(thread).close()
+                self._sessions[threading.current_thread()] = session
         return session
+
+    @property
+    def open_sessions(self) -> int:
+        """Sessions held (one per thread that has called the hub and not yet been swept)."""
+        with self._sessions_lock:
+            return len(self._sessions)
 
     def close(self) -> None:
         with self._sessions_lock:
-            for session in self._sessions:
+            for session in self._sessions.values():
                 session.close()
             self._sessions.clear()
 
