@@ -1,9 +1,12 @@
 """Composition root: builds the appliance from a Config and a few injected seams.
 
-    build_appliance(config, *, clock=None, storage_root=None, pin_factory=None, hub=None)
+    build_appliance(config, *, clock=None, storage_root=None, pin_factory=None, hub=None,
+                    rauc=None, release=None, usage=disk_usage)
 
-Seams default to None (the real thing). Tests pass fakes here instead of patching globals.
-`pin_factory` and `hub` are accepted now so later parts (front panel, uplink) plug in here.
+Seams default to the real thing (the system clock, box.data_dir, gpiozero's pin factory,
+the enrolled hub's client, RAUC, the running release, the storage device's free space);
+tests pass fakes here instead of patching globals (docs/ARCHITECTURE.md, Seams). The hub's
+commands get their handlers here, beside the services they call.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ class Appliance:
     log_ring: LogRing = field(default_factory=LogRing)
     pin_factory: Any = None
     hub: HubClient | None = None
-    # Front panel, health and mDNS (issue 5); built by build_appliance.
+    # Front panel, health and mDNS; built by build_appliance.
     health: Health = field(default_factory=lambda: Health(SystemClock()))
     setup_window: SetupWindow | None = None
     panel: Panel | None = None
