@@ -41,6 +41,7 @@ __all__ = [
     "file_transfer_syntax",
     "free_port",
     "listening_ports",
+    "open_server_connections",
     "propose_option",
     "scu_env",
     "stop_process_group",
@@ -92,6 +93,25 @@ def listening_ports(pid: int) -> set[int]:
                 if conn.status == psutil.CONN_LISTEN and conn.laddr:
                     ports.add(conn.laddr.port)
     return ports
+
+
+# /proc/net/tcp states of a connection its server side has not closed yet: SYN_RECV,
+# ESTABLISHED, CLOSE_WAIT (the peer has closed, the server not).
+_SERVER_OPEN_STATES = frozenset({"03", "01", "08"})
+
+
+def open_server_connections(port: int) -> int:
+    """Connections to ``port`` on this host that the server's side has not closed: those it
+    holds and those still waiting in its accept queue, which no process owns yet (so psutil
+    cannot see them; /proc/net/tcp lists every socket of the network namespace)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                count += local_port == port and fields[3] in _SERVER_OPEN_STATES
+    return count
 
 
 def wait_listening(

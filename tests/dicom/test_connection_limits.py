@@ -17,7 +17,7 @@ from pynetdicom.association import Association
 
 from afra.app import Appliance
 from tests.conftest import BoxFactory, wait_for
-from tests.dicom.conftest import LOOPBACK
+from tests.dicom.conftest import LOOPBACK, closed_by_box
 
 pytestmark = pytest.mark.attack  # filling the DICOM port with idle and silent connections
 
@@ -56,17 +56,6 @@ def echo(port: int, aet: str, source: str) -> int:
 
 def readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
-
-
-def closed_by_box(sock: socket.socket) -> bool:
-    """Whether the box has closed this connection (end of stream, or reset), without waiting."""
-    readable, _, _ = select.select([sock], [], [], 0)
-    if not readable:
-        return False
-    try:
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except ConnectionResetError:
-        return True
 
 
 Idle = Callable[[int, str, int], list[socket.socket]]

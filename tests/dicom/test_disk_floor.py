@@ -1,9 +1,10 @@
 """A box at the free-disk floor says so: health failed while it refuses, the log at a steady rate;
 and a flush the storage refuses is never acknowledged.
 
-The disk here is a stand-in that fills as the box writes (free space = what was left minus the
-bytes in the spool), so the box parks just above the floor the way a real card does: each
-instance, once written, takes it below; once removed, the disk is back above it.
+The disk here is a stand-in that fills as the box writes (tests.dicom.conftest.FillingDisk: free
+space = what was left minus the bytes in the spool), so the box parks just above the floor the
+way a real card does: each instance, once written, takes it below; once removed, the disk is
+back above it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,32 +20,14 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from afra.app import Appliance
 from afra.dicom.receive import StoreRequest
-from afra.health import DiskUsage
 from tests.conftest import BoxFactory, wait_for
-from tests.dicom.conftest import send_raw
+from tests.dicom.conftest import FillingDisk, send_raw
 from tests.dicomgen import make_instance
 from tests.fakes import FakeClock
 from tests.faults.harness import dataset_bytes
 
 MB = 2**20
 FLOOR_MB = 1
-
-
-def filling_disk(root: Path, headroom: int) -> Callable[[Path], DiskUsage]:
-    """A disk with `headroom` bytes above the floor before anything is received."""
-    total = 64 * MB
-
-    def usage(_path: Path) -> DiskUsage:
-        held = sum(
-            p.stat().st_size
-            for part in ("tmp", "objects")
-            for p in (root / part).rglob("*")
-            if p.is_file()
-        )
-        free = FLOOR_MB * MB + headroom - held
-        return DiskUsage(total, total - free, free)
-
-    return usage
 
 
 def check_health(box: Appliance, clock: FakeClock) -> None:
@@ -66,7 +48,9 @@ def test_a_box_parked_at_the_floor_reports_failed_while_it_refuses_studies(
     make_box: BoxFactory, clock: FakeClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = tmp_path / "box"
-    box = make_box(root, usage=filling_disk(root, 4096), storage={"min_free_mb": FLOOR_MB})
+    box = make_box(
+        root, usage=FillingDisk(root, 4096, floor_mb=FLOOR_MB), storage={"min_free_mb": FLOOR_MB}
+    )
     check_health(box, clock)
     assert "disk_floor" not in {r.condition for r in box.health.reasons}
 
@@ -103,17 +87,13 @@ def test_the_failure_ends_when_room_comes_back_with_nobody_sending(
     make_box: BoxFactory, clock: FakeClock, tmp_path: Path
 ) -> None:
     root = tmp_path / "box"
-    headroom = {"bytes": 4096}
-
-    def usage(path: Path) -> DiskUsage:
-        return filling_disk(root, headroom["bytes"])(path)
-
-    box = make_box(root, usage=usage, storage={"min_free_mb": FLOOR_MB})
+    disk = FillingDisk(root, 4096, floor_mb=FLOOR_MB)
+    box = make_box(root, usage=disk, storage={"min_free_mb": FLOOR_MB})
     assert send_raw(box.dicom.port, make_instance(tmp_path / "a.dcm", pixel_bytes=8192)) == 0xA700
     check_health(box, clock)
     assert box.health.state == "failed"
 
-    headroom["bytes"] = 2 * MB  # delivered studies purged: room for what was refused
+    disk.headroom = 2 * MB  # delivered studies purged: room for what was refused
     check_health(box, clock)
     assert "disk_floor" not in {r.condition for r in box.health.reasons}
     assert send_raw(box.dicom.port, make_instance(tmp_path / "b.dcm", pixel_bytes=8192)) == 0x0000

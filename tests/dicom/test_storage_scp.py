@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
-import threading
 import warnings
 from pathlib import Path
 
@@ -28,7 +27,14 @@ from pynetdicom import AE
 
 from afra.app import Appliance, build_appliance
 from tests.conftest import BoxFactory, make_config, wait_for
-from tests.dicom.conftest import LOOPBACK, send_raw
+from tests.dicom.conftest import (
+    LOOPBACK,
+    UNRECOGNIZED_PDU,
+    FillingDisk,
+    provider_abort,
+    send_raw,
+    until_closed,
+)
 from tests.dicomgen import dataset_bytes_hash, make_ct_series, make_instance
 from tests.peers import echoscu, storescu
 
@@ -188,24 +194,22 @@ def test_disk_below_floor_answers_out_of_resources(make_box: BoxFactory, tmp_pat
 
 
 def test_disk_filling_while_an_object_arrives_answers_out_of_resources_first(
-    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_box: BoxFactory, tmp_path: Path
 ) -> None:
     """Room when the C-STORE began, none once it has arrived: 0xA700 before any other check."""
-    box = make_box(storage={"min_free_mb": 1})
-
-    def free_bytes() -> int:
-        # The association thread checks at the command; the store checks on a header worker.
-        return 0 if threading.current_thread().name.startswith("header") else 10**12
-
-    monkeypatch.setattr(box.spool, "free_bytes", free_bytes)
+    root = tmp_path / "box"
+    # 4 KB above the floor: room at the command; the object itself (~8 KB) takes it below.
+    disk = FillingDisk(root, 4096, floor_mb=1)
+    box = make_box(root, usage=disk, storage={"min_free_mb": 1})
+    assert disk(root).free >= disk.floor  # room when the C-STORE begins
     # An invalid UID as well: conformance.md checks the floor first, so this is not 0xC212.
-    path = make_instance(tmp_path / "a.dcm", sop_instance_uid="1.2.03.4")
+    path = make_instance(tmp_path / "a.dcm", sop_instance_uid="1.2.03.4", pixel_bytes=8192)
     assert send_raw(box.dicom.port, path) == 0xA700
     assert object_files(box) == [] and box.index.studies() == []
     assert box.index.quarantine() == []
     wait_for(lambda: list(box.spool.tmp_dir.iterdir()) == [], timeout=10, what="tmp/ empty")
-    monkeypatch.undo()
-    good = make_instance(tmp_path / "b.dcm")
+    disk.headroom = 2 * 2**20  # room again
+    good = make_instance(tmp_path / "b.dcm", pixel_bytes=8192)
     assert send_raw(box.dicom.port, good) == 0x0000
     assert len(object_files(box)) == 1
 
@@ -261,15 +265,11 @@ def test_dataset_of_another_sop_class_refused(box: Appliance, tmp_path: Path) ->
 
 def test_plain_http_on_dicom_port(box: Appliance, tmp_path: Path) -> None:
     with socket.create_connection((LOOPBACK, box.dicom.port), timeout=10) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: afra\r\n\r\n")
-        reply = b""
-        try:
-            while chunk := s.recv(4096):
-                reply += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
+        s.sendall(b"GET / HTTP/1.1\r\nHost: afra\r\n\r\n")  # not DICOM, on purpose
+        reply = until_closed(s)
     assert b"HTTP" not in reply
-    assert reply == b"" or reply[0] == 0x07  # closed, or A-ABORT
+    # "G" is no PDU type: an A-ABORT (unrecognised PDU), then the close.
+    assert reply == provider_abort(UNRECOGNIZED_PDU)
     path = make_instance(tmp_path / "after.dcm")
     storescu(LOOPBACK, box.dicom.port, [path])
     assert len(object_files(box)) == 1

@@ -6,9 +6,11 @@ fake clock, so the stable age and retry waits pass when the test says so, not by
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
+import flask
 import pytest
 from pydicom import dcmread
 
@@ -17,7 +19,7 @@ from afra.medis.codes import is_valid
 from afra.uplink.client import HubRefused, enrol
 from afra.uplink.identity import NodeIdentity
 from medix.hub.server import HubServer
-from medix.models import Policy
+from medix.models import API_PREFIX, Policy
 from tests.dicomgen import make_ct_series
 from tests.fakes import FakeClock
 from tests.netproxy import Proxy
@@ -53,7 +55,8 @@ def test_hub_down_for_a_while_then_back(
     clock.advance(10)
     wait_for(lambda: the_study(box, files).attempts >= 1, what="a failed attempt")  # type: ignore[attr-defined]
     study = the_study(box, files)
-    assert study.state in ("queued", "uploading") and "unreachable" in study.last_error  # type: ignore[attr-defined]
+    # Queued still: a study becomes "uploading" only once the hub has registered it.
+    assert study.state == "queued" and "unreachable" in study.last_error  # type: ignore[attr-defined]
     hub.start()  # same data, same port, same CA
     clock.advance(5)  # past the backoff
     wait_for(lambda: the_study(box, files).state == "delivered", what="delivery")  # type: ignore[attr-defined]
@@ -238,8 +241,16 @@ def test_hub_commands_travel_over_the_nodes_long_poll(
 def test_a_box_stops_without_waiting_out_its_long_poll(
     hub: HubServer, enrolled_box: BoxFactory
 ) -> None:
-    box = enrolled_box(hub, hub={"command_poll_s": 60})
-    time.sleep(0.5)  # the long poll is open at the hub
+    # The hub's view of the poll: Flask signals each request it starts handling.
+    polling = threading.Event()
+
+    def request_started(_app: object, **_extra: object) -> None:
+        if flask.request.method == "GET" and flask.request.path == f"{API_PREFIX}/commands":
+            polling.set()
+
+    with flask.request_started.connected_to(request_started, hub.app):
+        box = enrolled_box(hub, hub={"command_poll_s": 60})
+        wait_for(polling.is_set, timeout=30, what="the box's long poll open at the hub")
     started = time.monotonic()
     box.stop()
     # systemd allows 30 s (TimeoutStopSec); the poll alone would hold the box for 60.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import time
 import zipfile
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from flask.testing import FlaskClient
 from afra.app import Appliance
 from afra.medis.codes import format_code
 from afra.system.provision import new_setup_code
-from tests.conftest import BoxFactory
+from tests.conftest import BoxFactory, wait_for
 from tests.dicomgen import make_ct_series
 from tests.fakes import FakeClock
 from tests.peers import free_port, storescu
@@ -60,14 +59,13 @@ def send_study(box: Appliance, clock: FakeClock, tmp_path: Path, name: str) -> s
     )
     storescu("127.0.0.1", box.dicom.port, files)
     clock.advance(61)  # past the stable age
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def code() -> str | None:
         box.uplink.issue_codes()
         coded = [s for s in box.index.studies() if s.patient_id == name and s.medis_code]
-        if coded:
-            return str(coded[0].medis_code)
-        time.sleep(0.05)
-    raise AssertionError("the study got no code")
+        return str(coded[0].medis_code) if coded else None
+
+    return str(wait_for(code, timeout=30, what=f"a Medis code for study {name}"))
 
 
 def test_the_dashboard_shows_health_queue_and_the_front_panel(dash: FlaskClient) -> None:

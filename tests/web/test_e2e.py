@@ -9,7 +9,6 @@ Playwright only drives /usr/bin/chromium: nothing here (or anywhere) runs `playw
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from afra.system.provision import new_setup_code
 from afra.wsgi import WsgiServer
 from afra_web.server import start_web
 from medix.hub.server import HubServer
-from tests.conftest import BoxFactory, make_config
+from tests.conftest import BoxFactory, make_config, wait_for
 from tests.dicomgen import make_ct_series
 from tests.fakes import FakeClock
 from tests.peers import echoscu, free_port, storescu
@@ -179,11 +178,11 @@ def test_the_wizard_from_claim_to_enrolled_then_the_dashboard(
     )
     storescu("127.0.0.1", box.dicom.port, files, aec="AFRA_E2E")
     clock.advance(61)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not any(
-        s.state == "delivered" for s in box.index.studies()
-    ):
-        time.sleep(0.05)
+    wait_for(
+        lambda: any(s.state == "delivered" for s in box.index.studies()),
+        timeout=30,
+        what="the study delivered to the hub",
+    )
     page.reload()
     row = page.locator("#studies tr[data-study]").first
     expect(row).to_contain_text("Rostami Leila")

@@ -16,7 +16,7 @@ from afra.app import Appliance, build_appliance
 from afra.system.provision import new_setup_code
 from afra.system.release import Release
 from afra.update.rauc import RaucCli
-from tests.conftest import make_config
+from tests.conftest import make_config, wait_for
 from tests.fakes import FakeClock, FakeRauc
 from tests.web.conftest import PASSWORD, AppFactory, error_for, finish_setup, post, text
 
@@ -94,7 +94,8 @@ def test_a_good_bundle_is_installed_and_the_box_restarts_into_it(
     answer = upload(settings, bundles["good"])
     assert answer.status_code == 302
     assert box.updates is not None and box.updates._writer is not None
-    box.updates._writer.join(timeout=30)
+    # The bundle is written on a thread of its own; its last step is the restart.
+    wait_for(lambda: ("reboot",) in rauc.calls, timeout=30, what="the box to restart into it")
     assert rauc.installed == [bundles["good"].read_bytes()]
     assert rauc.calls[-1] == ("reboot",)
     shown = text(settings.get("/settings"))

@@ -50,8 +50,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from afra.config import Config
-from afra.dicom.acceptor import SELFTEST_AE
 from afra.datadir import DataDir
+from afra.dicom.acceptor import SELFTEST_AE
 from afra.dicom.spool import Spool
 from afra.health import STATUS_FILE, box_running, read_status
 from afra.store.index import SELFTEST_UID_PREFIX, Index
