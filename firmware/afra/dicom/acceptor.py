@@ -140,6 +140,7 @@ TABLE: dict[tuple[State, int], Step] = {
     (State.AWAITING_RQ, ASSOCIATE_RQ): Step(
         "AE-6: accept (AE-7, A-ASSOCIATE-AC) or reject (AE-8, A-ASSOCIATE-RJ)", "_establish"
     ),
+    (State.AWAITING_RQ, ABORT): Step("AA-2: close the transport, nothing sent", "_establish"),
     (State.READY, P_DATA): Step("DT-2: a message begins (command, then data set)", "_p_data"),
     (State.IN_MESSAGE, P_DATA): Step("DT-2: the message goes on or ends", "_p_data"),
     (State.READY, RELEASE_RQ): Step("AR-2, AR-4: A-RELEASE-RP, then close", "_release"),
@@ -426,6 +427,8 @@ class _Association:
         except TimeoutError as exc:
             raise ArtimExpired(str(exc)) from None
         self.deadline = None
+        if pdu_type == ABORT:
+            raise PeerGone("the peer sent A-ABORT before an association")
         if (State.AWAITING_RQ, pdu_type) not in TABLE:
             raise ProtocolViolation(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
         rq_pdu = A_ASSOCIATE_RQ()
