@@ -44,13 +44,18 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = PUBLIC, sync: bool = True) -> None:
+def write_atomic(
+    path: Path, data: bytes, *, mode: int = PUBLIC, sync: bool = True, single_writer: bool = False
+) -> None:
     """Replace `path` with `data` whole. With `sync` (the default) also durably: fsync the
     file before the rename and the directory after it. `sync=False` is for files that are
     rewritten every few seconds and worthless after a reboot (the status file), where a
-    flush per write would only wear the card."""
-    tmp = temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    flush per write would only wear the card. `single_writer`: one thread only ever writes
+    `path`, so the temporary name can be fixed (`.name.tmp`) and a cut between write and
+    rename leaves one stale file that the next write replaces, not one per cut."""
+    tmp = path.with_name(f".{path.name}.tmp") if single_writer else temp_name(path)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if single_writer else os.O_EXCL)
+    fd = os.open(tmp, flags, mode)
     try:
         view = memoryview(data)
         while view:

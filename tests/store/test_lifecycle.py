@@ -10,12 +10,14 @@ import pytest
 from afra.store import index as index_module
 from afra.store.index import Index
 from afra.store.lifecycle import TRANSITIONS, StudyState, move, where
+from tests.disks import fill, tmpfs
 
 
 def _v2_database(path: Path) -> None:
     """A database as a box of the previous release left it: schema version 2, one study
     revision in each state (one purged), each with an instance."""
     db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode = WAL")  # as every box database is
     db.executescript(index_module.SCHEMA)
     for statement in index_module.MIGRATIONS[2]:
         db.execute(statement)
@@ -62,6 +64,35 @@ def test_a_box_updated_from_schema_2_keeps_every_study_and_gains_the_checks(
         db.close()
     finally:
         index.close()
+
+
+def test_on_a_full_disk_the_index_opens_and_migrates_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A box updated while its card is full must still start (to deliver and purge): the
+    # rebuild of migration 3 waits for room, the index works at schema 2 meanwhile.
+    with tmpfs(tmp_path / "disk", 16) as disk:
+        path = disk / "index.sqlite"
+        _v2_database(path)
+        filler = fill(disk)
+        index = Index(path)
+        try:
+            assert len(index.studies()) == len(StudyState)
+        finally:
+            index.close()
+        assert "stays at schema version 2" in caplog.text
+        filler.unlink()  # room again: the next start migrates
+        db = sqlite3.connect(path)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            "2",
+        )
+        db.close()
+        Index(path).close()
+        db = sqlite3.connect(path)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            "3",
+        )
+        db.close()
 
 
 def test_a_new_index_has_the_checks_too(tmp_path: Path) -> None:

@@ -101,7 +101,12 @@ class HealthMonitor:
         }
         try:
             # Rewritten every few seconds and worthless after a reboot: atomic, not fsynced.
-            write_atomic(self.status_path, json.dumps(doc, indent=2).encode(), sync=False)
+            write_atomic(
+                self.status_path,
+                json.dumps(doc, indent=2).encode(),
+                sync=False,
+                single_writer=True,  # this thread alone: one temp name, never a pile of them
+            )
         except OSError as exc:
             LOG.debug("status file %s not written: %s", self.status_path, exc)
             return False

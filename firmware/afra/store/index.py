@@ -9,6 +9,7 @@ only the new instances, so nothing is sent twice. Every statement is a named con
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 from afra.store.lifecycle import UPLOADABLE, WAITING_FOR_UPLINK, StudyState, check_sql, move, where
 from afra.store.records import Header
 from afra.store.sqlite import SqliteStore
+
+LOG = logging.getLogger("afra.store")
 
 SCHEMA_VERSION = 3
 
@@ -171,6 +174,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         f"WHERE {where(DELIVERED)} AND purged_at IS NULL",
     ),
 }
+
+# Migrations a start may put off when the disk is full (the index works without them).
+DEFERRABLE = frozenset({3})
 
 _COMPLETE = move((RECEIVED,), COMPLETE)
 _QUEUE = move((COMPLETE,), QUEUED)
@@ -484,12 +490,38 @@ class Index(SqliteStore):
         super().__init__(
             path, SCHEMA, timeout=30.0, reserve_wal=reserve_wal, exclusive_fallback=True
         )
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()  # in exclusive mode an open connection would lock the file
+            raise
+
+    def _version(self, db: sqlite3.Connection) -> int:
+        row = db.execute(SQL_GET_META, ("schema_version",)).fetchone()
+        return int(row[0]) if row else 1
 
     def _migrate(self) -> None:
-        row = self._db.execute(SQL_GET_META, ("schema_version",)).fetchone()
-        if row is not None and int(row[0]) == SCHEMA_VERSION:
+        if self._version(self._db) == SCHEMA_VERSION:
             return  # no commit: a start on a full disk could not make one
+        for target in sorted(MIGRATIONS):
+            try:
+                self._migrate_to(target)
+            except sqlite3.OperationalError as exc:
+                if target not in DEFERRABLE or exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                    raise
+                # A full disk must not keep the box from starting (it must start to deliver
+                # and purge): the index works as it is, the migration waits for room.
+                LOG.warning(
+                    "%s stays at schema version %d: migration %d needs room on the disk "
+                    "(%s); it runs at a start with room",
+                    self.path,
+                    target - 1,
+                    target,
+                    exc,
+                )
+                return
+
+    def _migrate_to(self, target: int) -> None:
         # A table rebuilt (migration 3) is dropped while instances still refer to it: foreign
         # keys are off for the migration (the pragma only takes effect outside a transaction)
         # and checked whole before it commits.
@@ -497,18 +529,16 @@ class Index(SqliteStore):
         try:
             with self._transaction() as db:
                 # Read inside the write transaction: two processes opening at once migrate once.
-                row = db.execute(SQL_GET_META, ("schema_version",)).fetchone()
-                version = int(row[0]) if row else 1
-                for target in sorted(MIGRATIONS):
-                    if version < target:
-                        for statement in MIGRATIONS[target]:
-                            db.execute(statement)
+                if self._version(db) >= target:
+                    return
+                for statement in MIGRATIONS[target]:
+                    db.execute(statement)
                 broken = db.execute("PRAGMA foreign_key_check").fetchall()
                 if broken:
                     raise sqlite3.IntegrityError(
                         f"the index's migration left {len(broken)} rows without their study"
                     )
-                db.execute(SQL_SET_META, ("schema_version", str(SCHEMA_VERSION)))
+                db.execute(SQL_SET_META, ("schema_version", str(target)))
         finally:
             self._db.execute("PRAGMA foreign_keys = ON")
 
