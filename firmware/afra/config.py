@@ -55,6 +55,56 @@ def check_network(value: str) -> str:
     return value
 
 
+# Transfer syntaxes the box can store as they arrive (it never decodes pixel data), in the
+# order it proposes them itself (docs/conformance.md). Left out: JPIP (the pixel data is a
+# link to a server the hub cannot reach) and SMPTE ST 2110 (live video, not storage).
+STORABLE_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired; old archives)
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (Process 14 SV1)
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless Only
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.92",  # JPEG 2000 Part 2 Multi-component Lossless Only
+    "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2 Multi-component
+    "1.2.840.10008.1.2.4.201",  # High-Throughput JPEG 2000 Lossless Only
+    "1.2.840.10008.1.2.4.202",  # High-Throughput JPEG 2000 with RPCL Lossless Only
+    "1.2.840.10008.1.2.4.203",  # High-Throughput JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.100",  # MPEG2 Main Profile / Main Level
+    "1.2.840.10008.1.2.4.100.1",  # Fragmentable MPEG2 Main Profile / Main Level
+    "1.2.840.10008.1.2.4.101",  # MPEG2 Main Profile / High Level
+    "1.2.840.10008.1.2.4.101.1",  # Fragmentable MPEG2 Main Profile / High Level
+    "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264 High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.102.1",  # Fragmentable MPEG-4 AVC/H.264 High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.103",  # MPEG-4 AVC/H.264 BD-compatible High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.103.1",  # Fragmentable, the same
+    "1.2.840.10008.1.2.4.104",  # MPEG-4 AVC/H.264 High Profile / Level 4.2 For 2D Video
+    "1.2.840.10008.1.2.4.104.1",  # Fragmentable, the same
+    "1.2.840.10008.1.2.4.105",  # MPEG-4 AVC/H.264 High Profile / Level 4.2 For 3D Video
+    "1.2.840.10008.1.2.4.105.1",  # Fragmentable, the same
+    "1.2.840.10008.1.2.4.106",  # MPEG-4 AVC/H.264 Stereo High Profile / Level 4.2
+    "1.2.840.10008.1.2.4.106.1",  # Fragmentable, the same
+    "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main Profile / Level 5.1
+    "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10 Profile / Level 5.1
+)
+
+
+def check_transfer_syntax(value: str) -> str:
+    if value not in STORABLE_TRANSFER_SYNTAXES:
+        raise ValueError(
+            f"{value!r} is not a transfer syntax the box can store as it arrives "
+            "(docs/conformance.md lists them)"
+        )
+    return value
+
+
 AETitle = Annotated[str, AfterValidator(check_ae_title)]
 Network = Annotated[str, AfterValidator(check_network)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -90,6 +140,17 @@ class DicomSettings(Section):
     network_timeout: Seconds = 60.0
     allow_any_peer: bool = False
     peers: tuple[Peer, ...] = ()
+    # What the box accepts as an SCP (Orthanc's AcceptedTransferSyntaxes): by default every
+    # syntax it stores as is. In each presentation context the first syntax the peer
+    # proposes that is on this list is accepted: what the PACS holds stays as it is held.
+    accepted_transfer_syntaxes: tuple[
+        Annotated[str, AfterValidator(check_transfer_syntax)], ...
+    ] = Field(STORABLE_TRANSFER_SYNTAXES, min_length=1)
+    # Storage SOP classes the box does not know (private, vendor non-image objects, newer
+    # than pynetdicom's list): accepted and carried as storage (Orthanc's
+    # UnknownSopClassAccepted), unless this is false. SOP classes of other services
+    # (query/retrieve, worklist, commitment, print, ...) are never accepted as storage.
+    accept_unknown_sop_classes: bool = True
 
 
 class PacsSettings(Section):

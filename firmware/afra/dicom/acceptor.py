@@ -33,6 +33,7 @@ from typing import Any
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
+    A_ABORT,
     A_ASSOCIATE,
     A_P_ABORT,
     ImplementationClassUIDNotification,
@@ -46,10 +47,12 @@ from pynetdicom.presentation import (
     build_context,
     negotiate_as_acceptor,
 )
+from pynetdicom.service_class import ServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 
-from afra.config import DicomSettings
+from afra.config import STORABLE_TRANSFER_SYNTAXES, DicomSettings
 from afra.dicom import dimse
-from afra.dicom.header import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES
+from afra.dicom.header import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, is_valid_uid
 from afra.dicom.receive import Receiver, StoreRequest
 from afra.dicom.sightings import PeerSightings
 from afra.dicom.spool import start_writeback
@@ -61,21 +64,10 @@ VERIFICATION = "1.2.840.10008.1.1"
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 STORAGE_SOP_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 
-# Transfer syntaxes accepted as SCP, in the box's preference order (docs/conformance.md).
-TRANSFER_SYNTAXES: tuple[str, ...] = (
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (Process 14 SV1)
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless Only
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-)
+# Transfer syntaxes the box stores as they arrive, in its own order (its proposals as an
+# SCU follow it); as an SCP it accepts what `dicom.accepted_transfer_syntaxes` allows, in the
+# peer's order (docs/conformance.md).
+TRANSFER_SYNTAXES: tuple[str, ...] = STORABLE_TRANSFER_SYNTAXES
 
 # PDU types (PS3.8 9.3)
 ASSOCIATE_RQ, P_DATA, RELEASE_RQ, ABORT = 0x01, 0x04, 0x05, 0x07
@@ -143,7 +135,9 @@ TABLE: dict[tuple[State, int], Step] = {
     (State.AWAITING_RQ, ABORT): Step("AA-2: close the transport, nothing sent", "_establish"),
     (State.READY, P_DATA): Step("DT-2: a message begins (command, then data set)", "_p_data"),
     (State.IN_MESSAGE, P_DATA): Step("DT-2: the message goes on or ends", "_p_data"),
-    (State.READY, RELEASE_RQ): Step("AR-2, AR-4: A-RELEASE-RP, then close", "_release"),
+    (State.READY, RELEASE_RQ): Step(
+        "AR-2, AR-4: A-RELEASE-RP; Sta13: wait for the peer to close (ARTIM)", "_release"
+    ),
     (State.READY, ABORT): Step("AA-3: the peer aborted; close", "_peer_abort"),
     (State.IN_MESSAGE, ABORT): Step(
         "AA-3: the peer aborted; the partial message dropped", "_peer_abort"
@@ -321,13 +315,44 @@ class Occupancy:
             self._unknown_associations -= not known
 
 
-def _supported_contexts(requested: Iterable[PresentationContext]) -> list[PresentationContext]:
-    """Contexts the box supports, built only for the abstract syntaxes the peer proposes."""
-    wanted = {str(cx.abstract_syntax) for cx in requested}
+def is_storage_class(uid: str, *, unknown: bool) -> bool:
+    """A SOP class the box stores: a storage class pynetdicom knows, or (with `unknown`) one
+    of no known service at all, such as a vendor's private non-image object. A SOP class of
+    another service (query/retrieve, worklist, commitment, print) is never storage."""
+    if uid in STORAGE_SOP_CLASSES:
+        return True
+    if not unknown or uid == VERIFICATION or not is_valid_uid(uid):
+        return False
+    return uid_to_service_class(uid) is ServiceClass  # pynetdicom: "no service known"
+
+
+def supported_contexts(
+    requested: Iterable[PresentationContext], settings: DicomSettings
+) -> list[PresentationContext]:
+    """The box's side of the negotiation, built for what the peer proposes.
+
+    One context per abstract syntax, its transfer syntaxes the accepted ones in the order
+    the peer proposed them (over all its contexts for that abstract syntax): pynetdicom's
+    `negotiate_as_acceptor` walks the acceptor's list and takes the first the requested
+    context holds, so each context gets the first syntax the peer proposed in it that the
+    box accepts. A PACS that proposes [JPEG 2000, Explicit VR LE] keeps its JPEG 2000."""
+    accepted = set(settings.accepted_transfer_syntaxes)
+    order: dict[str, dict[str, None]] = {}
+    for cx in requested:
+        uid = str(cx.abstract_syntax)
+        if uid != VERIFICATION and not is_storage_class(
+            uid, unknown=settings.accept_unknown_sop_classes
+        ):
+            continue
+        syntaxes = order.setdefault(uid, {})
+        for ts in cx.transfer_syntax:
+            if str(ts) in accepted or uid == VERIFICATION:
+                syntaxes.setdefault(str(ts), None)
+    # An abstract syntax with none of its syntaxes accepted keeps the box's list, so the
+    # peer hears "transfer syntaxes not supported" (4), not "abstract syntax" (3).
+    fallback = list(settings.accepted_transfer_syntaxes)
     return [
-        build_context(uid, list(TRANSFER_SYNTAXES))
-        for uid in sorted(wanted)
-        if uid == VERIFICATION or uid in STORAGE_SOP_CLASSES
+        build_context(uid, list(syntaxes) or fallback) for uid, syntaxes in sorted(order.items())
     ]
 
 
@@ -361,6 +386,11 @@ class _Association:
         self.buffer = bytearray(PRE_ASSOCIATION_BUFFER)
         self.view = memoryview(self.buffer)
         self.deadline: float | None = None
+        self.late: type[TimeoutError] = ArtimExpired  # what a missed deadline raises
+        # Every PDU the box sends goes out whole under this lock: stop() may send an A-ABORT
+        # from another thread while this one answers.
+        self.send_lock = threading.Lock()
+        self.aborted_by_stop = False
         self.message: _Message | None = None
         self.stored = 0
         # An empty temp file opened while the peer was still preparing its next C-STORE (the
@@ -373,15 +403,20 @@ class _Association:
         got, want = 0, len(view)
         while got < want:
             if self.deadline is not None:
-                # ARTIM: the whole A-ASSOCIATE-RQ within acse_timeout, not a byte per timeout.
+                # A whole PDU within its timeout, not a byte per timeout: the A-ASSOCIATE-RQ
+                # within acse_timeout (ARTIM), each later PDU within the state's timeout.
                 left = self.deadline - time.monotonic()
                 if left <= 0:
-                    raise ArtimExpired("association request not received in time")
+                    raise self.late("the peer did not send a whole PDU in time")
                 self.sock.settimeout(left)
             n = self.sock.recv_into(view[got:], want - got)
             if n == 0:
                 raise PeerGone("peer closed the connection")
             got += n
+
+    def _send(self, data: bytes | bytearray) -> None:
+        with self.send_lock:
+            self.sock.sendall(data)
 
     def _read_pdu(self, limit: int) -> tuple[int, memoryview]:
         header = self.view[:6]
@@ -409,7 +444,7 @@ class _Association:
         pdu = A_ABORT_RQ()
         pdu.from_primitive(primitive)
         with contextlib.suppress(OSError):
-            self.sock.sendall(pdu.encode())
+            self._send(pdu.encode())
 
     # -- association establishment -----------------------------------------------------
 
@@ -418,7 +453,7 @@ class _Association:
         primitive.result, primitive.result_source, primitive.diagnostic = rsd
         pdu = A_ASSOCIATE_RJ()
         pdu.from_primitive(primitive)
-        self.sock.sendall(pdu.encode())
+        self._send(pdu.encode())
 
     def _establish(self) -> bool:
         self.deadline = time.monotonic() + self.settings.acse_timeout
@@ -474,7 +509,7 @@ class _Association:
                 roles[UID(str(item.sop_class_uid))] = (item.scu_role, item.scp_role)
         requested = list(rq.presentation_context_definition_list)
         results, ac_roles = negotiate_as_acceptor(
-            requested, _supported_contexts(requested), roles or None
+            requested, supported_contexts(requested, self.settings), roles or None
         )
         for cx in results:
             if cx.result == 0x00 and cx.context_id is not None:
@@ -511,7 +546,7 @@ class _Association:
         primitive.user_information = [max_length, uid, name, *roles]
         pdu = A_ASSOCIATE_AC()
         pdu.from_primitive(primitive)
-        self.sock.sendall(pdu.encode())
+        self._send(pdu.encode())
 
     # -- data transfer -------------------------------------------------------------------
 
@@ -524,7 +559,7 @@ class _Association:
             control = 0x03 if n == len(chunks) - 1 else 0x01
             item = struct.pack(">IBB", len(chunk) + 2, context_id, control) + chunk
             out += struct.pack(">BBI", P_DATA, 0, len(item)) + item
-        self.sock.sendall(out)
+        self._send(out)
 
     @property
     def state(self) -> State:
@@ -542,8 +577,10 @@ class _Association:
         while not self.closed:
             state = self.state
             # Mid-message the peer owes us the rest (DIMSE timeout); between messages the
-            # association may idle (network timeout).
-            self.sock.settimeout(getattr(self.settings, TIMEOUTS[state]))
+            # association may idle (network timeout). Either is a deadline for the whole
+            # next PDU: a peer trickling a byte at a time is dropped when it passes.
+            self.late = TimeoutError
+            self.deadline = time.monotonic() + getattr(self.settings, TIMEOUTS[state])
             pdu_type, body = self._read_pdu(self.settings.max_pdu)
             handler = handlers.get((state, pdu_type))
             if handler is None:
@@ -554,14 +591,53 @@ class _Association:
             handler(body)
 
     def _release(self, body: memoryview) -> None:
-        self.sock.sendall(RELEASE_RP_PDU)
+        self._send(RELEASE_RP_PDU)
         self.closed = True
+        # The association is over: its place in the pool is free at once, while the
+        # connection waits for the peer to close it (_await_close).
+        if self.admitted:
+            self.admitted = False
+            self.server.occupancy.dissociate(self.address, self.known)
         LOG.info(
             "association with AE %r at %s released (%d instance(s) stored)",
             self.calling_ae,
             self.address,
             self.stored,
         )
+        self._await_close()
+
+    def _await_close(self) -> None:
+        """PS3.8 Sta13: after A-RELEASE-RP the requestor closes the transport; the acceptor
+        waits for that with ARTIM running (dicom.acse_timeout), ignoring what still arrives,
+        and closes it itself when ARTIM expires (AA-2)."""
+        deadline = time.monotonic() + self.settings.acse_timeout
+        scratch = memoryview(bytearray(4096))
+        with contextlib.suppress(OSError):
+            while (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                if self.sock.recv_into(scratch) == 0:
+                    return
+            LOG.info(
+                "AE %r at %s did not close the connection after the release within %g s "
+                "(dicom.acse_timeout); closed it",
+                self.calling_ae,
+                self.address,
+                self.settings.acse_timeout,
+            )
+
+    def abort_for_stop(self) -> None:
+        """The box is stopping: A-ABORT (service user) to the peer, then cut the transport;
+        the peer's next C-STORE goes to another attempt, nothing half-stored is kept."""
+        self.aborted_by_stop = True
+        pdu = A_ABORT_RQ()
+        primitive = A_ABORT()
+        primitive.abort_source = 0x00
+        pdu.from_primitive(primitive)
+        if self.admitted and not self.closed:
+            with contextlib.suppress(OSError):
+                self._send(pdu.encode())
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
     def _peer_abort(self, body: memoryview) -> None:
         self.closed = True
@@ -755,7 +831,9 @@ class _Association:
             )
             self._send_abort(exc.reason)
         except (PeerGone, ConnectionError) as exc:
-            if self.message is not None or not self.calling_ae:
+            if self.aborted_by_stop:
+                LOG.info("association with %s aborted: the box is stopping", self.address)
+            elif self.message is not None or not self.calling_ae:
                 LOG.warning("connection from %s lost: %s", self.address, exc)
         except ArtimExpired:
             # PS3.8 Sta2, ARTIM expired: AA-2, close the transport connection (no A-ABORT).
@@ -772,7 +850,9 @@ class _Association:
             )
             self._send_abort(0x00)
         except OSError as exc:
-            if exc.errno not in (errno.EBADF, errno.ENOTCONN):
+            if self.aborted_by_stop:
+                LOG.info("association with %s aborted: the box is stopping", self.address)
+            elif exc.errno not in (errno.EBADF, errno.ENOTCONN):
                 LOG.warning("association with %s ended: %s", self.address, exc)
         except Exception:
             LOG.exception("association with %s failed", self.address)
@@ -811,7 +891,7 @@ class Acceptor:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._connections: set[socket.socket] = set()
+        self._connections: set[_Association] = set()
 
     @property
     def running(self) -> bool:
@@ -894,7 +974,7 @@ class Acceptor:
             return
         association = _Association(self, sock, address, known)
         with self._lock:
-            self._connections.add(sock)
+            self._connections.add(association)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(
@@ -912,11 +992,12 @@ class Acceptor:
 
     def _forget(self, association: _Association) -> None:
         with self._lock:
-            self._connections.discard(association.sock)
+            self._connections.discard(association)
         self.occupancy.disconnect(association.address, association.known)
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting; let open associations finish for `grace` seconds, then cut them."""
+        """Stop accepting; let open associations finish for `grace` seconds, then abort them
+        (A-ABORT, then the transport closed)."""
         if self._listener is None:
             return
         self._stopping.set()
@@ -930,7 +1011,7 @@ class Acceptor:
                     break
             deadline.wait(0.05)
         with self._lock:
-            for sock in list(self._connections):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            left = list(self._connections)
+        for association in left:
+            association.abort_for_stop()
         self._listener = None

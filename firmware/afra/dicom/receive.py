@@ -321,6 +321,13 @@ class Receiver:
                 f"negotiated for {request.context_abstract_syntax}",
                 status=STATUS_SOP_CLASS_MISMATCH,
             )
+        if request.data_size >= 0 and request.data_size % 2:
+            # PS3.5 7.1: every element has an even length, so a data set does. DCMTK aborts
+            # on such a file; the box keeps it aside and says it is malformed.
+            raise InvalidInstanceError(
+                f"the data set has an odd length ({request.data_size} bytes): it is malformed",
+                status=STATUS_CANNOT_UNDERSTAND,
+            )
         header = _header(tmp, request)
         if header.sop_class_uid != request.sop_class_uid:
             raise InvalidInstanceError(

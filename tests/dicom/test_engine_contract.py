@@ -1,0 +1,259 @@
+"""What a real PACS sends, taken as it sends it: transfer syntax choice, private SOP classes,
+Big Endian, malformed lengths; and the protocol around the hot path (release, stop, a peer
+that trickles). pynetdicom and DCMTK are the peers; pynetdicom encodes and decodes the wire."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import (
+    JPEG2000,
+    CTImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+)
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_RELEASE_RP, A_RELEASE_RQ
+from pynetdicom.pdu_primitives import A_RELEASE
+
+from afra.app import Appliance
+from tests.conftest import BoxFactory, wait_for
+from tests.dicom.conftest import LOOPBACK, RawPeer, store_request, until_closed
+from tests.dicomgen import dataset_bytes_hash, make_instance
+from tests.peers import storescu
+
+CSA_NON_IMAGE = "1.3.12.2.1107.5.9.1"  # Siemens CSA Non-Image Storage (private)
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # a query/retrieve class, never storage
+
+
+def _negotiate(box: Appliance, abstract: str, syntaxes: list[str]) -> tuple[int, str | None]:
+    """Propose a context (beside Verification, so the association stands whatever its
+    result); the box's result for it and the transfer syntax it took."""
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(abstract, syntaxes)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA")
+    try:
+        assert assoc.is_established
+        contexts = assoc.accepted_contexts + assoc.rejected_contexts
+        (cx,) = [c for c in contexts if c.abstract_syntax == abstract]
+        return int(cx.result), (str(cx.transfer_syntax[0]) if cx.result == 0 else None)
+    finally:
+        assoc.release()
+
+
+def _stored_file(box: Appliance, sop_instance_uid: str) -> Path:
+    found = box.index.find_instance(sop_instance_uid)
+    assert found is not None, f"{sop_instance_uid} is not in the index"
+    return box.spool.absolute(found.path)
+
+
+# -- transfer syntaxes --------------------------------------------------------------------
+
+
+def test_the_first_syntax_the_peer_proposes_is_taken(make_box: BoxFactory) -> None:
+    box = make_box()
+    # A PACS holding JPEG 2000 proposes it first: it stays JPEG 2000 (no decompression,
+    # a third of the bytes over the uplink), whatever order the box would have chosen.
+    assert _negotiate(box, CTImageStorage, [JPEG2000, ExplicitVRLittleEndian]) == (0, JPEG2000)
+    assert _negotiate(box, CTImageStorage, [ImplicitVRLittleEndian, ExplicitVRLittleEndian]) == (
+        0,
+        ImplicitVRLittleEndian,
+    )
+
+
+def test_the_accepted_list_is_a_setting(make_box: BoxFactory) -> None:
+    box = make_box(dicom={"accepted_transfer_syntaxes": [ExplicitVRLittleEndian, JPEG2000Lossless]})
+    assert _negotiate(box, CTImageStorage, [JPEG2000, ExplicitVRLittleEndian]) == (
+        0,
+        ExplicitVRLittleEndian,
+    )
+    assert _negotiate(box, CTImageStorage, [JPEGBaseline8Bit]) == (4, None)  # not supported
+
+
+def test_a_compressed_object_is_stored_as_the_pacs_sent_it(
+    make_box: BoxFactory, tmp_path: Path
+) -> None:
+    box = make_box()
+    sent = make_instance(tmp_path / "j2k.dcm", transfer_syntax=JPEG2000Lossless)
+    storescu(LOOPBACK, box.dicom.port, [sent], propose="-xv")  # JPEG 2000 lossless first
+    uid = str(dcmread(sent, stop_before_pixels=True).SOPInstanceUID)
+    stored = _stored_file(box, uid)
+    assert dcmread(stored, stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEG2000Lossless
+    assert dataset_bytes_hash(stored) == dataset_bytes_hash(sent)
+
+
+def test_big_endian_from_an_old_archive_is_stored_as_sent(
+    make_box: BoxFactory, tmp_path: Path
+) -> None:
+    box = make_box()
+    sent = make_instance(tmp_path / "be.dcm", transfer_syntax=ExplicitVRBigEndian)
+    storescu(LOOPBACK, box.dicom.port, [sent], propose="-xb")
+    uid = str(dcmread(sent, stop_before_pixels=True).SOPInstanceUID)
+    stored = _stored_file(box, uid)
+    assert dcmread(stored, stop_before_pixels=True).file_meta.TransferSyntaxUID == (
+        ExplicitVRBigEndian
+    )
+    assert dataset_bytes_hash(stored) == dataset_bytes_hash(sent)
+    (study,) = box.index.studies()
+    assert study.patient_id == "SYN0002"  # its header was read, in its byte order
+
+
+def test_a_bad_accepted_syntax_is_a_config_error(make_box: BoxFactory) -> None:
+    from afra.errors import ConfigError
+    from tests.conftest import make_config
+
+    with pytest.raises((ConfigError, ValueError), match="the box can store as it arrives"):
+        make_config(Path("/nonexistent"), dicom={"accepted_transfer_syntaxes": ["1.2.3"]})
+
+
+# -- SOP classes --------------------------------------------------------------------------
+
+
+def test_a_private_storage_class_is_taken_and_kept(make_box: BoxFactory, tmp_path: Path) -> None:
+    box = make_box()
+    assert _negotiate(box, CSA_NON_IMAGE, [ExplicitVRLittleEndian]) == (0, ExplicitVRLittleEndian)
+    sent = make_instance(tmp_path / "csa.dcm", sop_class=CSA_NON_IMAGE, pixel_bytes=None)
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(CSA_NON_IMAGE, [ExplicitVRLittleEndian])
+    assoc = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA")
+    try:
+        status = assoc.send_c_store(sent)
+    finally:
+        assoc.release()
+    assert status.Status == 0x0000
+    uid = str(dcmread(sent).SOPInstanceUID)
+    assert dataset_bytes_hash(_stored_file(box, uid)) == dataset_bytes_hash(sent)
+
+
+def test_unknown_classes_can_be_refused_and_other_services_always_are(
+    make_box: BoxFactory, tmp_path: Path
+) -> None:
+    closed = make_box(tmp_path / "closed", dicom={"accept_unknown_sop_classes": False})
+    assert _negotiate(closed, CSA_NON_IMAGE, [ExplicitVRLittleEndian]) == (3, None)
+    assert _negotiate(closed, CTImageStorage, [ExplicitVRLittleEndian])[0] == 0
+    default = make_box(tmp_path / "default")
+    assert _negotiate(default, STUDY_ROOT_FIND, [ExplicitVRLittleEndian]) == (3, None)
+    assert default.index.studies() == []
+
+
+# -- malformed data sets ------------------------------------------------------------------
+
+
+def test_an_odd_length_data_set_is_refused_and_kept_aside(make_box: BoxFactory) -> None:
+    box = make_box()
+    peer = RawPeer(box.dicom.port)
+    try:
+        assert isinstance(peer.associate(CTImageStorage), A_ASSOCIATE_AC)
+        # (0010,0010) PN of length 3: an odd length, so an odd data set (PS3.5 7.1 forbids).
+        odd = b"\x10\x00\x10\x00PN\x03\x00Ann"
+        peer.send_message(store_request(CTImageStorage, "1.2.826.0.1.3680043.8.498.1", odd))
+        answer = peer.receive_message()
+        assert answer.command_set.Status == 0xC210
+    finally:
+        peer.close()
+    (kept,) = box.index.quarantine()
+    assert kept.status == 0xC210 and "odd length" in kept.reason
+    assert box.index.studies() == []
+
+
+# -- release, stop, a trickling peer --------------------------------------------------------
+
+
+def _release_rq() -> A_RELEASE_RQ:
+    pdu = A_RELEASE_RQ()
+    pdu.from_primitive(A_RELEASE())
+    return pdu
+
+
+def test_after_the_release_the_box_waits_for_the_peer_to_close(make_box: BoxFactory) -> None:
+    box = make_box(dicom={"acse_timeout": 2})
+    peer = RawPeer(box.dicom.port)
+    try:
+        assert isinstance(peer.associate(CTImageStorage), A_ASSOCIATE_AC)
+        peer.send(_release_rq())
+        assert isinstance(peer.receive(), A_RELEASE_RP)
+        # Sta13: its place in the pool is free at once; the connection stays for the peer
+        # to close, and is closed by the box only when ARTIM runs out.
+        wait_for(lambda: box.dicom.open_associations == 0, what="the association's place freed")
+        peer.sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            peer.sock.recv(1)  # still open: nothing to read, no end of stream
+        peer.sock.setblocking(True)
+        started = time.monotonic()
+        assert until_closed(peer.sock, timeout=15) == b""  # closed without another word
+        assert time.monotonic() - started < 15
+    finally:
+        peer.close()
+
+
+def test_a_peer_that_closes_after_the_release_ends_it_cleanly(
+    make_box: BoxFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    box = make_box(dicom={"acse_timeout": 60})
+    peer = RawPeer(box.dicom.port)
+    assert isinstance(peer.associate(CTImageStorage), A_ASSOCIATE_AC)
+    peer.send(_release_rq())
+    assert isinstance(peer.receive(), A_RELEASE_RP)
+    peer.close()
+    # The box's thread ends with the peer's close, not 60 s later.
+    wait_for(lambda: not box.dicom._connections, timeout=10, what="the connection let go")
+    assert "did not close the connection" not in caplog.text
+
+
+def test_stopping_aborts_open_associations(make_box: BoxFactory) -> None:
+    box = make_box()
+    peer = RawPeer(box.dicom.port)
+    try:
+        assert isinstance(peer.associate(CTImageStorage), A_ASSOCIATE_AC)
+        wait_for(lambda: box.dicom.open_associations == 1, what="the association admitted")
+        box.dicom.stop(grace=0)
+        abort = peer.receive()
+        assert isinstance(abort, A_ABORT_RQ)
+        assert abort.source == 0x00  # the service user: the box itself, stopping
+        assert until_closed(peer.sock) == b""
+    finally:
+        peer.close()
+
+
+def test_a_peer_trickling_a_message_is_dropped_after_the_dimse_timeout(
+    make_box: BoxFactory,
+) -> None:
+    box = make_box(dicom={"dimse_timeout": 1, "network_timeout": 1})
+    peer = RawPeer(box.dicom.port)
+    stop = threading.Event()
+
+    def trickle(data: bytes) -> None:
+        # The slow link is what is tested: one byte every 0.1 s, always within the timeout
+        # of the previous byte, never a whole PDU within the DIMSE timeout.
+        for byte in data:
+            if stop.wait(0.1):
+                return
+            try:
+                peer.sock.send(bytes([byte]))
+            except OSError:
+                return
+
+    try:
+        assert isinstance(peer.associate(CTImageStorage), A_ASSOCIATE_AC)
+        (first, *_rest) = peer.message_pdus(
+            store_request(CTImageStorage, "1.2.826.0.1.3680043.8.498.2", b"\x00" * 4096)
+        )
+        sender = threading.Thread(target=trickle, args=(first.encode(),), daemon=True)
+        started = time.monotonic()
+        sender.start()
+        answer = until_closed(peer.sock, timeout=20)
+        took = time.monotonic() - started
+        assert answer.startswith(b"\x07"), answer  # an A-ABORT, then the close
+        assert took < 10, f"the box waited {took:.1f} s for a peer that never finished a PDU"
+    finally:
+        stop.set()
+        peer.close()
