@@ -20,13 +20,13 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
-from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_RELEASE_RP, A_RELEASE_RQ
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_RELEASE_RP, A_RELEASE_RQ
 from pynetdicom.pdu_primitives import A_RELEASE
+from pynetdicom.sop_class import Verification
 
 from afra.app import Appliance
 from tests.conftest import BoxFactory, wait_for
-from tests.dicom.conftest import LOOPBACK, RawPeer, store_request, until_closed
+from tests.dicom.conftest import LOOPBACK, RawPeer, associate_rq, store_request, until_closed
 from tests.dicomgen import dataset_bytes_hash, make_instance
 from tests.peers import storescu
 
@@ -256,4 +256,35 @@ def test_a_peer_trickling_a_message_is_dropped_after_the_dimse_timeout(
         assert took < 10, f"the box waited {took:.1f} s for a peer that never finished a PDU"
     finally:
         stop.set()
+        peer.close()
+
+
+# -- the A-ASSOCIATE-RQ's protocol version and called AE title -----------------------------
+
+
+def test_a_protocol_version_without_bit_0_is_rejected(make_box: BoxFactory) -> None:
+    box = make_box()
+    peer = RawPeer(box.dicom.port)
+    try:
+        rq = associate_rq("RAWPEER", CTImageStorage)
+        rq.protocol_version = 0x0002  # a version 2 that does not exist
+        peer.send(rq)
+        answer = peer.receive()
+        assert isinstance(answer, A_ASSOCIATE_RJ)
+        assert (answer.result, answer.source, answer.reason_diagnostic) == (1, 2, 2)
+    finally:
+        peer.close()
+
+
+def test_any_called_ae_title_is_accepted_and_echoed(make_box: BoxFactory) -> None:
+    # docs/conformance.md 2.2.1.4: the Called AE Title is not checked (a PACS configured
+    # with an old title for the box still reaches it).
+    box = make_box()
+    peer = RawPeer(box.dicom.port)
+    try:
+        peer.send(associate_rq("RAWPEER", CTImageStorage, called="OLD_NAME"))
+        answer = peer.receive()
+        assert isinstance(answer, A_ASSOCIATE_AC)
+        assert answer.called_ae_title.strip() == "OLD_NAME"
+    finally:
         peer.close()

@@ -92,6 +92,7 @@ SELF_KEYS = frozenset(str(ip) for ip in SELF_ADDRESSES)
 REJECT_UNKNOWN_PEER = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE not recognized
 REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, service-provider (presentation), local limit
 REJECT_BAD_CONTEXT_NAME = (0x01, 0x01, 0x02)  # application context name not supported
+REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)  # permanent, service-provider (ACSE), version
 
 # A-ABORT provider reasons
 ABORT_UNEXPECTED_PDU = 0x02
@@ -478,6 +479,15 @@ class _Association:
                 ABORT_INVALID_PARAMETER,
             ) from None
         self.calling_ae = str(rq.calling_ae_title).strip()
+        if not int(rq_pdu.protocol_version) & 0x0001:
+            # PS3.8 9.3.2: bit 0 is protocol version 1, the only one there is.
+            LOG.warning(
+                "rejected an association from %s: protocol version 0x%04X (only 1 exists)",
+                self.address,
+                int(rq_pdu.protocol_version),
+            )
+            self._reject(REJECT_PROTOCOL_VERSION, rq)
+            return False
         if not self.server.policy.allows(self.calling_ae, self.address):
             LOG.warning(
                 "rejected an association from AE %r at %s: not a configured peer "
