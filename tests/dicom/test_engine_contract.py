@@ -18,16 +18,25 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    MRImageStorage,
 )
 from pynetdicom import AE
-from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_RELEASE_RP, A_RELEASE_RQ
-from pynetdicom.pdu_primitives import A_RELEASE
+from pynetdicom.pdu import (
+    A_ABORT_RQ,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    A_RELEASE_RP,
+    A_RELEASE_RQ,
+    P_DATA_TF,
+)
+from pynetdicom.pdu_primitives import A_RELEASE, P_DATA
 from pynetdicom.sop_class import Verification
 
 from afra.app import Appliance
+from afra.dicom.acceptor import HEAD_BYTES
 from tests.conftest import BoxFactory, wait_for
 from tests.dicom.conftest import LOOPBACK, RawPeer, associate_rq, store_request, until_closed
-from tests.dicomgen import dataset_bytes_hash, make_instance
+from tests.dicomgen import dataset_bytes_hash, dataset_offset, make_instance
 from tests.peers import storescu
 
 CSA_NON_IMAGE = "1.3.12.2.1107.5.9.1"  # Siemens CSA Non-Image Storage (private)
@@ -288,3 +297,57 @@ def test_any_called_ae_title_is_accepted_and_echoed(make_box: BoxFactory) -> Non
         assert answer.called_ae_title.strip() == "OLD_NAME"
     finally:
         peer.close()
+
+
+# -- how a message may be cut into PDVs and PDUs (pynetdicom's encoder cuts it) -------------
+
+
+def _dataset_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[dataset_offset(path) :]
+
+
+def test_a_command_in_many_pdvs_and_many_pdvs_in_one_pdu(
+    make_box: BoxFactory, tmp_path: Path
+) -> None:
+    box = make_box()
+    sent = make_instance(tmp_path / "split.dcm", pixel_bytes=20_000)
+    ds = dcmread(sent, stop_before_pixels=True)
+    message = store_request(CTImageStorage, str(ds.SOPInstanceUID), _dataset_bytes(sent))
+    # pynetdicom cuts the command set into fragments of at most 26 bytes (a peer announcing a
+    # 32-byte maximum PDU), then all of them travel in one P-DATA-TF: several PDVs, one PDU.
+    pdvs = [item for p in message.encode_msg(1, 32) for item in p.presentation_data_value_list]
+    assert sum(1 for _cx, value in pdvs if value[0] & 0x01) > 3  # the command set, cut up
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [[cx, value] for cx, value in pdvs]
+    pdu = P_DATA_TF()
+    pdu.from_primitive(primitive)
+    peer = RawPeer(box.dicom.port)
+    try:
+        assert isinstance(peer.associate(CTImageStorage), A_ASSOCIATE_AC)
+        peer.send(pdu)
+        assert peer.receive_message().command_set.Status == 0x0000
+    finally:
+        peer.close()
+    assert dataset_bytes_hash(_stored_file(box, str(ds.SOPInstanceUID))) == dataset_bytes_hash(sent)
+
+
+def test_mixed_sop_classes_and_an_object_beyond_the_header_window(
+    make_box: BoxFactory, tmp_path: Path
+) -> None:
+    box = make_box()
+    big = make_instance(tmp_path / "ct.dcm", pixel_bytes=3 * HEAD_BYTES)  # past the 64 KiB head
+    mr = make_instance(tmp_path / "mr.dcm", sop_class=MRImageStorage, modality="MR", seed=7)
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA")
+    try:
+        statuses = [int(assoc.send_c_store(path).Status) for path in (big, mr, big)]
+    finally:
+        assoc.release()
+    assert statuses == [0, 0, 0]  # the second CT a duplicate, answered success and kept once
+    for path in (big, mr):
+        uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_bytes_hash(_stored_file(box, uid)) == dataset_bytes_hash(path)
+    assert sum(s.instance_count for s in box.index.studies()) == 2
