@@ -21,12 +21,14 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian packages the tests use as real peers and tools, installed only when missing: DCMTK and
-# Orthanc (PACS, modalities), Chromium (pages), and for the image's pieces U-Boot for qemu
-# (the boot script runs in it), RAUC (bundle signatures), mtools, dosfstools and fdisk.
+# Orthanc (PACS, modalities), GDCM's tools (gdcmconv: JPEG 2000 test objects), Chromium
+# (pages), and for the image's pieces U-Boot for qemu (the boot script runs in it), RAUC
+# (bundle signatures), mtools, dosfstools and fdisk.
 system-deps:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
+	command -v gdcmconv >/dev/null || missing="$$missing libgdcm-tools"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	command -v qemu-system-aarch64 >/dev/null || missing="$$missing qemu-system-arm"; \

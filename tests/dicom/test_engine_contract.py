@@ -4,6 +4,7 @@ that trickles). pynetdicom and DCMTK are the peers; pynetdicom encodes and decod
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -35,7 +36,14 @@ from pynetdicom.sop_class import Verification
 from afra.app import Appliance
 from afra.dicom.acceptor import HEAD_BYTES
 from tests.conftest import BoxFactory, wait_for
-from tests.dicom.conftest import LOOPBACK, RawPeer, associate_rq, store_request, until_closed
+from tests.dicom.conftest import (
+    LOOPBACK,
+    RawPeer,
+    associate_rq,
+    send_raw,
+    store_request,
+    until_closed,
+)
 from tests.dicomgen import dataset_bytes_hash, dataset_offset, make_instance
 from tests.peers import storescu
 
@@ -351,3 +359,21 @@ def test_mixed_sop_classes_and_an_object_beyond_the_header_window(
         uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         assert dataset_bytes_hash(_stored_file(box, uid)) == dataset_bytes_hash(path)
     assert sum(s.instance_count for s in box.index.studies()) == 2
+
+
+def test_a_deflated_data_set_of_odd_length_is_stored(make_box: BoxFactory, tmp_path: Path) -> None:
+    # A deflated data set is a compressed byte stream: dcmconv +td writes it unpadded. storescu
+    # pads it with one NUL on the wire; pynetdicom's chunked send passes it as it is. Neither
+    # is a malformation: both are stored with success, as they arrived.
+    box = make_box()
+    for seed in range(40):
+        plain = make_instance(tmp_path / f"plain{seed}.dcm", seed=seed, instance_number=seed + 1)
+        deflated = tmp_path / f"deflated{seed}.dcm"
+        subprocess.run(["dcmconv", "+td", str(plain), str(deflated)], check=True)
+        if len(_dataset_bytes(deflated)) % 2:
+            break
+    else:
+        pytest.fail("dcmconv made no odd-length deflated data set in 40 tries")
+    uid = str(dcmread(deflated, stop_before_pixels=True).SOPInstanceUID)
+    assert send_raw(box.dicom.port, deflated) == 0x0000
+    assert _dataset_bytes(_stored_file(box, uid)) == _dataset_bytes(deflated)

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from afra.clock import Clock
 from afra.dicom.header import (
+    DEFLATED,
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,
     STATUS_SOP_CLASS_MISMATCH,
@@ -321,9 +322,10 @@ class Receiver:
                 f"negotiated for {request.context_abstract_syntax}",
                 status=STATUS_SOP_CLASS_MISMATCH,
             )
-        if request.data_size >= 0 and request.data_size % 2:
+        if request.data_size >= 0 and request.data_size % 2 and request.transfer_syntax != DEFLATED:
             # PS3.5 7.1: every element has an even length, so a data set does. DCMTK aborts
-            # on such a file; the box keeps it aside and says it is malformed.
+            # on such a file; the box keeps it aside and says it is malformed. A deflated
+            # data set is a compressed byte stream (DCMTK sends it unpadded): not checked.
             raise InvalidInstanceError(
                 f"the data set has an odd length ({request.data_size} bytes): it is malformed",
                 status=STATUS_CANNOT_UNDERSTAND,

@@ -11,6 +11,9 @@ another on the same association (about 1 in 150 such requests on loopback). Ever
 here therefore carries one request, and what pynetdicom decoded is counted against what
 reached this module (`_Wire`): a response lost anyway is asked for again (C-FIND) or cannot
 pass unseen.
+
+A C-GET proposes a presentation context per (SOP class, transfer syntax) where the 128 allow
+it, so the PACS sends each object as it holds it instead of converting it (`storage_contexts`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pydicom import config as pydicom_config
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, _config, build_role, evt
+from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -35,8 +39,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.status import code_to_category
 
-from afra.config import DicomSettings, PacsSettings
-from afra.dicom.acceptor import TRANSFER_SYNTAXES
+from afra.config import STORABLE_TRANSFER_SYNTAXES, DicomSettings, PacsSettings
 from afra.dicom.dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from afra.dicom.header import is_valid_uid
 from afra.dicom.receive import Receiver, StoreRequest, StoreSink
@@ -73,6 +76,44 @@ _MOVE_GET_FALLBACK = (MOVE_DESTINATION_UNKNOWN, 0x0122, 0xA701, 0xA702)
 _FIND_ATTEMPTS = 3
 # How long to wait for pynetdicom's threads to end after a release or abort.
 _CLOSE_WAIT_S = 5.0
+# Presentation contexts a C-GET may propose for storage: 128 in all (PS3.8 9.3.2.2, odd
+# context IDs 1-255), less the C-GET's own.
+MAX_STORAGE_CONTEXTS = 127
+
+
+def storage_contexts(
+    classes: Sequence[str], syntaxes: Sequence[str], budget: int = MAX_STORAGE_CONTEXTS
+) -> list[PresentationContext]:
+    """The storage contexts a C-GET proposes, so that objects come back as the PACS holds them.
+
+    The PACS (the acceptor) picks ONE transfer syntax in each proposed context; a C-STORE
+    sub-operation of an object held in another syntax must be converted, or fails when the
+    PACS cannot convert it (Orthanc: "Cannot transcode"). So every (SOP class, transfer
+    syntax) pair gets a context of its own: a context with a single syntax is accepted or
+    refused as it is, and the PACS can send each object on the context whose syntax is the
+    one it holds the object in (Implicit and Explicit VR Little Endian are separate too:
+    their data set bytes differ).
+
+    `budget` contexts in all, shared out evenly over the classes (the first ones in
+    `classes` get one more when it does not divide). A class whose share is smaller than
+    the number of syntaxes gets single-syntax contexts for the first syntaxes of `syntaxes`
+    (the box's order) and, as its last context, one proposing all the syntaxes left, so the
+    PACS can still send what the class holds in those, converted if it must. Classes beyond
+    `budget` are left out (a C-GET cannot ask for them); duplicates count once.
+    """
+    unique = list(dict.fromkeys(classes))[:budget]
+    if not unique or not syntaxes:
+        return []
+    base, extra = divmod(budget, len(unique))
+    contexts: list[PresentationContext] = []
+    for i, uid in enumerate(unique):
+        share = base + (i < extra)
+        if share >= len(syntaxes):
+            groups = [[ts] for ts in syntaxes]
+        else:
+            groups = [[ts] for ts in syntaxes[: share - 1]] + [list(syntaxes[share - 1 :])]
+        contexts.extend(build_context(uid, group) for group in groups)
+    return contexts
 
 
 @dataclass
@@ -199,17 +240,23 @@ class PacsClient:
         except (AfraError, OSError) as exc:
             LOG.info("PACS did not list the study's SOP classes (%s); offering the usual", exc)
         values = [listed] if isinstance(listed, str) else list(listed or ())
-        classes = [str(v) for v in values if is_valid_uid(str(v))]
+        classes = list(dict.fromkeys(str(v) for v in values if is_valid_uid(str(v))))
         if not classes:
             classes = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
-        return classes[:127]  # one context is the C-GET's own; 128 is the limit
+        return classes[:MAX_STORAGE_CONTEXTS]  # one context is the C-GET's own
+
+    def _storage_syntaxes(self) -> list[str]:
+        """The transfer syntaxes a C-GET accepts objects in: those the box's Storage SCP
+        accepts (`dicom.accepted_transfer_syntaxes`), in the box's order."""
+        accepted = set(self.local.accepted_transfer_syntaxes)
+        return [ts for ts in STORABLE_TRANSFER_SYNTAXES if ts in accepted]
 
     @contextmanager
     def _associate(
         self,
         contexts: list[Any],
         *,
-        storage: Sequence[str] = (),
+        storage: Sequence[PresentationContext] = (),
         evt_handlers: Sequence[tuple[Any, Callable[[Any], Any]]] = (),
         **kwargs: Any,
     ) -> Iterator[tuple[Any, _Wire]]:
@@ -223,8 +270,8 @@ class PacsClient:
         ae.maximum_pdu_size = self.local.max_pdu
         for cx in contexts:
             ae.add_requested_context(cx)
-        for uid in storage:  # C-GET: objects come back in the syntaxes the box accepts
-            ae.add_requested_context(uid, list(TRANSFER_SYNTAXES))
+        for cx in storage:  # C-GET: see storage_contexts
+            ae.add_requested_context(str(cx.abstract_syntax), cx.transfer_syntax)
         wire = _Wire()
         assoc = ae.associate(
             self.pacs.host,
@@ -323,8 +370,10 @@ class PacsClient:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_uid
-        storage = self._study_sop_classes(study_uid)
-        roles = [build_role(uid, scp_role=True) for uid in storage]
+        classes = self._study_sop_classes(study_uid)
+        storage = storage_contexts(classes, self._storage_syntaxes())
+        # One role selection item per SOP class (PS3.7 D.3.3.4), whatever its contexts.
+        roles = [build_role(uid, scp_role=True) for uid in classes]
         receiver = self.receiver
         answered: list[int] = []  # the box's answer to each C-STORE sub-operation
 
