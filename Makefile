@@ -50,11 +50,15 @@ system-deps:
 	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
+# The ports are etc/emulation.toml's (web 8080, DICOM 11112, hub 8443); when one is taken,
+# `make run WEB_PORT=8081` (DICOM_PORT=, HUB_PORT=) chooses another. The addresses to open
+# are printed once the box listens on them.
 run: $(STAMP)
 	@mkdir -p $(RUN_DIR)
 	@echo "Starting AFRA in emulation with a local reference hub (data in $(RUN_DIR)); Ctrl-C stops it."
-	@echo "Setup wizard and dashboard: open http://127.0.0.1:8080/ and claim the box with the setup code printed below."
-	$(BIN)/afra --config etc/emulation.toml --set box.data_dir=\"$(RUN_DIR)\" emulate
+	@$(BIN)/afra --config etc/emulation.toml --set box.data_dir=\"$(RUN_DIR)\" \
+	  $(if $(WEB_PORT),--set web.port=$(WEB_PORT)) $(if $(DICOM_PORT),--set dicom.port=$(DICOM_PORT)) \
+	  emulate $(if $(HUB_PORT),--hub-port $(HUB_PORT))
 
 lint: $(STAMP)
 	$(BIN)/ruff check firmware web-setup image-build tests bench

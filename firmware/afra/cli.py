@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     pacs_args(sp)
     sp.add_argument("study_uid")
     sp.add_argument("--get", action="store_true", help="use C-GET instead of C-MOVE")
-    sp = sub.add_parser("studies", help="list the studies the box holds")
-    sp.add_argument("--json", action="store_true")
+    sp = sub.add_parser("studies", help="list the studies the box holds (newest first)")
+    sp.add_argument("--json", action="store_true", help="every field, codes whole (for scripts)")
     sp.add_argument("--limit", type=int, default=50)
     sp = sub.add_parser("quarantine", help="list refused objects kept for review")
     sp.add_argument("--json", action="store_true")
@@ -153,6 +153,10 @@ def _key_pairs(items: Sequence[str]) -> dict[str, str]:
     return pairs
 
 
+def _port_hint(variable: str) -> str:
+    return f"choose another with `make run {variable}=<port>`, or stop what holds it"
+
+
 def cmd_emulate(config: Config, hub_port: int) -> int:
     """The appliance and a reference hub on loopback, the box enrolled with it once."""
     from afra.uplink.client import enrol
@@ -160,9 +164,17 @@ def cmd_emulate(config: Config, hub_port: int) -> int:
     from medix.hub.server import HubServer
 
     hub = HubServer(DataDir(config.box.data_dir).emulated_hub, port=hub_port)
-    hub.start()
+    try:
+        hub.start()
+    except OSError:
+        raise ConfigError(
+            f"port {hub_port} on 127.0.0.1 is already in use, so the reference hub cannot "
+            f"start: {_port_hint('HUB_PORT')} (afra emulate --hub-port)"
+        ) from None
     try:
         identity = NodeIdentity(DataDir(config.box.data_dir).identity)
+        if identity.enrolled and identity.hub_url != hub.url:
+            identity.move_hub(hub.url)  # the same local hub, on another port this time
         if not identity.enrolled:
             enrol(
                 identity,
@@ -177,7 +189,7 @@ def cmd_emulate(config: Config, hub_port: int) -> int:
             flush=True,
         )
         _emulated_label(config, hub)
-        return cmd_run(config)
+        return cmd_run(config, emulated=True)
     finally:
         hub.stop()
 
@@ -200,7 +212,7 @@ def _emulated_label(config: Config, hub: Any) -> None:
     )
 
 
-def _start_web(appliance: Any) -> Any:
+def _start_web(appliance: Any, *, emulated: bool = False) -> Any:
     """The setup wizard and dashboard (web-setup/, found as the `web` front end), when
     `web.enabled`."""
     if not appliance.config.web.enabled:
@@ -213,8 +225,10 @@ def _start_web(appliance: Any) -> Any:
             LOG.error("web.enabled is set but no setup page is installed (the afra_web package)")
             return None
         server = start(appliance)
-    except AfraError as exc:  # the box still receives and uploads without its web page
-        LOG.error("%s", exc)
+    except AfraError as exc:
+        if emulated:  # `make run` is for the page: say so and stop, naming the way out
+            raise ConfigError(f"{exc}: {_port_hint('WEB_PORT')}") from None
+        LOG.error("%s", exc)  # a box still receives and uploads without its web page
         return None
     except Exception:  # e.g. out of file descriptors while loading it: the same, logged
         LOG.exception("the setup and dashboard page could not start; the box runs without it")
@@ -245,7 +259,7 @@ def _take_provisioning(config: Config) -> bool:
     return bool(take_provisioning(layout.inbox, layout.root))
 
 
-def cmd_run(config: Config) -> int:
+def cmd_run(config: Config, *, emulated: bool = False) -> int:
     from afra.app import build_appliance
     from afra.system.notify import Notifier, Watchdog
 
@@ -259,7 +273,13 @@ def cmd_run(config: Config) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     appliance.on_restart.append(stop.set)  # factory reset: exit, systemd starts us afresh
-    appliance.start()
+    try:
+        appliance.start()
+    except AfraError as exc:
+        appliance.close()
+        if emulated and "DICOM" in str(exc):
+            raise ConfigError(f"{exc}: {_port_hint('DICOM_PORT')}") from None
+        raise
     d = config.dicom
     print(
         f"AFRA {__version__} listening: DICOM {d.bind}:{appliance.dicom.port} AE {d.ae_title}; "
@@ -269,7 +289,7 @@ def cmd_run(config: Config) -> int:
     web = None
     watchdog = Watchdog(notifier, appliance.liveness())
     try:
-        web = _start_web(appliance)
+        web = _start_web(appliance, emulated=emulated)
         notifier.ready(
             f"DICOM on port {appliance.dicom.port} as {d.ae_title}"
             + (f", setup page on port {web.port}" if web is not None else "")
@@ -413,13 +433,96 @@ def cmd_enrol(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_index(config: Config) -> Any:
+    """The box's index for a command that reads it; a sentence, not a traceback, when there
+    is none where the configuration says."""
+    from afra.store.index import Index
+
+    layout = DataDir(config.box.data_dir)
+    if not layout.index.exists():
+        raise ConfigError(
+            f"no box data in {layout.root} (box.data_dir): give the box's configuration with "
+            "--config (relative paths in it are read from its folder), or start the box once "
+            "to create it"
+        )
+    return Index(layout.index)
+
+
+def _local_time(at: float | None) -> str:
+    if not at:
+        return "-"
+    return datetime.fromtimestamp(at, UTC).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _study_date(value: str) -> str:
+    v = value.strip()
+    return f"{v[:4]}-{v[4:6]}-{v[6:8]}" if len(v) == 8 and v.isdigit() else (v or "-")
+
+
+def _masked(code: str | None) -> str:
+    """A Medis code as the dashboard shows it before a reveal: its last group only."""
+    if not code:
+        return "-"
+    from afra.medis.codes import format_code
+
+    groups = format_code(code).split("-")
+    return "-".join(["••••"] * (len(groups) - 1) + groups[-1:])
+
+
+def _person(name: str) -> str:
+    """A DICOM person name (Family^Given^Middle^Prefix^Suffix) as people write it."""
+    parts = [p.strip() for p in name.split("^")]
+    family, given = [*parts, "", ""][:2]
+    rest = " ".join(p for p in parts[2:] if p)
+    return " ".join(p for p in (given, rest, family) if p) or "-"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def cmd_studies(config: Config, args: argparse.Namespace) -> int:
+    """The studies the box holds: a table for people (codes masked), or JSON for scripts."""
+    index = _open_index(config)
+    try:
+        rows = index.studies(args.limit)
+    finally:
+        index.close()
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+        return 0
+    if not rows:
+        print(f"no studies in {config.box.data_dir}")
+        return 0
+    table = [["RECEIVED", "PATIENT", "STUDY DATE", "IMAGES", "STATE", "CODE"]]
+    for r in rows:
+        state = r.state if not r.last_error else f"{r.state} (retrying: {r.last_error[:40]})"
+        table.append(
+            [
+                _local_time(r.last_received_at),
+                _person(r.patient_name)[:32],
+                _study_date(r.study_date),
+                str(r.instance_count),
+                state,
+                _masked(r.medis_code),
+            ]
+        )
+    print(_table(table))
+    noun = "study" if len(rows) == 1 else "studies"
+    print(f"{len(rows)} {noun}; codes masked (the dashboard reveals one)")
+    return 0
+
+
 def cmd_slip(config: Config, args: argparse.Namespace) -> int:
     from afra.medis.codes import InvalidCodeError, parse_code
     from afra.medis.slip import render_slip
-    from afra.store.index import Index
     from afra.uplink.identity import NodeIdentity
 
-    index = Index(DataDir(config.box.data_dir).index)
+    index = _open_index(config)
     try:
         wanted = parse_code(args.study)
     except InvalidCodeError:
@@ -430,6 +533,8 @@ def cmd_slip(config: Config, args: argparse.Namespace) -> int:
     if not rows:
         raise ConfigError(f"no study with a Medis code matches {args.study!r}")
     study = rows[0]
+    upload = index.upload_study(study.id)
+    description = upload.study_description if upload is not None else ""
     identity = NodeIdentity(DataDir(config.box.data_dir).identity)
     hub_url = config.hub.url or (identity.hub_url if identity.enrolled else "")
     patient_url = config.hub.patient_url or (f"{hub_url}/patient" if hub_url else "")
@@ -439,7 +544,7 @@ def cmd_slip(config: Config, args: argparse.Namespace) -> int:
         code=study.medis_code or "",
         patient_name=study.patient_name.replace("^", " ").strip(),
         study_date=study.study_date,
-        study_description="",
+        study_description=description,
         center_name=config.box.name,
         hub_patient_url=patient_url,
     )
@@ -575,16 +680,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_jobs(config, args)
         if args.command in ("diagnostics", "report-status"):
             return cmd_node(config, args)
-        if args.command in ("studies", "quarantine", "conflicts"):
-            from afra.store.index import Index
-
-            index = Index(DataDir(config.box.data_dir).index)
-            if args.command == "studies":
-                rows: list[Any] = index.studies(args.limit)
-            elif args.command == "quarantine":
-                rows = index.quarantine()
-            else:
-                rows = index.conflicts()
+        if args.command == "studies":
+            return cmd_studies(config, args)
+        if args.command in ("quarantine", "conflicts"):
+            index = _open_index(config)
+            rows: list[Any] = (
+                index.quarantine() if args.command == "quarantine" else index.conflicts()
+            )
             if args.json:
                 print(json.dumps([asdict(r) for r in rows], indent=2))
             else:

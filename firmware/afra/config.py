@@ -410,6 +410,31 @@ def _read_overlay(data: Mapping[str, Any]) -> tuple[dict[str, Any], Path]:
     return overlay, path
 
 
+# The keys that name files or folders. In a configuration file a relative one is read
+# against the file's own folder, so `afra --config /somewhere/afra.toml ...` finds the same
+# data from any directory; on the command line and in the environment it is the user's own
+# (the current directory's).
+PATH_KEYS = (
+    ("box", "data_dir"),
+    ("panel", "layout"),
+    ("audit", "syslog_ca_file"),
+    ("audit", "syslog_cert_file"),
+    ("audit", "syslog_key_file"),
+)
+
+
+def _resolve_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    out = dict(data)
+    for section, key in PATH_KEYS:
+        values = out.get(section)
+        if not isinstance(values, Mapping) or not isinstance(values.get(key), str):
+            continue
+        value = values[key]
+        if value and not Path(value).is_absolute():
+            out[section] = {**values, key: str((folder / value).resolve())}
+    return out
+
+
 def load_config(
     path: Path | None = None,
     *,
@@ -432,6 +457,7 @@ def load_config(
             raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"configuration file {path} cannot be read: {exc}") from None
+        data = _resolve_paths(data, path.parent)
     env = overrides_from_env(environ)
     cli = overrides_from_cli(cli_overrides)
     if env:

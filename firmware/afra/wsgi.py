@@ -63,6 +63,14 @@ class WsgiServer(ThreadedServer):
         try:
             return super().start()
         except OSError as exc:
+            # cheroot words a bind failure as one string ("No socket could be created --
+            # ((addr), [Errno 98] Address already in use)"): say it as a person would.
+            text = str(exc)
+            reason = exc.strerror or (
+                "the port is already in use by another program"
+                if "Errno 98" in text or "already in use" in text
+                else text
+            )
             raise ServiceError(
-                f"cannot serve {self.what} on {self.bind}:{self.port}: {exc.strerror or exc}"
+                f"cannot serve {self.what} on {self.bind}:{self.port}: {reason}"
             ) from None

@@ -89,6 +89,12 @@ class NodeIdentity:
         meta = {"node_id": node_id, "hub_url": hub_url.rstrip("/")}
         write_public(self.meta_path, json.dumps(meta, indent=2).encode("utf-8"))
 
+    def move_hub(self, hub_url: str) -> None:
+        """The same hub (same CA, same certificate) is now reached at `hub_url`: the local
+        reference hub of `afra emulate` started on another port."""
+        meta = {**self._meta(), "hub_url": hub_url.rstrip("/")}
+        write_public(self.meta_path, json.dumps(meta, indent=2).encode("utf-8"))
+
     @property
     def enrolled(self) -> bool:
         return all(
