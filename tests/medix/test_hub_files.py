@@ -1,4 +1,4 @@
-"""Issue 4 at the reference hub, over real HTTPS: per-node enrolment secrets, files a node
+"""Download files at the reference hub, over real HTTPS: per-node enrolment secrets, files a node
 prepares for a hub user (uploaded in parts, saved, downloaded by capability URL), signed
 webhook progress, webhook fault injection and the redirect trap, download command args."""
 

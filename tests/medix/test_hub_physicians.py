@@ -1,5 +1,5 @@
 """Physicians at the reference hub: accounts (admin), sign-in with CSRF, sessions that end at
-the hub, and an inbox that shows only the signed-in physician's own studies (issue 15)."""
+the hub, and an inbox that shows only the signed-in physician's own studies."""
 
 from __future__ import annotations
 

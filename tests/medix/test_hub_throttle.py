@@ -1,4 +1,4 @@
-"""Rate limits on the reference hub's patient-facing pages (issue 15): token buckets per
+"""Rate limits on the reference hub's patient-facing pages: token buckets per
 client address on the hub's clock, and a stricter bucket for wrong guesses."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 15's attacks on the setup page and dashboard, one case each (`pytest -k <id>`).
+"""Attacks on the setup page and dashboard, one case each (`pytest -k <id>`).
 
 Each case is what an attacker on the center's LAN would try and what they would see: every
 route without a session, forms without or with a wrong CSRF token, a foreign Host header, a

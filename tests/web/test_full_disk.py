@@ -1,5 +1,5 @@
 """A disk that cannot take the audit log: the dashboard still starts, says so, and keeps the
-records until the disk takes them again (issue 15).
+records until the disk takes them again.
 
 The failures are real: SQLite refusing a database file that is a directory, and a small
 tmpfs filled to the last byte (as tests/health does), on which SQLite answers "disk I/O
@@ -60,7 +60,7 @@ def test_the_dashboard_starts_when_the_audit_file_will_not_open(
         leftover.unlink()
     audit.mkdir()  # SQLite: "unable to open database file"
 
-    restarted = make_app(appliance)  # raised sqlite3.OperationalError before issue 15
+    restarted = make_app(appliance)  # once raised sqlite3.OperationalError
     client = restarted.test_client()
     client.set_cookie("afra_session", "")  # a new browser
     assert post(client, "/login", {"name": "Sara Technician", "password": PASSWORD}).location
@@ -119,7 +119,7 @@ def test_on_a_full_disk_the_dashboard_comes_back_and_says_why(
     filler = fill(small_disk)
 
     caplog.set_level(logging.ERROR, logger="afra.web")
-    restarted = make_app(box)  # raised "disk I/O error" before issue 15
+    restarted = make_app(box)  # once raised "disk I/O error"
     for probe in box.monitor.probes if box.monitor else ():
         if probe.name == "storage":
             probe.check(box.health)  # as the running box's monitor does every 10 s

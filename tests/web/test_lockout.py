@@ -1,5 +1,5 @@
 """The lockout and the session list on their own: per client, atomic, bounded, persistent,
-and what a damaged file or a disk that will not take writes does to them (issue 15)."""
+and what a damaged file or a disk that will not take writes does to them."""
 
 from __future__ import annotations
 
