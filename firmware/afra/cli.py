@@ -454,11 +454,6 @@ def _local_time(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
-def _study_date(value: str) -> str:
-    v = value.strip()
-    return f"{v[:4]}-{v[4:6]}-{v[6:8]}" if len(v) == 8 and v.isdigit() else (v or "-")
-
-
 def _masked(code: str | None) -> str:
     """A Medis code as the dashboard shows it before a reveal: its last group only."""
     if not code:
@@ -467,14 +462,6 @@ def _masked(code: str | None) -> str:
 
     groups = format_code(code).split("-")
     return "-".join(["••••"] * (len(groups) - 1) + groups[-1:])
-
-
-def _person(name: str) -> str:
-    """A DICOM person name (Family^Given^Middle^Prefix^Suffix) as people write it."""
-    parts = [p.strip() for p in name.split("^")]
-    family, given = [*parts, "", ""][:2]
-    rest = " ".join(p for p in parts[2:] if p)
-    return " ".join(p for p in (given, rest, family) if p) or "-"
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -487,6 +474,8 @@ def _table(rows: list[list[str]]) -> str:
 
 def cmd_studies(config: Config, args: argparse.Namespace) -> int:
     """The studies the box holds: a table for people (codes masked), or JSON for scripts."""
+    from medix.l10n import dicom_date, person_name
+
     index = _open_index(config)
     try:
         rows = index.studies(args.limit)
@@ -504,8 +493,8 @@ def cmd_studies(config: Config, args: argparse.Namespace) -> int:
         table.append(
             [
                 _local_time(r.last_received_at),
-                _person(r.patient_name)[:32],
-                _study_date(r.study_date),
+                (person_name(r.patient_name) or "-")[:32],
+                dicom_date(r.study_date, "en") or "-",
                 str(r.instance_count),
                 state,
                 _masked(r.medis_code),
@@ -542,7 +531,7 @@ def cmd_slip(config: Config, args: argparse.Namespace) -> int:
         raise ConfigError("the hub's patient page is unknown: set hub.patient_url or enrol")
     html = render_slip(
         code=study.medis_code or "",
-        patient_name=study.patient_name.replace("^", " ").strip(),
+        patient_name=study.patient_name,  # a DICOM name: the slip writes it Given Family
         study_date=study.study_date,
         study_description=description,
         center_name=config.box.name,
