@@ -8,7 +8,7 @@ DEBS := dcmtk orthanc chromium chromium-driver
 RUN_DIR ?= data/emulation
 
 .PHONY: run test test-faults lint typecheck pytest system-deps venv image image-test test-power label \
-	bench-ingest bench-memory bench-uplink bench-download clean
+	bench-ingest bench-memory bench-uplink bench-download screenshots clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Debian 12: apt-get install python3 python3-venv)"; exit 1; }
@@ -116,6 +116,12 @@ bench-download: system-deps $(STAMP)
 	@command -v curl >/dev/null || apt-get install -y -q curl
 	@command -v zip >/dev/null || apt-get install -y -q zip
 	$(BIN)/python bench/download.py
+
+# Every page of the box and the hub's patient pages at 360 and 390 px wide, in English and
+# Persian, into build/screenshots/ for a person to look at (tests/web/screenshots.py: the boxes
+# and the hub the phone layout tests use; fails when a page is cut or wider than the screen).
+screenshots: system-deps $(STAMP)
+	$(BIN)/python -m tests.web.screenshots --out build/screenshots
 
 clean:
 	rm -rf $(VENV) data build bench/out *.egg-info

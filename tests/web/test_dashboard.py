@@ -88,7 +88,7 @@ def test_codes_are_masked_until_revealed_and_revealing_is_audited(
 ) -> None:
     code = send_study(running, clock, tmp_path, "P1")
     page = dash.get("/dashboard").get_data(as_text=True)
-    assert "P1 Test" in page
+    assert "Test P1" in page  # DICOM "P1^Test" (Family^Given), shown Given Family
     assert format_code(code) not in page and code not in page
     assert "••••-••••-••••" in page
     [study] = [s for s in running.index.studies() if s.patient_id == "P1"]
@@ -110,7 +110,7 @@ def test_the_patient_slip_prints_with_its_qr_code(
     slip = post(dash, f"/studies/{study.id}/slip")
     assert slip.status_code == 200
     html = slip.get_data(as_text=True)
-    assert format_code(code) in html and "<svg" in html and "P2 Test" in html
+    assert format_code(code) in html and "<svg" in html and "Test P2" in html
     assert "/static/print.js" in html
     csp = slip.headers["Content-Security-Policy"]
     assert "unsafe-inline" not in csp and "style-src 'self' 'sha256-" in csp

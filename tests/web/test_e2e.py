@@ -185,7 +185,7 @@ def test_the_wizard_from_claim_to_enrolled_then_the_dashboard(
     )
     page.reload()
     row = page.locator("#studies tr[data-study]").first
-    expect(row).to_contain_text("Rostami Leila")
+    expect(row).to_contain_text("Leila Rostami")
     expect(row).to_contain_text("••••-••••-••••")
     shots.take("dashboard-study")
     submit(page, "#studies button")

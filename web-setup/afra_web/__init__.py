@@ -132,18 +132,13 @@ def create_app(
     def template_globals() -> dict[str, Any]:
         lang = i18n.language()
         return {
-            "_": i18n.translate,
+            **i18n.template_helpers(),  # _, ngettext, fmt_number, fmt_time, person_name, ...
             "lang": lang,
             "dir": "rtl" if lang == "fa" else "ltr",
             "csrf_token": security.csrf_token,
             "operator": g.get("operator"),
             "progress": g.get("progress"),
             "box_name": web.appliance.config.box.name,
-            "fmt_age": i18n.fmt_age,
-            "fmt_bytes": i18n.fmt_bytes,
-            "fmt_time": i18n.fmt_time,
-            "fmt_date": i18n.fmt_date,
-            "take_notices": i18n.take_notices,
             "now": web.now(),
         }
 

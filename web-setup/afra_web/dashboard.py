@@ -25,14 +25,24 @@ from flask import (
 from markupsafe import Markup, escape
 
 from afra.medis.codes import format_code
-from afra.medis.slip import render_slip
+from afra.medis.slip import SlipLanguage, render_slip
 from afra.update.manager import UpdateBusy, UploadRejected
 from afra_web import security, status
 from afra_web.context import Web, current
 from afra_web.echo import echo
 from afra_web.forms import Errors, Msg, check_password
-from afra_web.i18n import notify, translate
+from afra_web.i18n import (
+    fmt_age,
+    fmt_bytes,
+    fmt_number,
+    fmt_percent,
+    language,
+    notify,
+    ntranslate,
+    translate,
+)
 from afra_web.state import Guess
+from afra_web.wizard import page_served
 
 bp = Blueprint("dashboard", __name__)
 
@@ -119,6 +129,15 @@ def api_status() -> Response:
     snap["health"]["reasons"] = [translate(r) for r in snap["health"]["reasons"]]
     for led in snap["leds"]:
         led["label"] = translate(led["pattern"])
+    # Numbers and measures as the page writes them (Persian digits, units held to numbers).
+    queue = snap["queue"]
+    queue["waiting_text"] = fmt_number(queue.get("waiting"))
+    queue["oldest_text"] = fmt_age(queue.get("oldest_s"))
+    queue["bytes_text"] = fmt_bytes(queue.get("bytes"))
+    snap["disk"]["percent_text"] = fmt_percent(snap["disk"].get("percent"))
+    for seen in snap["sightings"]:
+        stores = int(seen.get("stores") or 0)
+        seen["stores_text"] = ntranslate("{n} object stored", "{n} objects stored", stores)
     if request.args.get("chart"):
         flow = status.throughput(web.appliance)
         snap["throughput"] = flow
@@ -170,13 +189,15 @@ def slip(study_id: int) -> Any:
         return render_template(
             "error.html", message=Msg("No slip yet: the study has no code or the box no hub.")
         ), 409
+    # In the page's language: printed from the Persian page, the slip is Persian.
     page = render_slip(
         code=study.medis_code,
-        patient_name=study.patient_name.replace("^", " ").strip(),
+        patient_name=study.patient_name,
         study_date=study.study_date,
         study_description=study.study_description,
         center_name=web.appliance.config.box.name,
         hub_patient_url=patient_url,
+        language=SlipLanguage(language(), translate),
     )
     web.record(
         "slip printed",
@@ -250,13 +271,15 @@ def settings() -> str:
 def _settings_page(code: int, errors: Errors) -> tuple[str, int]:
     web = current()
     update = status.update(web.appliance)
+    info = web.network.read()
     return (
         render_template(
             "dashboard/settings.html",
             config=web.appliance.config,
             errors=errors,
             window=status.setup_window(web.appliance),
-            info=web.network.read(),
+            info=info,
+            served=page_served(web, info),
             update=update,
             update_phase=update_phase(update),
         ),

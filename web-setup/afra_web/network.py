@@ -272,6 +272,48 @@ def name_ok(address: str) -> bool:
     return not address.startswith("127.")
 
 
+WILDCARD_BINDS = ("0.0.0.0", "::", "")  # noqa: S104 - names of "every address", compared
+
+
+def _loopback(bind: str) -> bool:
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Served:
+    """Where a service of the box can be reached: the addresses its socket answers on and the
+    names that lead there (none on loopback: no other device reaches it)."""
+
+    addresses: tuple[str, ...]
+    names: tuple[str, ...]
+    port: int
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        suffix = "" if self.port == 80 else f":{self.port}"
+        hosts = (*self.names, *(f"[{a}]" if ":" in a else a for a in self.addresses))
+        return tuple(f"http://{host}{suffix}/" for host in hosts)
+
+
+def served(bind: str, port: int, info: NetworkInfo, name: str = "") -> Served:
+    """What a socket bound to `bind` serves: every address of the box for an any-address bind,
+    else only the bound one (in emulation, loopback: the box's LAN address is not served).
+    `name` (the mDNS name, else `<hostname>.local`) is given only when the LAN is served."""
+    if bind in WILDCARD_BINDS:
+        found = (a.split("/")[0] for a in (info.address, *info.addresses) if a)
+        addresses = tuple(dict.fromkeys(a for a in found if not _loopback(a)))
+    else:
+        addresses = ("127.0.0.1",) if bind == "localhost" else (bind,)
+    lan = any(not _loopback(a) for a in addresses)
+    name = name or (f"{info.hostname}.local" if info.hostname else "")
+    return Served(addresses, (name,) if lan and name else (), port)
+
+
 class EmulatedNetwork(SystemNetwork):
     """Reads the machine it runs on; a requested change is only recorded in a file."""
 

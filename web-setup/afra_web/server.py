@@ -38,16 +38,27 @@ def start_web(appliance: Appliance, *, network: NetworkAdapter | None = None) ->
     return server
 
 
-def urls(bind: str, port: int) -> list[str]:
-    """Where a person opens the page: by name on the LAN, or on loopback in emulation."""
+def urls(bind: str, port: int, name: str = "") -> list[str]:
+    """Where a person opens the page: by name on the LAN (`name`, the one mDNS advertises,
+    else `<hostname>.local`), or on loopback in emulation."""
     suffix = "" if port == 80 else f":{port}"
     if bind in ("127.0.0.1", "::1", "localhost"):
         return [f"http://127.0.0.1{suffix}/"]
-    name = socket.gethostname()
-    found = [f"http://{name}.local{suffix}/"]
+    name = name.rstrip(".") or f"{socket.gethostname()}.local"
+    found = [f"http://{name}{suffix}/"]
     if bind not in ("0.0.0.0", "::", ""):  # noqa: S104
         found.append(f"http://{bind}{suffix}/")
     return found
+
+
+def _mdns_name(appliance: Appliance) -> str:
+    """The host name mDNS advertises for this box (afra-<id>.local), when it advertises."""
+    if appliance.mdns is None:
+        return ""
+    try:
+        return str(appliance.advert().host)
+    except Exception:  # the advert needs the node key; without it, the plain host name
+        return ""
 
 
 def start_frontend(appliance: Appliance) -> Started:
@@ -57,6 +68,6 @@ def start_frontend(appliance: Appliance) -> Started:
     return Started(
         name="web",
         port=server.port,
-        urls=urls(appliance.config.web.bind, server.port),
+        urls=urls(appliance.config.web.bind, server.port, _mdns_name(appliance)),
         stop=server.stop,
     )

@@ -155,13 +155,32 @@ def disk(appliance: Appliance) -> dict[str, Any]:
     }
 
 
+# How far back the dashboard looks for the last delivery, nearest first: the index is asked for
+# the deliveries of a window, and a busy box finds one in the first.
+_DELIVERY_WINDOWS_S = (3600.0, 86400.0, 31 * 86400.0)
+
+
+def last_delivery(appliance: Appliance) -> float | None:
+    """When the box last delivered a study to the hub (the index keeps it across restarts),
+    or None when it never has."""
+    now = appliance.clock.time()
+    for window in (*_DELIVERY_WINDOWS_S, now):
+        found = appliance.index.delivered_since(now - window)
+        if found:
+            return max(at for at, _size in found)
+    return None
+
+
 def hub(appliance: Appliance) -> dict[str, Any]:
+    """The enrolment, whether the uplink reached the hub since the box started (None: not
+    tried yet) and when the hub was last reached with a study (`last_reached`)."""
     identity = appliance.identity
     info: dict[str, Any] = {
         "enrolled": identity.enrolled,
         "url": "",
         "node_id": "",
         "reachable": appliance.uplink.hub_reachable,
+        "last_reached": None,
     }
     if identity.enrolled:
         try:
@@ -169,6 +188,7 @@ def hub(appliance: Appliance) -> dict[str, Any]:
             info["node_id"] = identity.node_id
         except Exception:
             info["enrolled"] = False
+        info["last_reached"] = last_delivery(appliance)
     return info
 
 

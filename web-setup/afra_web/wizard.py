@@ -37,7 +37,7 @@ from afra_web.forms import (
     resolve_host,
 )
 from afra_web.i18n import notify
-from afra_web.network import NetworkError, parse_static
+from afra_web.network import NetworkError, NetworkInfo, Served, parse_static, served
 from afra_web.overlay import attach_hub, overlay_error
 from afra_web.state import STEPS
 
@@ -91,6 +91,16 @@ def _page(name: str, code: int = 200, **context: Any) -> tuple[str, int]:
     )
 
 
+def page_served(web: Web, info: NetworkInfo) -> Served:
+    """Where this page is served, as the box really listens (`web.bind`; the port it got
+    when `web.port` is 0), named by the host name mDNS advertises when there is one."""
+    port = web.settings.port or int(request.environ.get("SERVER_PORT") or 0)
+    advert = getattr(getattr(web.appliance, "mdns", None), "advert", None)
+    host = getattr(advert, "host", None)
+    name = host.rstrip(".") if isinstance(host, str) else ""
+    return served(web.settings.bind, port, info, name)
+
+
 def _advance(name: str) -> Response:
     g.progress = current().state.step_done(name)
     return redirect(url_for(".step", name=g.progress.next_step))
@@ -137,9 +147,12 @@ def password_step(web: Web) -> Any:
 
 def network_step(web: Web) -> Any:
     info = web.network.read()
-    port = web.settings.port
+    page = page_served(web, info)
+    port = page.port
     if request.method == "GET":
-        return _page("network", info=info, errors={}, form={}, moved_to=None, port=port)
+        return _page(
+            "network", info=info, errors={}, form={}, moved_to=None, port=port, served=page
+        )
     action = request.form.get("action", "keep")
     if action == "keep":
         return _advance("network")
@@ -162,13 +175,27 @@ def network_step(web: Web) -> Any:
             errors["apply"] = Msg("The box could not change its network: {why}", {"why": str(exc)})
     if errors:
         return _page(
-            "network", 400, info=info, errors=errors, form=request.form, moved_to=None, port=port
+            "network",
+            400,
+            info=info,
+            errors=errors,
+            form=request.form,
+            moved_to=None,
+            port=port,
+            served=page,
         )
     web.record("network changed", detail=static.address if static else "DHCP")
     g.progress = web.state.step_done("network")
     moved_to = static.ip if static else None
     return _page(
-        "network", info=info, errors={}, form={}, moved_to=moved_to, applied=True, port=port
+        "network",
+        info=info,
+        errors={},
+        form={},
+        moved_to=moved_to,
+        applied=True,
+        port=port,
+        served=page,
     )
 
 
@@ -389,12 +416,15 @@ def summary_step(web: Web) -> Any:
         notify(Msg("Setup is complete. This is the box's dashboard."))
         return redirect(url_for("dashboard.index"))
     appliance = web.appliance
+    info = web.network.read()
+    page = page_served(web, info)
     return _page(
         "summary",
         config=appliance.config,
-        info=web.network.read(),
+        info=info,
         hub=_hub_info(web),
         seen=status.sightings(appliance),
-        port=web.settings.port,
+        port=page.port,
+        served=page,
         has_password=web.state.has_password,
     )

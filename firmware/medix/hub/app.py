@@ -36,19 +36,17 @@ from flask import (
     send_file,
     url_for,
 )
-from jinja2 import DictLoader
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from medix.clock import Clock
-from medix.hub import schemas
+from medix.hub import i18n, schemas
 from medix.hub.codes import format_code, normalise_code
 from medix.hub.core import Hub, HubConfig
 from medix.hub.errors import HubError, validation_detail
 from medix.hub.multipart import compressed_limit
 from medix.hub.physicians import Physicians
 from medix.hub.store import SessionRow
-from medix.hub.templates import TEMPLATES
 from medix.hub.throttle import client_key
 from medix.hub.updates import MAX_BUNDLE_BYTES
 from medix.models import (
@@ -496,9 +494,9 @@ def remove_physician(login: str) -> Response:
 @patient.route("/patient", methods=["GET", "POST"])
 def form() -> Response:
     if request.method == "GET":
-        return _render("patient_form.html", code="", error=None, locked=False)
+        return _render("patient_form.html", code=_code_in_link(), error=None, locked=False)
     code = request.form.get("code", "")
-    birth_date = request.form.get("birth_date", "")
+    birth_date = i18n.birth_date(request.form.get("birth_date", ""))  # Solar Hijri in Persian
     hub = _hub()
     client = _client()
     try:
@@ -516,11 +514,19 @@ def form() -> Response:
         return response
     return _render(
         "study_list.html",
-        heading="Your study",
+        heading=i18n.gettext("Your study"),
         studies=studies,
         show_code=False,
         show_patient=True,
     )
+
+
+def _code_in_link() -> str:
+    """The Medis code the slip's QR link carries (`/patient?code=...`, afra.medis.slip), as
+    the form shows it: the patient then types only the birth date. Anything that is not a
+    code's twelve letters and digits is left out."""
+    code = normalise_code(request.args.get("code", "")[:40])
+    return format_code(code) if len(code) == 12 and code.isascii() and code.isalnum() else ""
 
 
 @patient.get("/download/<token>")
@@ -596,7 +602,7 @@ def studies() -> Response:
         return _see_other("physician.sign_in")
     return _render(
         "study_list.html",
-        heading=f"Studies referred by {_person_name(row.name)}",
+        heading=i18n.gettext("Studies referred by {name}", name=i18n.person_name(row.name)),
         studies=_hub().physician_studies(row.name),
         show_code=True,
         show_patient=True,
@@ -644,20 +650,6 @@ def webhook_redirect() -> Response:
 # -- the application -------------------------------------------------------------------------
 
 
-def _dicom_date(value: str) -> str:
-    if len(value) == 8 and value.isdigit():
-        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
-    return value or "-"
-
-
-def _person_name(value: str) -> str:
-    # DICOM PN: family^given^middle^prefix^suffix; show given names first.
-    parts = [p for p in value.split("=")[0].split("^") if p]
-    if len(parts) >= 2:
-        parts = [*parts[1:], parts[0]]
-    return " ".join(parts)
-
-
 def _medis(value: str) -> str:
     return format_code(normalise_code(value))
 
@@ -667,8 +659,10 @@ def create_hub(config: HubConfig | None = None, *, clock: Clock | None = None) -
     config = config or HubConfig()
     hub = Hub(config, clock)
     app = Flask(__name__)
-    app.jinja_loader = DictLoader(TEMPLATES)
-    app.jinja_env.filters.update(dicom_date=_dicom_date, person_name=_person_name, medis=_medis)
+    # The pages are templates/*.html beside this module (package data); their language,
+    # numbers, dates and names come from medix.hub.i18n.
+    i18n.install(app)
+    app.jinja_env.filters.update(medis=_medis)
     # Bodies are bounded per route (_read_body); this is only the outer fence.
     app.config["MAX_CONTENT_LENGTH"] = max(config.max_json_bytes, compressed_limit(MAX_PART_SIZE))
     app.extensions[EXTENSION] = hub

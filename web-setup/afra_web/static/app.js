@@ -23,7 +23,16 @@
   }
 
   function clock(t) {
-    return t ? new Date(t * 1000).toLocaleString() : "";
+    // In the page's language (a Persian page gets its calendar and digits), not the phone's.
+    return t ? new Date(t * 1000).toLocaleString(document.documentElement.lang || undefined) : "";
+  }
+
+  // A value apart from the words around it: an AE title, an address, a time (app.css).
+  function span(cls, value) {
+    var el = document.createElement("span");
+    el.className = cls;
+    el.textContent = value;
+    return el;
   }
 
   function text(el, value) { if (el.textContent !== value) { el.textContent = value; } }
@@ -66,17 +75,29 @@
     document.querySelectorAll("[data-sightings]").forEach(function (list) {
       var seen = data.sightings || [];
       if (!seen.length) { return; }
+      // Nothing new: the page's own list stays (its times and counts as the box writes them).
+      var keys = seen.map(function (s) {
+        return [s.ae_title, s.address, Math.floor(s.last_echo_at || 0), s.stores || 0].join("|");
+      });
+      var shown = Array.prototype.map.call(list.children, function (li) { return li.dataset.seen; });
+      if (keys.join("\n") === shown.join("\n")) { return; }
       list.textContent = "";
-      seen.forEach(function (s) {
+      seen.forEach(function (s, i) {
         var li = document.createElement("li");
-        var ae = document.createElement("span");
-        ae.className = "code";
-        ae.textContent = s.ae_title;
-        li.appendChild(ae);
-        var parts = [" (" + s.address + "):"];
-        if (s.last_echo_at) { parts.push(list.dataset.echo + " " + clock(s.last_echo_at)); }
-        if (s.stores) { parts.push(s.stores + " " + list.dataset.stores + ", " + clock(s.last_store_at)); }
-        li.appendChild(document.createTextNode(parts.join(" ")));
+        li.dataset.seen = keys[i];
+        li.appendChild(span("code", s.ae_title));
+        li.appendChild(document.createTextNode(" "));
+        li.appendChild(span("ltr", "(" + s.address + ")"));
+        li.appendChild(document.createTextNode(":"));
+        if (s.last_echo_at) {
+          li.appendChild(document.createTextNode(" " + list.dataset.echo + " "));
+          li.appendChild(span("time", clock(s.last_echo_at)));
+        }
+        if (s.stores) {
+          var count = Number(s.stores).toLocaleString(document.documentElement.lang || undefined);
+          li.appendChild(document.createTextNode(" " + count + " " + list.dataset.stores + ", "));
+          li.appendChild(span("time", clock(s.last_store_at)));
+        }
         list.appendChild(li);
       });
     });
