@@ -245,8 +245,11 @@ class BoxReceiver(Receiver):
         self,
         command: Callable[[Path], list[str]] | None = None,
         startup_timeout: float = 90.0,
+        receive_processes: int | None = None,
     ) -> None:
         self.aet = "AFRA"
+        # dicom.receive_processes (None: the box's default)
+        self.receive_processes = receive_processes
         self.command = command or box_command
         self.startup_timeout = startup_timeout
         TMP_ROOT.mkdir(parents=True, exist_ok=True)
@@ -279,7 +282,12 @@ class BoxReceiver(Receiver):
             f"bind = {json.dumps(LOOPBACK)}\n"
             f"port = {self._port}\n"
             "allow_any_peer = true\n"
-            "[web]\n"
+            + (
+                f"receive_processes = {self.receive_processes}\n"
+                if self.receive_processes is not None
+                else ""
+            )
+            + "[web]\n"
             f"bind = {json.dumps(LOOPBACK)}\n"
             f"port = {self._web_port}\n"
         )

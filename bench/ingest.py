@@ -10,20 +10,27 @@ drift of the machine hits all receivers alike; the reported figures are medians 
 (peak RSS: max over runs). Then the same with 4 storescu processes at once, 75 files each.
 
 stdout carries only result lines; progress goes to stderr. Last lines:
-``ingest_vs_orthanc=``, ``ingest_vs_storescp=``, ``ingest4_vs_orthanc=`` (box / other,
-instances per second). Exit status 1 if any run fails (after printing what was measured).
+``ingest_vs_orthanc=``, ``ingest_vs_storescp=``, ``ingest4_vs_orthanc=``,
+``ingest4_vs_storescp=`` (box / other, instances per second) and
+``box_cpu_ms_per_instance=`` (one association: the CPU of all the box's processes, median
+over the runs, per instance). Exit status 1 if any run fails (after printing what was
+measured). ``--receive-processes N`` sets the box's dicom.receive_processes (default: the
+box's own default).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from common import (
     RECEIVERS,
     BenchError,
+    BoxReceiver,
+    Receiver,
     RunResult,
     Summary,
     ct300,
@@ -42,7 +49,11 @@ SEND_TIMEOUT_S = 600.0
 
 
 def bench(
-    receivers: Sequence[str], files: Sequence[Path], senders: int, runs: int
+    receivers: Sequence[str],
+    files: Sequence[Path],
+    senders: int,
+    runs: int,
+    factories: dict[str, Callable[[], Receiver]] = RECEIVERS,
 ) -> tuple[dict[str, Summary], dict[str, str]]:
     """Measure each receiver ``runs`` times (interleaved). Returns summaries and errors."""
     batches = split(files, senders) if senders > 1 else [list(files)]
@@ -53,7 +64,7 @@ def bench(
             if name in errors:
                 continue
             try:
-                r = run_fresh(RECEIVERS[name], batches, timeout=SEND_TIMEOUT_S)
+                r = run_fresh(factories[name], batches, timeout=SEND_TIMEOUT_S)
             except (BenchError, OSError) as exc:
                 errors[name] = str(exc)
                 log(f"{name} x{senders} run {rep} FAILED: {exc}")
@@ -82,7 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated subset of storescp,orthanc,box (default: all)",
     )
     ap.add_argument("--runs", type=int, default=RUNS, help="runs per receiver (median)")
+    ap.add_argument(
+        "--receive-processes",
+        type=int,
+        default=None,
+        help="the box's dicom.receive_processes (default: the box's default)",
+    )
     args = ap.parse_args(argv)
+    factories = dict(RECEIVERS)
+    if args.receive_processes is not None:
+        factories["box"] = functools.partial(BoxReceiver, receive_processes=args.receive_processes)
     receivers = [r.strip() for r in args.receivers.split(",") if r.strip()]
     unknown = [r for r in receivers if r not in RECEIVERS]
     if unknown or args.runs < 1:
@@ -93,11 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     warm_page_cache(files)
     log(f"series: {len(files)} files, {sum(f.stat().st_size for f in files) / 2**20:.1f} MiB")
 
-    single, err1 = bench(receivers, files, 1, args.runs)
+    single, err1 = bench(receivers, files, 1, args.runs, factories)
     for name in receivers:
         if name in single:
             print(single[name].line(), flush=True)
-    multi, err4 = bench(receivers, files, SENDERS, args.runs)
+    multi, err4 = bench(receivers, files, SENDERS, args.runs, factories)
     for name in receivers:
         if name in multi:
             print(multi[name].line(f"{name}_{SENDERS}senders"), flush=True)
@@ -111,6 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("ingest_vs_orthanc", ratio(single.get("box"), single.get("orthanc"))),
         ("ingest_vs_storescp", ratio(single.get("box"), single.get("storescp"))),
         ("ingest4_vs_orthanc", ratio(multi.get("box"), multi.get("orthanc"))),
+        ("ingest4_vs_storescp", ratio(multi.get("box"), multi.get("storescp"))),
+        (
+            "box_cpu_ms_per_instance",
+            f"{single['box'].cpu_ms_per_instance:.2f}" if "box" in single else None,
+        ),
     ]
     if errors:
         for what, msg in errors.items():

@@ -27,6 +27,7 @@ from afra.dicom.header import read_header
 from afra.dicom.receive import Receiver
 from afra.dicom.scu import PacsClient, configure_pynetdicom
 from afra.dicom.spool import Spool
+from afra.dicom.workers import make_acceptor
 from afra.errors import AfraError, InvalidInstanceError, StorageError
 from afra.health import (
     DiskUsage,
@@ -141,6 +142,10 @@ class Appliance:
             for part in (self.monitor, self.panel, self.mdns):
                 if part is not None:
                     part.start()
+            # Receiving workers (dicom.receive_processes) started with the DICOM port; until
+            # they are ready the main process serves every association itself.
+            if not self.dicom.wait_ready():
+                LOG.warning("not every receiving worker is ready; the main process serves more")
             self._started = True
 
     def stop(self) -> None:
@@ -226,7 +231,14 @@ class Appliance:
         A new port is opened before the old one closes, so a port already in use leaves the
         box serving as before (ServiceError); the same port is closed first, then reopened."""
         old = self.dicom
-        new = Acceptor(config.dicom, self.receiver, sightings=old.sightings)
+        new = make_acceptor(
+            config.dicom,
+            self.receiver,
+            self.index,
+            sightings=old.sightings,
+            health=self.health,
+            on_activity=self.panel.activity if self.panel is not None else None,
+        )
         if old.running:
             same_socket = (old.settings.bind, old.settings.port) == (
                 config.dicom.bind,
@@ -571,7 +583,7 @@ def build_appliance(
         spool=spool,
         index=index,
         receiver=receiver,
-        dicom=Acceptor(config.dicom, receiver),
+        dicom=make_acceptor(config.dicom, receiver, index, health=health, on_activity=activity),
         completion=StudyCompletion(index, config.study, clock=clock, pacs=pacs, audit=audit),
         pacs=pacs,
         identity=identity,
@@ -635,7 +647,7 @@ def build_appliance(
             pacs=box.current_pacs,
             clock=clock,
             usage=usage,
-            room_check=receiver.refusals.recheck,
+            room_check=lambda free: box.dicom.recheck(free),
         ),
         clock=clock,
         status_path=layout.status,

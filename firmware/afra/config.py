@@ -151,6 +151,9 @@ class DicomSettings(Section):
     # UnknownSopClassAccepted), unless this is false. SOP classes of other services
     # (query/retrieve, worklist, commitment, print, ...) are never accepted as storage.
     accept_unknown_sop_classes: bool = True
+    # Processes serving accepted associations: the main one and receive_processes - 1
+    # workers (afra.dicom.workers); 0: one per CPU core, at most 4.
+    receive_processes: int = Field(1, ge=0, le=16)
 
 
 class PacsSettings(Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from afra.config import DicomSettings
 from afra.dicom import acceptor
 from afra.dicom.acceptor import TABLE, TIMEOUTS, State
 
@@ -11,7 +12,7 @@ def test_every_state_but_closed_has_its_moves_and_a_timeout() -> None:
     assert served == {State.AWAITING_RQ, State.READY, State.IN_MESSAGE}
     assert set(TIMEOUTS) == {State.READY, State.IN_MESSAGE}
     for field in TIMEOUTS.values():
-        assert field in acceptor.DicomSettings.model_fields
+        assert field in DicomSettings.model_fields
 
 
 def test_each_step_names_a_method_that_exists() -> None:

@@ -25,33 +25,13 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pydicom.uid import UID
-from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ABORT,
-    A_ASSOCIATE,
-    A_P_ABORT,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-    SCP_SCU_RoleSelectionNegotiation,
-)
-from pynetdicom.presentation import (
-    AllStoragePresentationContexts,
-    PresentationContext,
-    build_context,
-    negotiate_as_acceptor,
-)
-from pynetdicom.service_class import ServiceClass
-from pynetdicom.sop_class import uid_to_service_class
-
-from afra.config import STORABLE_TRANSFER_SYNTAXES, DicomSettings
 from afra.dicom import dimse
 from afra.dicom.header import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, is_valid_uid
 from afra.dicom.receive import Receiver, StoreRequest
@@ -59,16 +39,31 @@ from afra.dicom.sightings import PeerSightings
 from afra.dicom.spool import DIRECT_ALIGN, O_DIRECT, start_writeback
 from afra.errors import ServiceError
 
+# pynetdicom (negotiation) and the settings' pydantic model are imported where they are used:
+# a receiving worker (afra.dicom.workers) serves established associations without them, a
+# smaller process (docs/ARCHITECTURE.md).
+if TYPE_CHECKING:
+    from pynetdicom.pdu_primitives import A_ASSOCIATE
+    from pynetdicom.presentation import PresentationContext
+
+    from afra.config import DicomSettings
+
 LOG = logging.getLogger("afra.dicom")
 
 VERIFICATION = "1.2.840.10008.1.1"
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-STORAGE_SOP_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 
-# Transfer syntaxes the box stores as they arrive, in its own order (its proposals as an
-# SCU follow it); as an SCP it accepts what `dicom.accepted_transfer_syntaxes` allows, in the
-# peer's order (docs/conformance.md).
-TRANSFER_SYNTAXES: tuple[str, ...] = STORABLE_TRANSFER_SYNTAXES
+
+@cache
+def storage_sop_classes() -> frozenset[str]:
+    from pynetdicom.presentation import AllStoragePresentationContexts
+
+    return frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+
+
+# The transfer syntaxes the box stores as they arrive are config.STORABLE_TRANSFER_SYNTAXES
+# (not imported here: a receiving worker runs without pydantic); as an SCP it accepts what
+# `dicom.accepted_transfer_syntaxes` allows, in the peer's order (docs/conformance.md).
 
 # PDU types (PS3.8 9.3)
 ASSOCIATE_RQ, P_DATA, RELEASE_RQ, ABORT = 0x01, 0x04, 0x05, 0x07
@@ -150,6 +145,21 @@ TABLE: dict[tuple[State, int], Step] = {
 }
 # The timeout on the socket while in a state (DicomSettings' field).
 TIMEOUTS = {State.READY: "network_timeout", State.IN_MESSAGE: "dimse_timeout"}
+
+
+class HandOff(Protocol):
+    """Somewhere else accepted associations may be served (afra.dicom.workers): `serve`
+    returns False when it takes none now, else once the association has ended there."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def wait_ready(self, timeout: float) -> bool: ...
+
+    def serve(self, association: _Association) -> bool: ...
+
+    def recheck(self, free: int) -> None: ...
 
 
 class PeerGone(ConnectionError):
@@ -324,7 +334,10 @@ def is_storage_class(uid: str, *, unknown: bool) -> bool:
     """A SOP class the box stores: a storage class pynetdicom knows, or (with `unknown`) one
     of no known service at all, such as a vendor's private non-image object. A SOP class of
     another service (query/retrieve, worklist, commitment, print) is never storage."""
-    if uid in STORAGE_SOP_CLASSES:
+    from pynetdicom.service_class import ServiceClass
+    from pynetdicom.sop_class import uid_to_service_class
+
+    if uid in storage_sop_classes():
         return True
     if not unknown or uid == VERIFICATION or not is_valid_uid(uid):
         return False
@@ -341,6 +354,8 @@ def supported_contexts(
     `negotiate_as_acceptor` walks the acceptor's list and takes the first the requested
     context holds, so each context gets the first syntax the peer proposed in it that the
     box accepts. A PACS that proposes [JPEG 2000, Explicit VR LE] keeps its JPEG 2000."""
+    from pynetdicom.presentation import build_context
+
     accepted = set(settings.accepted_transfer_syntaxes)
     order: dict[str, dict[str, None]] = {}
     for cx in requested:
@@ -402,6 +417,7 @@ class _Association:
         # An empty temp file opened while the peer was still preparing its next C-STORE (the
         # time between our response and its next command), so receiving does not wait for it.
         self.spare: tuple[int, Path] | None = None
+        self.on_end: list[Callable[[], None]] = []  # called once the association has ended
         # Direct I/O (the spool says whether its filesystem takes it): the aligned buffer
         # (an anonymous mapping, so page-aligned) and how much of it holds unwritten data.
         self.direct = False
@@ -451,16 +467,16 @@ class _Association:
         return pdu_type, body
 
     def _send_abort(self, reason: int) -> None:
-        primitive = A_P_ABORT()
-        primitive.provider_reason = reason
-        pdu = A_ABORT_RQ()
-        pdu.from_primitive(primitive)
+        """A-ABORT from the service provider (source 2) with `reason` (PS3.8 9.3.8)."""
         with contextlib.suppress(OSError):
-            self._send(pdu.encode())
+            self._send(struct.pack(">BBIBBBB", ABORT, 0, 4, 0, 0, 2, reason))
 
     # -- association establishment -----------------------------------------------------
 
     def _reject(self, rsd: tuple[int, int, int], rq: A_ASSOCIATE) -> None:
+        from pynetdicom.pdu import A_ASSOCIATE_RJ
+        from pynetdicom.pdu_primitives import A_ASSOCIATE
+
         primitive = A_ASSOCIATE()
         primitive.result, primitive.result_source, primitive.diagnostic = rsd
         pdu = A_ASSOCIATE_RJ()
@@ -468,6 +484,14 @@ class _Association:
         self._send(pdu.encode())
 
     def _establish(self) -> bool:
+        from pydicom.uid import UID
+        from pynetdicom.pdu import A_ASSOCIATE_RQ
+        from pynetdicom.pdu_primitives import (
+            MaximumLengthNotification,
+            SCP_SCU_RoleSelectionNegotiation,
+        )
+        from pynetdicom.presentation import negotiate_as_acceptor
+
         self.deadline = time.monotonic() + self.settings.acse_timeout
         try:
             pdu_type, body = self._read_pdu(MAX_ASSOCIATE_RQ)
@@ -539,13 +563,6 @@ class _Association:
                     str(cx.transfer_syntax[0]),
                 )
         self._accept(rq, results, ac_roles)
-        self.buffer = bytearray(self.settings.max_pdu + 6)
-        self.view = memoryview(self.buffer)
-        if self.server.receiver.spool.direct_io:
-            self.direct = True
-            self.staging = mmap.mmap(-1, STAGING_BYTES)
-            self.stage_view = memoryview(self.staging)
-        self._prepare_spare()
         LOG.info(
             "association accepted from AE %r at %s (%d presentation context(s))",
             self.calling_ae,
@@ -554,7 +571,46 @@ class _Association:
         )
         return True
 
+    def _ready(self) -> None:
+        """What serving an established association takes: the PDU buffer, the direct-write
+        buffer, the first temp file."""
+        self.buffer = bytearray(self.settings.max_pdu + 6)
+        self.view = memoryview(self.buffer)
+        if self.server.receiver.spool.direct_io:
+            self.direct = True
+            self.staging = mmap.mmap(-1, STAGING_BYTES)
+            self.stage_view = memoryview(self.staging)
+        self._prepare_spare()
+
+    def handoff_state(self) -> dict[str, Any]:
+        """What another process needs to serve this association (see `established`)."""
+        return {
+            "address": self.address,
+            "known": self.known,
+            "calling_ae": self.calling_ae,
+            "contexts": self.contexts,
+            "peer_max_pdu": self.peer_max_pdu,
+        }
+
+    @classmethod
+    def established(cls, server: Any, sock: socket.socket, state: dict[str, Any]) -> _Association:
+        """An association negotiated by another process, served here from its first P-DATA."""
+        association = cls(server, sock, str(state["address"]), bool(state["known"]))
+        association.calling_ae = str(state["calling_ae"])
+        association.contexts = {int(k): (str(a), str(t)) for k, (a, t) in state["contexts"].items()}
+        association.peer_max_pdu = int(state["peer_max_pdu"])
+        association.admitted = True
+        return association
+
     def _accept(self, rq: A_ASSOCIATE, results: list[PresentationContext], roles: Any) -> None:
+        from pynetdicom.pdu import A_ASSOCIATE_AC
+        from pynetdicom.pdu_primitives import (
+            A_ASSOCIATE,
+            ImplementationClassUIDNotification,
+            ImplementationVersionNameNotification,
+            MaximumLengthNotification,
+        )
+
         primitive = A_ASSOCIATE()
         primitive.application_context_name = APPLICATION_CONTEXT
         primitive.calling_ae_title = rq.calling_ae_title
@@ -599,13 +655,14 @@ class _Association:
         handlers = {
             key: getattr(self, step.handler) for key, step in TABLE.items() if key[0] in TIMEOUTS
         }
+        timeouts = {state: getattr(self.settings, name) for state, name in TIMEOUTS.items()}
         while not self.closed:
             state = self.state
             # Mid-message the peer owes us the rest (DIMSE timeout); between messages the
             # association may idle (network timeout). Either is a deadline for the whole
             # next PDU: a peer trickling a byte at a time is dropped when it passes.
             self.late = TimeoutError
-            self.deadline = time.monotonic() + getattr(self.settings, TIMEOUTS[state])
+            self.deadline = time.monotonic() + timeouts[state]
             pdu_type, body = self._read_pdu(self.settings.max_pdu)
             handler = handlers.get((state, pdu_type))
             if handler is None:
@@ -654,13 +711,10 @@ class _Association:
         """The box is stopping: A-ABORT (service user) to the peer, then cut the transport;
         the peer's next C-STORE goes to another attempt, nothing half-stored is kept."""
         self.aborted_by_stop = True
-        pdu = A_ABORT_RQ()
-        primitive = A_ABORT()
-        primitive.abort_source = 0x00
-        pdu.from_primitive(primitive)
         if self.admitted and not self.closed:
             with contextlib.suppress(OSError):
-                self._send(pdu.encode())
+                # A-ABORT, source 0 (service user), reason 0 (PS3.8 9.3.8)
+                self._send(struct.pack(">BBIBBBB", ABORT, 0, 4, 0, 0, 0, 0))
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
@@ -880,10 +934,14 @@ class _Association:
     admitted = False
     closed = False
 
-    def run(self) -> None:
+    def run(self, *, established: bool = False) -> None:
+        """Serve the connection (`established`: negotiated elsewhere, see `established`)."""
         try:
-            if self._establish():
-                self._serve()
+            if established or self._establish():
+                handoff = self.server.handoff
+                if established or handoff is None or not handoff.serve(self):
+                    self._ready()
+                    self._serve()
         except ProtocolViolation as exc:
             LOG.warning(
                 "aborted the association with %s (AE %r): %s",
@@ -933,6 +991,8 @@ class _Association:
                 self.server.occupancy.dissociate(self.address, self.known)
             with contextlib.suppress(OSError):
                 self.sock.close()
+            for callback in self.on_end:
+                callback()
 
 
 class Acceptor:
@@ -960,6 +1020,8 @@ class Acceptor:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._connections: set[_Association] = set()
+        # Other processes serving accepted associations (dicom.receive_processes > 1).
+        self.handoff: HandOff | None = None
 
     @property
     def running(self) -> bool:
@@ -980,6 +1042,16 @@ class Acceptor:
     def open_associations(self) -> int:
         return self.occupancy.associations
 
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Wait for the receiving workers (if any) to be ready; whether they all are."""
+        return self.handoff.wait_ready(timeout) if self.handoff is not None else True
+
+    def recheck(self, free: int) -> None:
+        """The storage check's free space, for the refusals of every receiving process."""
+        self.receiver.refusals.recheck(free)
+        if self.handoff is not None:
+            self.handoff.recheck(free)
+
     def start(self) -> None:
         if not self.policy.allow_any and not self.policy.peers:
             LOG.warning(
@@ -999,6 +1071,8 @@ class Acceptor:
             ) from None
         listener.listen(64)
         listener.settimeout(0.5)
+        if self.handoff is not None:
+            self.handoff.start()
         self._listener = listener
         self._stopping.clear()
         self._thread = threading.Thread(target=self._accept_loop, name="dicom-accept", daemon=True)
@@ -1082,4 +1156,6 @@ class Acceptor:
             left = list(self._connections)
         for association in left:
             association.abort_for_stop()
+        if self.handoff is not None:
+            self.handoff.stop()
         self._listener = None

@@ -37,7 +37,7 @@ from afra.dicom.header import (
 )
 from afra.dicom.spool import AlreadyStored, Spool
 from afra.errors import InvalidInstanceError, StorageError
-from afra.store.index import Index, StoredInstance
+from afra.store.index import AddedInstance, StoredInstance
 from medix.durable import fsync_file
 
 LOG = logging.getLogger("afra.receive")
@@ -50,6 +50,36 @@ class HealthSink(Protocol):
     """Where the receiver raises and clears its condition (afra.health.Health)."""
 
     def set(self, condition: str, active: bool, detail: str = "", *, source: str = "") -> None: ...
+
+
+class ReceiveIndex(Protocol):
+    """What the receiver asks of the index (afra.store.index.Index, or a receiving worker
+    process's stand-in that reads locally and has the main process write)."""
+
+    def find_instance(self, sop_instance_uid: str) -> StoredInstance | None: ...
+
+    def delivered_and_purged(self, sop_instance_uid: str) -> bool: ...
+
+    def add_instance(
+        self, header: InstanceHeader, rel_path: str, size: int, now: float, calling_ae: str
+    ) -> AddedInstance: ...
+
+    def add_conflict(
+        self, sop_instance_uid: str, rel_path: str, size: int, now: float, calling_ae: str
+    ) -> None: ...
+
+    def add_quarantine(
+        self,
+        rel_path: str,
+        now: float,
+        *,
+        calling_ae: str,
+        peer_address: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        status: int,
+        reason: str,
+    ) -> None: ...
 
 
 class SpaceRefusals:
@@ -72,7 +102,9 @@ class SpaceRefusals:
         clock: Clock,
         health: HealthSink | None = None,
         log_every_s: float = REFUSAL_LOG_EVERY_S,
+        source: str = SOURCE,
     ) -> None:
+        self.source = source  # health's source: each receiving process speaks for its own
         self.min_free_bytes = min_free_bytes
         self.clock = clock
         self.health = health
@@ -104,7 +136,7 @@ class SpaceRefusals:
                 self._since_log, self._senders, self._logged_at = 0, set(), now
         if self.health is not None:
             self.health.set(
-                "disk_floor", True, f"new instances refused: {reason}", source=self.SOURCE
+                "disk_floor", True, f"new instances refused: {reason}", source=self.source
             )
         if not due:
             return
@@ -143,7 +175,7 @@ class SpaceRefusals:
             self.active, count = False, self._since_log
             self._need, self._device = 0, False
         if self.health is not None:
-            self.health.set("disk_floor", False, source=self.SOURCE)
+            self.health.set("disk_floor", False, source=self.source)
         LOG.warning("taking new instances again (%s); %d refused since the last report", why, count)
 
 
@@ -195,18 +227,21 @@ class Receiver:
     def __init__(
         self,
         spool: Spool,
-        index: Index,
+        index: ReceiveIndex,
         *,
         min_free_bytes: int,
         clock: Clock,
         on_activity: Callable[[], None] | None = None,
         health: HealthSink | None = None,
+        health_source: str = SpaceRefusals.SOURCE,
     ) -> None:
         self.spool = spool
         self.index = index
         self.min_free_bytes = min_free_bytes
         self.clock = clock
-        self.refusals = SpaceRefusals(min_free_bytes=min_free_bytes, clock=clock, health=health)
+        self.refusals = SpaceRefusals(
+            min_free_bytes=min_free_bytes, clock=clock, health=health, source=health_source
+        )
         # The front panel's activity LED: one cheap call per received object.
         self.on_activity = on_activity
         # Two associations delivering the same SOP Instance UID at once must not race.
@@ -222,6 +257,11 @@ class Receiver:
             self._diverts.pop(key, None)
         else:
             self._diverts[key] = sink
+
+    @property
+    def diverting(self) -> bool:
+        """Whether a download job's C-MOVE is being diverted (its objects must come here)."""
+        return bool(self._diverts)
 
     def has_room(self) -> bool:
         """Whether free space is above the floor (checked again when the object is stored)."""

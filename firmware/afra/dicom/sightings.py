@@ -33,7 +33,7 @@ class PeerSightings:
         self._lock = threading.Lock()
         self._seen: dict[str, Sighting] = {}
 
-    def _update(self, ae_title: str, address: str, echo: bool) -> None:
+    def _update(self, ae_title: str, address: str, echo: bool, count: int = 1) -> None:
         now = self.clock.time()
         with self._lock:
             old = self._seen.pop(ae_title, None)
@@ -49,7 +49,7 @@ class PeerSightings:
                     address=address,
                     first_store_at=old.first_store_at or now,
                     last_store_at=now,
-                    stores=old.stores + 1,
+                    stores=old.stores + count,
                 )
             self._seen[ae_title] = new
 
@@ -58,6 +58,11 @@ class PeerSightings:
 
     def store(self, ae_title: str, address: str) -> None:
         self._update(ae_title, address, echo=False)
+
+    def stores(self, ae_title: str, address: str, count: int) -> None:
+        """`count` stores a receiving worker saw lately (afra.dicom.workers), as of now."""
+        if count > 0:
+            self._update(ae_title, address, echo=False, count=count)
 
     def get(self, ae_title: str) -> Sighting | None:
         with self._lock:

@@ -484,11 +484,18 @@ class QuarantineRow:
 class Index(SqliteStore):
     """The study index. Thread-safe: one connection, writes serialised by a lock."""
 
-    def __init__(self, path: Path, *, reserve_wal: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, reserve_wal: bool = False, exclusive_fallback: bool = True
+    ) -> None:
         # The running box reserves the WAL (one commit per received instance); CLI commands
-        # that open the index for a moment do not.
+        # that open the index for a moment do not. A receiving worker never opens it in the
+        # exclusive mode (afra.dicom.workers).
         super().__init__(
-            path, SCHEMA, timeout=30.0, reserve_wal=reserve_wal, exclusive_fallback=True
+            path,
+            SCHEMA,
+            timeout=30.0,
+            reserve_wal=reserve_wal,
+            exclusive_fallback=exclusive_fallback,
         )
         try:
             self._migrate()
