@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import ipaddress
 import logging
 import mmap
@@ -827,7 +828,7 @@ class _Association:
 
     def _stage(self, message: _Message, data: bytes | memoryview, last: bool) -> None:
         """Direct I/O: copy into the aligned buffer, write it out each time it is full; with
-        the last fragment, write the rest padded to the alignment and cut the file to size.
+        the last fragment, the rest (its last partial block buffered).
         (The spool probed that its filesystem takes such writes: Spool.direct_io.)"""
         stage = self.stage_view
         assert stage is not None
@@ -841,20 +842,27 @@ class _Association:
             if self.staged == STAGING_BYTES:
                 self._write_staged(message, STAGING_BYTES)
         if last and self.staged:
-            padded = -(-self.staged // DIRECT_ALIGN) * DIRECT_ALIGN
-            stage[self.staged : padded] = bytes(padded - self.staged)
-            unaligned = padded != self.staged
-            self._write_staged(message, padded)
-            if unaligned:
-                os.ftruncate(message.fd, message.written)
+            # The aligned part directly, the last partial block (< 4 KiB) through the page
+            # cache: it starts at the end of the file, so nothing is read back, and the file
+            # need not be cut (a cut of a block written directly reads that block again).
+            rest, aligned = self.staged % DIRECT_ALIGN, self.staged - self.staged % DIRECT_ALIGN
+            if aligned:
+                self._write_staged(message, aligned, keep=rest)
+            if rest:
+                flags = fcntl.fcntl(message.fd, fcntl.F_GETFL)
+                fcntl.fcntl(message.fd, fcntl.F_SETFL, flags & ~O_DIRECT)
+                view = stage[aligned : aligned + rest]
+                while view:
+                    view = view[os.write(message.fd, view) :]
+            self.staged = 0
 
-    def _write_staged(self, message: _Message, length: int) -> None:
+    def _write_staged(self, message: _Message, length: int, keep: int = 0) -> None:
         stage = self.stage_view
         assert stage is not None
         view = stage[:length]
         while view:  # a short write (a full disk) returns a whole number of blocks
             view = view[os.write(message.fd, view) :]
-        self.staged = 0
+        self.staged = keep
 
     def _data_fragment(self, message: _Message, fragment: memoryview, last: bool) -> None:
         if message.decoded is None or not message.decoded.has_data_set:
