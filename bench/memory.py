@@ -9,12 +9,14 @@ every 50 ms from just before the send until storescu exits. The box must then ho
 MiB) and reused. Needs 4 GiB free on the disk holding ``bench/out``.
 
 stdout: ``memory_peak_rss_mb_large_object=``, ``memory_peak_rss_mb_3000_study=`` and, last,
-``memory_peak_rss_mb=<the larger>`` (MiB).
+``memory_peak_rss_mb=<the larger>`` (MiB). ``--receive-processes N`` sets the box's
+dicom.receive_processes (its workers are in the process tree measured).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 from collections.abc import Sequence
@@ -57,10 +59,13 @@ def check_disk() -> None:
         )
 
 
-def measure(label: str, files: Sequence[Path]) -> RunResult:
+def measure(label: str, files: Sequence[Path], receive_processes: int | None) -> RunResult:
     log(f"{label}: sending {len(files)} file(s) to a fresh box")
     result = run_fresh(
-        BoxReceiver, [list(files)], timeout=SEND_TIMEOUT_S, dimse_timeout=DIMSE_TIMEOUT_S
+        functools.partial(BoxReceiver, receive_processes=receive_processes),
+        [list(files)],
+        timeout=SEND_TIMEOUT_S,
+        dimse_timeout=DIMSE_TIMEOUT_S,
     )
     log(
         f"{label}: {result.wall_s:.2f}s, peak RSS {result.peak_rss_bytes / MIB:.1f} MiB, "
@@ -71,7 +76,13 @@ def measure(label: str, files: Sequence[Path]) -> RunResult:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.parse_args(argv)
+    ap.add_argument(
+        "--receive-processes",
+        type=int,
+        default=None,
+        help="the box's dicom.receive_processes (default: the box's default)",
+    )
+    args = ap.parse_args(argv)
     check_disk()
     prepare_tmp_root()
     large = ensure_large_object(LARGE_OBJECT, LARGE_SIZE)
@@ -80,9 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     warm_page_cache(study)
     try:
-        large_peak = measure("large object", [large]).peak_rss_bytes / MIB
+        processes = args.receive_processes
+        large_peak = measure("large object", [large], processes).peak_rss_bytes / MIB
         print(f"memory_peak_rss_mb_large_object={large_peak:.1f}", flush=True)
-        study_peak = measure("3000-instance study", study).peak_rss_bytes / MIB
+        study_peak = measure("3000-instance study", study, processes).peak_rss_bytes / MIB
         print(f"memory_peak_rss_mb_3000_study={study_peak:.1f}", flush=True)
     except BenchError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
