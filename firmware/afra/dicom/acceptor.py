@@ -1079,6 +1079,9 @@ class Acceptor:
             ) from None
         listener.listen(64)
         listener.settimeout(0.5)
+        # Whether tmp/ takes direct writes is probed (a file made and removed) now, before the
+        # first association, not while one is being received.
+        LOG.debug("direct writes in tmp/: %s", self.receiver.spool.direct_io)
         if self.handoff is not None:
             self.handoff.start()
         self._listener = listener
