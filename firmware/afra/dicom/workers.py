@@ -21,6 +21,8 @@ the workers' refusals. Associations stay in the main process while a download jo
 C-MOVE (the divert is registered there) and when no worker is ready. A worker that dies ends
 its associations (nothing it had not answered was acknowledged) and is started again.
 Started by `ReceiveWorkers` (WORKER_COMMAND, the socket's descriptor), never by hand.
+A worker reads the free space of the real disk: `build_appliance(usage=...)`, the tests' disk
+that fills, reaches the main process only (tests of the floor run with one process).
 """
 
 from __future__ import annotations
