@@ -14,11 +14,12 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC
 
 from afra.app import Appliance
 from afra.dicom.workers import ReceiveWorkers, process_count
 from tests.conftest import BoxFactory, wait_for
-from tests.dicom.conftest import LOOPBACK
+from tests.dicom.conftest import LOOPBACK, RawPeer, store_request, until_closed
 from tests.dicomgen import dataset_bytes_hash, make_ct_series, make_instance
 from tests.peers import storescu
 
@@ -215,3 +216,35 @@ def test_a_killed_worker_is_started_again(
     again = in_a_worker(box, held, "AGAIN")
     assert again.send_c_store(dcmread(path)).Status == 0x0000
     assert box.index.studies()[0].instance_count == 1
+
+
+def test_stopping_mid_object_in_a_worker_aborts_and_leaves_tmp_clean(make_box: BoxFactory) -> None:
+    box = make_box(dicom={"receive_processes": 2})
+    workers = workers_of(box)
+    workers.main_takes_ties = False  # the lone association goes to the worker
+    peer = RawPeer(box.dicom.port)
+    try:
+        assert isinstance(peer.associate(CT), A_ASSOCIATE_AC)
+        wait_for(lambda: workers.handed_off == 1, timeout=10, what="passed to the worker")
+        data = b"\x00" * (1 << 20)
+        command, *fragments = peer.message_pdus(
+            store_request(CT, "1.2.826.0.1.3680043.8.498.3", data)
+        )
+        for pdu in (command, *fragments[: len(fragments) // 2]):
+            peer.send(pdu)
+        wait_for(
+            lambda: sum(p.stat().st_size for p in box.spool.tmp_dir.iterdir()) > 0,
+            timeout=10,
+            what="the object half written in tmp/",
+        )
+        box.dicom.stop(grace=0)
+        # The worker's A-ABORT (service user: the box stopping), whole, then the close ...
+        abort = peer.receive()
+        assert isinstance(abort, A_ABORT_RQ)
+        assert abort.source == 0x00
+        assert until_closed(peer.sock) == b""
+        # ... and nothing half received left behind once the worker has stopped.
+        assert not list(box.spool.tmp_dir.iterdir())
+        assert workers.served_here == 0 and box.dicom.open_associations == 0
+    finally:
+        peer.close()

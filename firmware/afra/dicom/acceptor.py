@@ -419,6 +419,11 @@ class _Association:
         # time between our response and its next command), so receiving does not wait for it.
         self.spare: tuple[int, Path] | None = None
         self.on_end: list[Callable[[], None]] = []  # called once the association has ended
+        # Called once it is released (its place in the pool free), in the process serving it.
+        self.on_release: list[Callable[[], None]] = []
+        # Set while a receiving worker serves it (afra.dicom.workers): the A-ABORT on stop is
+        # the worker's to send, under its own send lock, never interleaved with its PDUs.
+        self.abort_elsewhere: Callable[[], None] | None = None
         # Direct I/O (the spool says whether its filesystem takes it): the aligned buffer
         # (an anonymous mapping, so page-aligned) and how much of it holds unwritten data.
         self.direct = False
@@ -681,6 +686,8 @@ class _Association:
         if self.admitted:
             self.admitted = False
             self.server.occupancy.dissociate(self.address, self.known)
+        for callback in self.on_release:
+            callback()
         LOG.info(
             "association with AE %r at %s released (%d instance(s) stored)",
             self.calling_ae,
@@ -712,6 +719,9 @@ class _Association:
         """The box is stopping: A-ABORT (service user) to the peer, then cut the transport;
         the peer's next C-STORE goes to another attempt, nothing half-stored is kept."""
         self.aborted_by_stop = True
+        if self.abort_elsewhere is not None:
+            self.abort_elsewhere()
+            return
         if self.admitted and not self.closed:
             with contextlib.suppress(OSError):
                 # A-ABORT, source 0 (service user), reason 0 (PS3.8 9.3.8)

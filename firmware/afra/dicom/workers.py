@@ -18,7 +18,12 @@ sightings (the first store of an association at once, then at most every quarter
 at its end), the panel's activity (at most every 0.1 s), the worker's `disk_floor` condition
 under a source of its own (`receive-<n>`), and the storage check's free space is passed on to
 the workers' refusals. Associations stay in the main process while a download job diverts a
-C-MOVE (the divert is registered there) and when no worker is ready. A worker that dies ends
+C-MOVE (the divert is registered there) and when no worker is ready. The protocol around
+the hot path is the same code in a worker: per-PDU deadlines, Sta13 after the release (the
+worker says "released" at once, so the association's place in the pool is free while the
+connection waits for the peer to close), and the A-ABORT when the box stops, which the main
+process asks of the worker ("abort") so that it goes out under the association's send lock
+there, never between the bytes of a PDU the worker is sending. A worker that dies ends
 its associations (nothing it had not answered was acknowledged) and is started again.
 Started by `ReceiveWorkers` (WORKER_COMMAND, the socket's descriptor), never by hand.
 A worker reads the free space of the real disk: `build_appliance(usage=...)`, the tests' disk
@@ -73,6 +78,7 @@ READY_TIMEOUT_S = 60.0
 SIGHTING_EVERY_S = 0.25
 ACTIVITY_EVERY_S = 0.1
 MAX_AUTO_PROCESSES = 4
+STOP_JOIN_S = 5.0  # how long a stopping worker waits for its aborted associations to end
 # The index calls a worker may make (Receiver's writes), with the position of their `now`:
 # the index's times are the main process's clock (the box's clock seam), set when it writes.
 INDEX_CALLS = {"add_instance": 3, "add_conflict": 3, "add_quarantine": 1}
@@ -103,8 +109,17 @@ class _Worker:
     lock: threading.Lock = field(default_factory=threading.Lock)
     ready: threading.Event = field(default_factory=threading.Event)
     failed: str = ""
-    # Associations it serves: id -> set when it has ended there.
-    serving: dict[int, threading.Event] = field(default_factory=dict)
+    # Associations it serves, by id.
+    serving: dict[int, _Handed] = field(default_factory=dict)
+
+
+@dataclass
+class _Handed:
+    """An association a worker serves: its main-process side (counted in the occupancy,
+    listed for stop()) and the event set when it has ended there."""
+
+    association: _Association
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class ReceiveWorkers:
@@ -134,6 +149,11 @@ class ReceiveWorkers:
         self._stopping = threading.Event()
         self._in_process = 0  # associations the main process serves itself
         self.handed_off = 0  # associations passed to a worker since the start
+        self.served_here = 0  # associations the main process served itself since the start
+        # Whether the main process takes an association when it is no busier than the least
+        # busy worker (it does: no hand-off for a lone association); tests turn it off so
+        # that every association goes to a worker.
+        self.main_takes_ties = True
         # Index writes asked by workers; as many at once as associations, so that they meet
         # in the index's group commit.
         self._calls = self._executor()
@@ -238,16 +258,23 @@ class ReceiveWorkers:
         with self._lock:
             ready = [w for w in self._workers.values() if w.ready.is_set() and not w.failed]
             worker = min(ready, key=lambda w: len(w.serving), default=None)
-            if worker is None or diverting or len(worker.serving) >= self._in_process:
+            busier = worker is not None and (
+                len(worker.serving) > self._in_process
+                or (len(worker.serving) == self._in_process and self.main_takes_ties)
+            )
+            if worker is None or diverting or busier:
                 self._in_process += 1
+                self.served_here += 1
                 worker = None
             else:
                 ident = next(self._ids)
-                done = worker.serving[ident] = threading.Event()
+                handed = worker.serving[ident] = _Handed(association)
                 self.handed_off += 1
         if worker is None:  # the main process serves it, on the caller's thread
             association.on_end.append(self._in_process_ended)
             return False
+        # From now on the box's stop reaches it through the worker (its A-ABORT is sent there).
+        association.abort_elsewhere = lambda: self._abort(worker, ident)
         try:
             _send(
                 worker.sock,
@@ -259,13 +286,20 @@ class ReceiveWorkers:
             LOG.warning(
                 "could not pass an association to receiving worker %d: %s", worker.number, exc
             )
+            association.abort_elsewhere = None
             with self._lock:
                 worker.serving.pop(ident, None)
                 self._in_process += 1
+                self.served_here += 1
             association.on_end.append(self._in_process_ended)
             return False
-        done.wait()
+        handed.done.wait()
         return True
+
+    def _abort(self, worker: _Worker, ident: int) -> None:
+        """The box is stopping: the worker sends the association's A-ABORT and cuts it."""
+        with contextlib.suppress(OSError):
+            _send(worker.sock, worker.lock, ("abort", ident))
 
     def _in_process_ended(self) -> None:
         with self._lock:
@@ -299,11 +333,20 @@ class ReceiveWorkers:
         if kind == "call":
             _, call_id, method, args, kwargs = message
             self._calls.submit(self._call, worker, call_id, method, args, kwargs)
+        elif kind == "released":
+            # Released there (Sta13 follows, the connection open until the peer closes it):
+            # its place in the pool is free at once, as for one served here.
+            with self._lock:
+                handed = worker.serving.get(message[1])
+            if handed is not None and handed.association.admitted:
+                handed.association.admitted = False
+                occupancy = handed.association.server.occupancy
+                occupancy.dissociate(handed.association.address, handed.association.known)
         elif kind == "ended":
             with self._lock:
-                done = worker.serving.pop(message[1], None)
-            if done is not None:
-                done.set()
+                handed = worker.serving.pop(message[1], None)
+            if handed is not None:
+                handed.done.set()
         elif kind == "echo":
             self.sightings.echo(message[1], message[2])
         elif kind == "stores":
@@ -358,8 +401,8 @@ class ReceiveWorkers:
             worker.serving.clear()
             if self._workers.get(worker.number) is worker:
                 del self._workers[worker.number]
-        for done in serving:
-            done.set()
+        for handed in serving:
+            handed.done.set()
         with contextlib.suppress(OSError):
             worker.sock.close()
         code = worker.proc.wait()
@@ -565,20 +608,26 @@ class _WorkerServer:
 def _serve_one(
     server: _WorkerServer,
     parent: _Parent,
-    sockets: dict[int, socket.socket],
+    associations: dict[int, _Association],
     ident: int,
-    state: dict[str, Any],
 ) -> None:
-    sock = sockets[ident]
-    association = _Association.established(server, sock, state)
+    association = associations[ident]
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        association.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         association.run(established=True)
     finally:
-        sockets.pop(ident, None)
+        associations.pop(ident, None)
         server.sightings.flush(association.calling_ae, association.address)
         with contextlib.suppress(OSError):
             parent.send(("ended", ident))
+
+
+def _released(parent: _Parent, ident: int) -> Callable[[], None]:
+    def tell() -> None:
+        with contextlib.suppress(OSError):
+            parent.send(("released", ident))
+
+    return tell
 
 
 def worker_main(fd: int) -> int:
@@ -616,7 +665,8 @@ def worker_main(fd: int) -> int:
         health_source=f"receive-{number}",
     )
     server = _WorkerServer(settings, receiver, _Sightings(parent))
-    sockets: dict[int, socket.socket] = {}
+    associations: dict[int, _Association] = {}
+    threads: list[threading.Thread] = []
     parent.send(("ready",))
     try:
         while True:
@@ -631,13 +681,24 @@ def worker_main(fd: int) -> int:
             if kind == "association" and fds:
                 _, ident, state = message
                 conn = socket.socket(fileno=fds.pop(0))
-                sockets[ident] = conn
-                threading.Thread(
+                association = _Association.established(server, conn, state)
+                association.on_release.append(_released(parent, ident))
+                associations[ident] = association
+                thread = threading.Thread(
                     target=_serve_one,
-                    args=(server, parent, sockets, ident, state),
+                    args=(server, parent, associations, ident),
                     name=f"dicom-{state['address']}",
                     daemon=True,
-                ).start()
+                )
+                threads = [t for t in threads if t.is_alive()]
+                threads.append(thread)
+                thread.start()
+            elif kind == "abort":
+                # The box is stopping (Acceptor.stop): A-ABORT under the association's own
+                # send lock, then the transport cut, as in the main process.
+                aborted = associations.get(message[1])
+                if aborted is not None:
+                    aborted.abort_for_stop()
             elif kind == "result":
                 parent.answered(message[1], message[2], message[3])
             elif kind == "recheck":
@@ -648,7 +709,12 @@ def worker_main(fd: int) -> int:
                 os.close(extra)
     finally:
         parent.gone()
-        for conn in sockets.values():
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+        # Whatever still runs is aborted as the box stops; its threads get a moment to
+        # drop what they had half received (tmp/ left clean) and to say they ended.
+        for association in list(associations.values()):
+            if not association.aborted_by_stop:
+                association.abort_for_stop()
+        deadline = time.monotonic() + STOP_JOIN_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
     return 0
