@@ -485,7 +485,11 @@ def build_appliance(
     layout = DataDir(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        spool = Spool(root, free_bytes=lambda: usage(root).free)
+        spool = Spool(
+            root,
+            free_bytes=lambda: usage(root).free,
+            direct_io=None if config.storage.direct_writes else False,  # None: probed
+        )
     except OSError as exc:
         raise StorageError(f"storage root {root} is not usable: {exc}") from exc
     configure_pynetdicom(spool.tmp_dir)

@@ -167,6 +167,9 @@ class PacsSettings(Section):
 
 class StorageSettings(Section):
     min_free_mb: int = Field(2048, ge=0)
+    # Received data sets written with O_DIRECT where the filesystem takes it (less CPU: no
+    # page-cache copy). False writes through the page cache, as before (docs/ARCHITECTURE.md).
+    direct_writes: bool = True
 
 
 class StudySettings(Section):
