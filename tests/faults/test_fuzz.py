@@ -280,7 +280,10 @@ def test_each_hostile_opening_is_aborted_then_closed(make_box: BoxFactory, garba
     box = make_box(dicom={"allow_any_peer": True, "acse_timeout": 2})
     with socket.create_connection((LOOPBACK, box.dicom.port), timeout=10) as sock:
         sock.sendall(garbage)
-        sock.shutdown(socket.SHUT_WR)
+        # The box may have answered and hung up already (it reads 6 bytes and knows): then
+        # the half-close finds the connection reset, and the answer is still there to read.
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
         # Everything up to the close, kept also when the close is a reset (bytes left unread).
         answer = until_closed(sock)
     reason = HOSTILE_ANSWERS[garbage]
