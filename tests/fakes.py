@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 
 class FakeClock:
@@ -88,3 +89,26 @@ class FakeRauc:
 
     def reboot(self) -> None:
         self.calls.append(("reboot",))
+
+
+def self_signed_pem(key: Any, not_after: float) -> str:
+    """A self-signed certificate for `key` (CN afra-test) valid for a year up to `not_after`."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "afra-test")])
+    end = dt.datetime.fromtimestamp(not_after, dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(end - dt.timedelta(days=365))
+        .not_valid_after(end)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from afra.health import (
     STATES,
@@ -25,7 +22,7 @@ from afra.health import (
 )
 from afra.uplink.identity import NodeIdentity
 from tests.disks import tmpfs
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, self_signed_pem
 
 
 @pytest.fixture
@@ -187,19 +184,7 @@ def _enrol_with_cert(identity: NodeIdentity, not_after: float) -> None:
     identity.ensure_key()
     key = serialization.load_pem_private_key(identity.key_path.read_bytes(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "afra-test")])
-    end = dt.datetime.fromtimestamp(not_after, dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(end - dt.timedelta(days=365))
-        .not_valid_after(end)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    pem = self_signed_pem(key, not_after)
     identity.save_enrolment(node_id="n1", hub_url="https://hub.test", cert_pem=pem, ca_pem=pem)
 
 

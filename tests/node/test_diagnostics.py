@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from afra.health import Health, IdentityProbe
 from afra.node import diagnostics
 from medix.models import Heartbeat
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, self_signed_pem
 
 
 @dataclass
@@ -35,20 +31,7 @@ class Queue:
 
 
 def _cert(path: Path, not_after: float) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "afra-test")])
-    end = dt.datetime.fromtimestamp(not_after, dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(end - dt.timedelta(days=365))
-        .not_valid_after(end)
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.write_text(self_signed_pem(ec.generate_private_key(ec.SECP256R1()), not_after))
     return path
 
 

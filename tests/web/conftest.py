@@ -22,6 +22,17 @@ from tests.fakes import FakeClock
 
 PASSWORD = "Correct-Horse-42"
 BOX_IP = "192.0.2.10"
+# Debian's Chromium, headless, as the browser tests and `make screenshots` start it.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 class FakeNetwork:

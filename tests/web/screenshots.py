@@ -41,18 +41,17 @@ from tests.conftest import make_config, wait_for
 from tests.dicomgen import make_ct_series
 from tests.fakes import FakeClock, FakeRauc
 from tests.peers import echoscu, free_port, storescu
-from tests.web.conftest import PASSWORD, FakeNetwork, claim, dicom_form, post, set_password
+from tests.web.conftest import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PASSWORD,
+    FakeNetwork,
+    claim,
+    dicom_form,
+    post,
+    set_password,
+)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # Two common phones: a small Android (360 x 740 CSS px) and an iPhone 12-15 (390 x 844).
 VIEWPORTS = {360: {"width": 360, "height": 740}, 390: {"width": 390, "height": 844}}
 LANGUAGES = ("en", "fa")

@@ -24,18 +24,8 @@ from tests.conftest import BoxFactory, make_config, wait_for
 from tests.dicomgen import make_ct_series
 from tests.fakes import FakeClock
 from tests.peers import echoscu, free_port, storescu
-from tests.web.conftest import PASSWORD, FakeNetwork
+from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, PASSWORD, FakeNetwork
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PHONE = {"width": 390, "height": 844}
 
 pytestmark = pytest.mark.peers
