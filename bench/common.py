@@ -440,6 +440,15 @@ def _kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
             proc.wait(timeout=10)
 
 
+def _expire(procs: Sequence[subprocess.Popen[bytes]], late: threading.Event) -> None:
+    """The senders' time is up: kill those still running (their waits then return)."""
+    late.set()
+    for proc in procs:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+
 def measure_send(
     receiver: Receiver,
     batches: Sequence[Sequence[Path]],
@@ -482,15 +491,20 @@ def measure_send(
                         cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
                     )
                 )
-            deadline = time.monotonic() + timeout
-            for proc in procs:
-                try:
-                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired as exc:
-                    raise BenchError(
-                        f"storescu to {receiver.name} still running after {timeout:.0f}s"
-                    ) from exc
+            # A blocking wait returns when the last sender exits; Popen.wait(timeout=...)
+            # polls with sleeps of up to 50 ms, which rounded every run's wall time up by as
+            # much (a fifth of a 0.25 s storescp run). The timeout is a timer instead.
+            late = threading.Event()
+            watchdog = threading.Timer(timeout, _expire, (procs, late))
+            watchdog.start()
+            try:
+                for proc in procs:
+                    proc.wait()
+            finally:
+                watchdog.cancel()
             wall = time.perf_counter() - t0
+            if late.is_set():
+                raise BenchError(f"storescu to {receiver.name} still running after {timeout:.0f}s")
         cpu = tree_cpu_seconds(pid) - cpu0
         for i, (proc, out) in enumerate(zip(procs, logs, strict=True)):
             if proc.returncode != 0:
