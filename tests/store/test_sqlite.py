@@ -111,3 +111,51 @@ def test_a_writer_alone_that_fails_leaves_nothing_and_the_next_one_commits(
     assert index._grouped(ok) == "next"
     assert index._read_one("SELECT count(*) FROM meta WHERE key = 'next'", ())[0] == 1
     index.close()
+
+
+def _synchronous(db: sqlite3.Connection) -> int:
+    """The synchronous level the transaction will commit at: 1 NORMAL, 2 FULL."""
+    return int(db.execute("PRAGMA synchronous").fetchone()[0])
+
+
+def test_only_work_that_can_be_redone_commits_without_waiting_for_the_disk(
+    tmp_path: Path,
+) -> None:
+    index = Index(tmp_path / "index.sqlite")
+    assert index._grouped(_synchronous, flush=False) == 1
+    # Everything else still waits for the disk, on the same connection, right after.
+    with index._transaction() as db:
+        assert _synchronous(db) == 2
+    assert index._grouped(_synchronous) == 2
+    # A batch waits for the disk when any of its writers asked to: the two commit together.
+    release = threading.Event()
+    holding = threading.Event()
+
+    def hold(db: sqlite3.Connection) -> None:
+        holding.set()
+        release.wait(10)
+
+    seen: dict[str, int] = {}
+    ran_on: dict[str, int] = {}
+
+    def writer(key: str, flush: bool) -> threading.Thread:
+        def work(db: sqlite3.Connection) -> None:
+            ran_on[key] = threading.get_ident()
+            seen[key] = _synchronous(db)
+
+        return threading.Thread(target=lambda: index._grouped(work, flush=flush))
+
+    first = threading.Thread(target=lambda: index._grouped(hold, flush=False))
+    first.start()
+    assert holding.wait(10)
+    both = [writer("relaxed", False), writer("durable", True)]
+    for t in both:
+        t.start()
+    while len(index._pending) < 2:
+        threading.Event().wait(0.01)
+    release.set()
+    for t in [first, *both]:
+        t.join(10)
+    assert ran_on["relaxed"] == ran_on["durable"]
+    assert seen == {"relaxed": 2, "durable": 2}
+    index.close()

@@ -1,5 +1,9 @@
 """The study index: an embedded SQLite database (WAL, synchronous FULL) of studies and instances.
 
+A received instance's row is the one exception (`add_instance`): it is committed without
+waiting for the disk, because its file and name are durable before it and `app.recover`
+indexes again, at start-up, any instance file a power cut left the index without.
+
 A study revision's state is a column, its moves the table in store/lifecycle.py (received ->
 complete -> queued -> uploading -> delivered, purged), held by CHECK constraints. An instance
 that arrives for a study already complete opens a new revision of that study, which holds
@@ -608,7 +612,7 @@ class Index(SqliteStore):
             db.execute(SQL_COUNT_INSTANCE, (size, now, study_id))
             return AddedInstance(study_id=study_id, revision=revision, new_study_row=new_row)
 
-        return self._grouped(work)
+        return self._grouped(work, flush=False)
 
     def add_conflict(
         self, sop_instance_uid: str, rel_path: str, size: int, now: float, calling_ae: str

@@ -4,7 +4,10 @@ threads with writes serialised by a lock (`BEGIN IMMEDIATE` ... `COMMIT`).
 The receive path has two more ways in, for several associations at once: `_grouped` lets
 writers that arrive while a commit is being flushed share the next transaction and its one
 WAL flush (group commit), and `_read_one` reads on a second connection, so a lookup does not
-wait behind another thread's flush (WAL readers never wait for the writer).
+wait behind another thread's flush (WAL readers never wait for the writer). Work that can be
+redone from what is durable elsewhere may ask `_grouped` not to wait for the flush
+(synchronous NORMAL for that commit; in WAL mode a power cut then undoes only the last such
+commits, never a FULL one or anything before it).
 
 A store that commits once per received instance can reserve its write-ahead log: the WAL file
 is grown once to a fixed size, so that each commit overwrites blocks the file already has and
@@ -56,10 +59,11 @@ WAL_RESERVE_BYTES = 8 * 1024 * 1024
 class _Pending(Generic[T]):
     """One writer's work waiting for a grouped transaction."""
 
-    __slots__ = ("done", "error", "result", "work")
+    __slots__ = ("done", "error", "flush", "result", "work")
 
-    def __init__(self, work: Callable[[sqlite3.Connection], T]) -> None:
+    def __init__(self, work: Callable[[sqlite3.Connection], T], flush: bool) -> None:
         self.work = work
+        self.flush = flush
         self.done = False
         self.result: T | None = None
         self.error: BaseException | None = None
@@ -86,6 +90,8 @@ class SqliteStore:
         # True when the wal-index is in this process's memory (see the module docstring).
         # exclusive_fallback: open that way when the wal-index file cannot be made.
         self.exclusive = False
+        # The writer connection's synchronous setting now (see `_grouped`'s flush).
+        self._relaxed = False
         self._db = self._connect()
         try:
             self._enter_wal(exclusive_fallback)
@@ -191,15 +197,21 @@ class SqliteStore:
                 )
             return self._reader.execute(sql, params).fetchone()
 
-    def _grouped(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _grouped(self, work: Callable[[sqlite3.Connection], T], *, flush: bool = True) -> T:
         """Run `work` in a write transaction, sharing it with writers that queue meanwhile.
 
         Whoever takes the write lock commits everything queued so far in one transaction
         (one WAL flush); each piece of work runs in its own savepoint, so one that raises is
         undone alone and its caller gets the exception. A caller returns only once its work
         is committed (or raises), as with `_transaction`.
+
+        `flush=False`: the work may be committed without waiting for the disk (synchronous
+        NORMAL: the WAL is flushed by the next commit that waits for it, or at a checkpoint).
+        A power cut may then undo the last such commits, never a later flushed one: only for
+        work that can be redone from what is already durable elsewhere. A batch waits for the
+        disk if any of its work asked to.
         """
-        item: _Pending[T] = _Pending(work)
+        item: _Pending[T] = _Pending(work, flush)
         with self._pending_lock:
             self._pending.append(item)
         with self._lock:
@@ -213,7 +225,11 @@ class SqliteStore:
 
     def _commit_batch(self, batch: list[_Pending[Any]]) -> None:
         db = self._db
+        relaxed = not any(item.flush for item in batch)
         try:
+            if relaxed != self._relaxed:
+                db.execute(f"PRAGMA synchronous = {'NORMAL' if relaxed else 'FULL'}")
+                self._relaxed = relaxed
             db.execute("BEGIN IMMEDIATE")
             if len(batch) == 1:
                 # Alone in its transaction, the work needs no savepoint: if it raises, the
@@ -244,6 +260,9 @@ class SqliteStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._relaxed:
+                self._db.execute("PRAGMA synchronous = FULL")
+                self._relaxed = False
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
