@@ -12,7 +12,7 @@ from pynetdicom import AE
 
 from afra.dicom.acceptor import STAGING_BYTES
 from afra.dicom.spool import DIRECT_ALIGN, O_DIRECT, direct_io_works
-from tests.conftest import BoxFactory
+from tests.conftest import BoxFactory, wait_for
 from tests.dicom.conftest import LOOPBACK
 from tests.dicomgen import dataset_bytes_hash, dataset_offset, make_instance
 from tests.peers import storescu
@@ -95,8 +95,12 @@ def test_temp_files_opened_direct_only_where_the_spool_says(
     try:
         status = assoc.send_c_store(dcmread(path))
         assert status.Status == 0x0000
+        # The next C-STORE's temp file is made on another thread after the response.
+        wait_for(
+            lambda: _open_tmp_flags(box.spool.tmp_dir),
+            what="the association keeps a temp file open for its next C-STORE",
+        )
         flags = _open_tmp_flags(box.spool.tmp_dir)
-        assert flags, "the association keeps a temp file open for its next C-STORE"
         assert all(bool(f & O_DIRECT) == direct for f in flags)
     finally:
         assoc.release()

@@ -340,6 +340,34 @@ def test_a_command_in_many_pdvs_and_many_pdvs_in_one_pdu(
     assert dataset_bytes_hash(_stored_file(box, str(ds.SOPInstanceUID))) == dataset_bytes_hash(sent)
 
 
+def test_objects_in_one_write_of_many_pdus(make_box: BoxFactory, tmp_path: Path) -> None:
+    # The box reads what has arrived, several PDUs at a time, through a buffer a little
+    # larger than its largest PDU: 3 MiB in 16 KiB PDUs sent at once make PDUs straddle the
+    # buffer's end again and again; a second C-STORE follows in the same write.
+    box = make_box()
+    big = make_instance(tmp_path / "big.dcm", pixel_bytes=3 * 2**20 + 4098)
+    small = make_instance(tmp_path / "small.dcm", seed=3)
+    uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (big, small)]
+    peer = RawPeer(box.dicom.port)
+    try:
+        assert isinstance(peer.associate(CTImageStorage), A_ASSOCIATE_AC)
+        pdus = [
+            pdu
+            for n, (path, uid) in enumerate(zip((big, small), uids, strict=True), start=1)
+            for pdu in peer.message_pdus(
+                store_request(CTImageStorage, uid, _dataset_bytes(path), message_id=n)
+            )
+        ]
+        assert len(pdus) > 190
+        peer.sock.sendall(b"".join(pdu.encode() for pdu in pdus))
+        answers = [peer.receive_message().command_set for _ in range(2)]
+    finally:
+        peer.close()
+    assert [(a.MessageIDBeingRespondedTo, a.Status) for a in answers] == [(1, 0), (2, 0)]
+    for path, uid in zip((big, small), uids, strict=True):
+        assert dataset_bytes_hash(_stored_file(box, uid)) == dataset_bytes_hash(path)
+
+
 def test_mixed_sop_classes_and_an_object_beyond_the_header_window(
     make_box: BoxFactory, tmp_path: Path
 ) -> None:

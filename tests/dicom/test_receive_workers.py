@@ -17,6 +17,7 @@ from pynetdicom.association import Association
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC
 
 from afra.app import Appliance
+from afra.dicom.acceptor import STAGING_BYTES
 from afra.dicom.workers import ReceiveWorkers, process_count
 from tests.conftest import BoxFactory, wait_for
 from tests.dicom.conftest import LOOPBACK, RawPeer, store_request, until_closed
@@ -226,7 +227,8 @@ def test_stopping_mid_object_in_a_worker_aborts_and_leaves_tmp_clean(make_box: B
     try:
         assert isinstance(peer.associate(CT), A_ASSOCIATE_AC)
         wait_for(lambda: workers.handed_off == 1, timeout=10, what="passed to the worker")
-        data = b"\x00" * (1 << 20)
+        # Half of it is more than the association buffers before it writes to the file.
+        data = b"\x00" * (4 * STAGING_BYTES)
         command, *fragments = peer.message_pdus(
             store_request(CT, "1.2.826.0.1.3680043.8.498.3", data)
         )

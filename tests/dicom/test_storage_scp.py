@@ -304,6 +304,75 @@ def test_restart_resumes_from_disk(tmp_path: Path, clock: object) -> None:
     shutil.rmtree(data)
 
 
+def test_receive_commits_lost_to_a_power_cut_are_redone_from_the_files(
+    tmp_path: Path, clock: object
+) -> None:
+    # The index commits a received instance without waiting for the disk (the file and its
+    # name were flushed before the success): a power cut may undo the index's last commits,
+    # never the files. Here the index goes back to its copy from before the second study.
+    data = tmp_path / "box"
+    config = make_config(data)
+    first = make_ct_series(tmp_path / "a", n=3, rows=32, cols=32)
+    second = make_ct_series(tmp_path / "b", n=4, rows=32, cols=32)
+    box = build_appliance(config, clock=clock)  # type: ignore[arg-type]
+    box.start()
+    storescu(LOOPBACK, box.dicom.port, first)
+    box.close()
+    saved = tmp_path / "index-before"
+    saved.mkdir()
+    for p in data.glob("index.sqlite*"):
+        shutil.copy2(p, saved / p.name)
+    box = build_appliance(config, clock=clock)  # type: ignore[arg-type]
+    box.start()
+    storescu(LOOPBACK, box.dicom.port, second)
+    box.close()
+    for p in data.glob("index.sqlite*"):
+        p.unlink()
+    for p in saved.iterdir():
+        shutil.copy2(p, data / p.name)
+    box = build_appliance(config, clock=clock)  # type: ignore[arg-type]
+    box.start()
+    try:
+        assert box.startup.indexed_orphans == 4 and box.startup.missing_files == []
+        counts = sorted(s.instance_count for s in box.index.studies())
+        assert counts == [3, 4]
+        for path in second:
+            uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            found = box.index.find_instance(uid)
+            assert found is not None
+            assert dataset_bytes_hash(box.spool.absolute(found.path)) == dataset_bytes_hash(path)
+    finally:
+        box.close()
+
+
+def test_a_temp_file_that_cannot_be_made_is_out_of_resources_and_the_next_one_works(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The next object's temp file is made ahead, on another thread; when that fails (and
+    # the second try too), the C-STORE is answered out-of-resources and nothing is kept.
+    box = make_box()
+    files = [make_instance(tmp_path / f"{n}.dcm", seed=n) for n in range(4)]
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA")
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(files[0]).Status == 0x0000
+        wait_for(lambda: list(box.spool.tmp_dir.iterdir()), what="the next temp file made")
+        real = box.spool.new_tmp_path
+        monkeypatch.setattr(box.spool, "new_tmp_path", lambda: tmp_path / "gone" / "x.part")
+        statuses = [int(assoc.send_c_store(path).Status) for path in files[1:3]]
+        monkeypatch.setattr(box.spool, "new_tmp_path", real)
+        statuses.append(int(assoc.send_c_store(files[3]).Status))
+        # files[1] had its file already; files[2]'s could not be made, nor made again.
+        assert statuses == [0x0000, 0xA700, 0x0000]
+    finally:
+        assoc.release()
+    uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
+    assert [box.index.find_instance(uid) is not None for uid in uids] == [True, True, False, True]
+    wait_for(lambda: not list(box.spool.tmp_dir.iterdir()), what="tmp/ emptied after release")
+
+
 def test_ipv4_peer_on_dual_stack_listener(make_box: BoxFactory) -> None:
     box = make_box(
         dicom={

@@ -17,7 +17,7 @@ import math
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +29,7 @@ from afra.dicom.header import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_SOP_CLASS_MISMATCH,
     STATUS_SUCCESS,
+    HeadParse,
     InstanceHeader,
     check_uid,
     header_from_head,
@@ -199,6 +200,8 @@ class StoreRequest:
     # The descriptor the acceptor wrote the object through, still open (else -1): fsync and
     # fstat go through it instead of opening the file again.
     fd: int = -1
+    # `head` already being walked (Receiver.walk_head), started as soon as it was whole.
+    head_walk: Future[HeadParse | None] | None = None
 
 
 class StoreSink(Protocol):
@@ -214,7 +217,10 @@ class StoreSink(Protocol):
 def _header(tmp: Path, request: StoreRequest) -> InstanceHeader:
     """The header from the bytes already in memory when they settle it, else from the file."""
     if request.head and request.data_size >= 0:
-        walked = parse_head(request.head, request.transfer_syntax)
+        if request.head_walk is not None:
+            walked = request.head_walk.result()
+        else:
+            walked = parse_head(request.head, request.transfer_syntax)
         header = header_from_head(walked, request.data_size) if walked is not None else None
         if header is not None:
             return header
@@ -262,6 +268,11 @@ class Receiver:
     def diverting(self) -> bool:
         """Whether a download job's C-MOVE is being diverted (its objects must come here)."""
         return bool(self._diverts)
+
+    def walk_head(self, head: bytes, transfer_syntax: str) -> Future[HeadParse | None]:
+        """Start walking a data set's first bytes while the rest is still being received and
+        written (give the result to `store` as StoreRequest.head_walk)."""
+        return self._parse_pool.submit(parse_head, head, transfer_syntax)
 
     def has_room(self) -> bool:
         """Whether free space is above the floor (checked again when the object is stored)."""
