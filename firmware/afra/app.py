@@ -23,7 +23,7 @@ from afra.clock import Clock, SystemClock
 from afra.config import Config
 from afra.datadir import DataDir
 from afra.dicom.acceptor import Acceptor
-from afra.dicom.header import read_header
+from afra.dicom.header import read_header, source_ae_title
 from afra.dicom.receive import Receiver
 from afra.dicom.scu import PacsClient, configure_pynetdicom
 from afra.dicom.spool import Spool
@@ -413,7 +413,10 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
             LOG.error("stored file %s does not belong at its path; left for review", rel)
             continue
         size = spool.absolute(rel).stat().st_size
-        index.add_instance(header, rel, size, clock.time(), calling_ae="")
+        # The sender's AE title is in the file (the box's own file meta): the self-test's
+        # objects are still told apart, and audit records still name who sent them.
+        calling_ae = source_ae_title(spool.absolute(rel))
+        index.add_instance(header, rel, size, clock.time(), calling_ae=calling_ae)
         report.indexed_orphans += 1
     report.missing_files = sorted(known - on_disk)
     for rel in report.missing_files:

@@ -293,6 +293,36 @@ def test_a_protocol_version_without_bit_0_is_rejected(make_box: BoxFactory) -> N
         peer.close()
 
 
+def test_contexts_without_a_transfer_syntax_are_rejected_and_the_rest_negotiated(
+    make_box: BoxFactory,
+) -> None:
+    # Found by the fuzz suite: a context proposing no transfer syntax made pynetdicom's
+    # negotiation raise, and the box dropped the connection without an answer.
+    box = make_box()
+    rq = associate_rq("RAWPEER", CTImageStorage)
+    items = []
+    for n, abstract in ((3, STUDY_ROOT_FIND), (5, Verification)):
+        (item,) = [
+            i
+            for i in associate_rq("RAWPEER", abstract).variable_items
+            if type(i).__name__ == "PresentationContextItemRQ"
+        ]
+        item.presentation_context_id = n
+        items.append(item)
+    rq.variable_items[2:2] = items
+    for item in rq.variable_items[1:3]:  # CT and the query class: no transfer syntax left
+        item.abstract_transfer_syntax_sub_items = item.abstract_transfer_syntax_sub_items[:1]
+    peer = RawPeer(box.dicom.port)
+    try:
+        peer.send(rq)
+        answer = peer.receive()
+        assert isinstance(answer, A_ASSOCIATE_AC)
+        results = {int(cx.context_id): int(cx.result) for cx in answer.presentation_context}
+        assert results == {1: 2, 3: 2, 5: 0}
+    finally:
+        peer.close()
+
+
 def test_any_called_ae_title_is_accepted_and_echoed(make_box: BoxFactory) -> None:
     # docs/conformance.md 2.2.1.4: the Called AE Title is not checked (a PACS configured
     # with an old title for the box still reaches it).

@@ -10,6 +10,7 @@ import pytest
 
 from afra.store.index import Index
 from afra.store.sqlite import WAL_RESERVE_BYTES
+from tests.conftest import wait_for
 
 
 def _tables(index: Index) -> list[str]:
@@ -151,8 +152,7 @@ def test_only_work_that_can_be_redone_commits_without_waiting_for_the_disk(
     both = [writer("relaxed", False), writer("durable", True)]
     for t in both:
         t.start()
-    while len(index._pending) < 2:
-        threading.Event().wait(0.01)
+    wait_for(lambda: len(index._pending) == 2, timeout=10, what="both writers queued")
     release.set()
     for t in [first, *both]:
         t.join(10)

@@ -37,7 +37,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from afra.dicom import dimse
-from afra.dicom.header import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, is_valid_uid
+from afra.dicom.header import (
+    STATUS_CANNOT_UNDERSTAND,
+    HeadParse,
+    is_valid_uid,
+)
 from afra.dicom.receive import Receiver, StoreRequest
 from afra.dicom.sightings import PeerSightings
 from afra.dicom.spool import DIRECT_ALIGN, O_DIRECT, start_writeback
@@ -402,6 +406,18 @@ def supported_contexts(
     ]
 
 
+def _rejected_context(requested: PresentationContext) -> PresentationContext:
+    """The answer to a proposed context the box cannot negotiate: result 2 (no reason)."""
+    from pynetdicom.presentation import PresentationContext
+
+    answer = PresentationContext()
+    answer.context_id = requested.context_id
+    answer.abstract_syntax = requested.abstract_syntax
+    answer.transfer_syntax = ["1.2.840.10008.1.2"]  # a placeholder; PS3.8 says it is ignored
+    answer.result = 0x02
+    return answer
+
+
 @dataclass
 class _Message:
     """A DIMSE message being received on one presentation context."""
@@ -417,8 +433,10 @@ class _Message:
     written: int = 0  # bytes of the file given to os.write (buffered) or staged (direct)
     head: bytearray = field(default_factory=bytearray)
     # The head being walked on another thread from the moment it is whole (Receiver.walk_head)
-    head_walk: Future[Any] | None = None
+    head_walk: Future[HeadParse | None] | None = None
     data_size: int = 0
+    # Why it cannot be kept (fd == -2; "" for a disk below the floor): Receiver.refuse_for_space
+    failure: str = ""
     direct: bool = False  # fd was opened with O_DIRECT: writes go through the staging buffer
 
 
@@ -484,13 +502,15 @@ class _Association:
                 raise PeerGone("peer closed the connection")
             got += n
 
-    def _send(self, data: bytes | bytearray) -> None:
+    def _send(self, data: bytes | bytearray, *, patience: float | None = None) -> None:
+        """Send one PDU whole, under the send lock. Established, the socket is non-blocking:
+        the PDU goes within `patience` seconds (default the DIMSE timeout; 0: one attempt)."""
         with self.send_lock:
             if self.inbox is None:  # still negotiating: the socket's timeout bounds sendall
                 self.sock.sendall(data)
                 return
-            # Established (non-blocking): the whole PDU within the DIMSE timeout.
-            deadline = time.monotonic() + self.settings.dimse_timeout
+            left = self.settings.dimse_timeout if patience is None else patience
+            deadline = time.monotonic() + left
             view = memoryview(data)
             while view:
                 try:
@@ -585,7 +605,8 @@ class _Association:
     def _send_abort(self, reason: int) -> None:
         """A-ABORT from the service provider (source 2) with `reason` (PS3.8 9.3.8)."""
         with contextlib.suppress(OSError):
-            self._send(struct.pack(">BBIBBBB", ABORT, 0, 4, 0, 0, 2, reason))
+            # One attempt: after a send that timed out, the peer is not reading anyway.
+            self._send(struct.pack(">BBIBBBB", ABORT, 0, 4, 0, 0, 2, reason), patience=0)
 
     # -- association establishment -----------------------------------------------------
 
@@ -669,9 +690,25 @@ class _Association:
             elif isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid:
                 roles[UID(str(item.sop_class_uid))] = (item.scu_role, item.scp_role)
         requested = list(rq.presentation_context_definition_list)
+        # A context must propose at least one transfer syntax (PS3.8 9.3.2.2); one without
+        # is answered "rejected, no reason" (pynetdicom's negotiation cannot take it).
+        empty = [cx for cx in requested if not cx.transfer_syntax]
+        requested = [cx for cx in requested if cx.transfer_syntax]
         results, ac_roles = negotiate_as_acceptor(
             requested, supported_contexts(requested, self.settings), roles or None
         )
+        if empty:
+            LOG.warning(
+                "AE %r at %s proposed %d presentation context(s) without a transfer syntax: "
+                "rejected",
+                self.calling_ae,
+                self.address,
+                len(empty),
+            )
+            results = sorted(
+                [*results, *(_rejected_context(cx) for cx in empty)],
+                key=lambda cx: int(cx.context_id or 0),
+            )
         for cx in results:
             if cx.result == 0x00 and cx.context_id is not None:
                 self.contexts[int(cx.context_id)] = (
@@ -692,6 +729,8 @@ class _Association:
         buffer, the first temp file."""
         self.inbox = memoryview(bytearray(self.settings.max_pdu + 6 + READ_AHEAD))
         self.in_start = self.in_end = 0
+        self.buffer = bytearray()  # the negotiation's (up to 1 MiB for a large RQ): done
+        self.view = memoryview(self.buffer)
         self.sock.setblocking(False)
         if self.server.receiver.spool.direct_io:
             self.direct = True
@@ -813,18 +852,23 @@ class _Association:
         and closes it itself when ARTIM expires (AA-2)."""
         deadline = time.monotonic() + self.settings.acse_timeout
         scratch = memoryview(bytearray(4096))
-        with contextlib.suppress(OSError):
+        try:
             while (left := deadline - time.monotonic()) > 0:
                 self.sock.settimeout(left)
-                if self.sock.recv_into(scratch) == 0:
-                    return
-            LOG.info(
-                "AE %r at %s did not close the connection after the release within %g s "
-                "(dicom.acse_timeout); closed it",
-                self.calling_ae,
-                self.address,
-                self.settings.acse_timeout,
-            )
+                try:
+                    if self.sock.recv_into(scratch) == 0:
+                        return
+                except TimeoutError:
+                    break
+        except OSError:
+            return  # reset or shut down: closed either way
+        LOG.info(
+            "AE %r at %s did not close the connection after the release within %g s "
+            "(dicom.acse_timeout); closed it",
+            self.calling_ae,
+            self.address,
+            self.settings.acse_timeout,
+        )
 
     def abort_for_stop(self) -> None:
         """The box is stopping: A-ABORT (service user) to the peer, then cut the transport;
@@ -833,10 +877,13 @@ class _Association:
         if self.abort_elsewhere is not None:
             self.abort_elsewhere()
             return
-        if self.admitted and not self.closed:
+        # Not behind a response the peer does not read (it would hold the send lock for the
+        # DIMSE timeout): then no A-ABORT, only the cut, which also ends that send.
+        if self.admitted and not self.closed and self.send_lock.acquire(timeout=1.0):
+            self.send_lock.release()
             with contextlib.suppress(OSError):
                 # A-ABORT, source 0 (service user), reason 0 (PS3.8 9.3.8)
-                self._send(struct.pack(">BBIBBBB", ABORT, 0, 4, 0, 0, 0, 0))
+                self._send(struct.pack(">BBIBBBB", ABORT, 0, 4, 0, 0, 0, 0), patience=1.0)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
@@ -893,11 +940,16 @@ class _Association:
         if not self.server.receiver.has_room():
             message.fd = -2  # below the floor: drain the data set, answer out-of-resources
             return
+        message.direct = self.direct
         if self.spare is not None:
             message.opening, self.spare = self.spare, None
         else:
-            message.fd, message.path = self._create_tmp(self.direct)
-        message.direct = self.direct
+            try:
+                message.fd, message.path = self._create_tmp(self.direct)
+            except OSError as exc:
+                message.fd = -2  # drain the data set, answer out-of-resources
+                message.failure = f"could not make its temp file ({exc})"
+                return
         self.staged = 0
         header = dimse.part10_header(
             command.affected_sop_class_uid,
@@ -914,7 +966,10 @@ class _Association:
 
     def _prepare_spare(self) -> None:
         if self.spare is None:
-            self.spare = temp_file_opener().submit(self._create_tmp, self.direct)
+            try:
+                self.spare = temp_file_opener().submit(self._create_tmp, self.direct)
+            except RuntimeError:  # the interpreter is exiting: the next C-STORE makes its own
+                self.spare = None
 
     def _opened(self, message: _Message) -> None:
         """Take the temp file the spare was creating; OSError if neither it nor a second try
@@ -958,6 +1013,7 @@ class _Association:
             LOG.error("cannot write a received object to %s: %s", message.path, exc)
             self._discard(message)
             message.fd = -2  # remember the failure: answer out-of-resources
+            message.failure = f"could not write it ({exc})"
             return
         start_writeback(message.fd, message.written, len(data))
         message.written += len(data)
@@ -1007,7 +1063,7 @@ class _Association:
             raise ProtocolViolation("data set fragment before its command set ended")
         if len(message.head) < HEAD_BYTES:
             message.head += fragment[: HEAD_BYTES - len(message.head)]
-            if len(message.head) == HEAD_BYTES and message.fd != -2:
+            if len(message.head) == HEAD_BYTES and (message.fd >= 0 or message.opening is not None):
                 # Walked while the rest is received, written and flushed.
                 _abstract, transfer_syntax = self.contexts[message.context_id]
                 message.head_walk = self.server.receiver.walk_head(
@@ -1058,28 +1114,30 @@ class _Association:
             try:
                 self._opened(message)
             except OSError as exc:
-                LOG.error("cannot make a temp file for a received object: %s", exc)
                 message.fd = -2
-        if message.fd == -2 or message.path is None:
-            return STATUS_OUT_OF_RESOURCES if message.fd == -2 else STATUS_CANNOT_UNDERSTAND
+                message.failure = f"could not make its temp file ({exc})"
+        if message.fd != -2 and message.path is None:
+            return STATUS_CANNOT_UNDERSTAND
         abstract, transfer_syntax = self.contexts[message.context_id]
-        return self.server.receiver.store(
-            message.path,
-            StoreRequest(
-                sop_class_uid=command.affected_sop_class_uid,
-                sop_instance_uid=command.affected_sop_instance_uid,
-                context_abstract_syntax=abstract,
-                calling_ae=self.calling_ae,
-                peer_address=self.address,
-                head=bytes(message.head),
-                data_size=message.data_size,
-                transfer_syntax=transfer_syntax,
-                move_originator_ae=command.move_originator_ae,
-                move_originator_id=command.move_originator_message_id,
-                fd=message.fd,
-                head_walk=message.head_walk,
-            ),
+        request = StoreRequest(
+            sop_class_uid=command.affected_sop_class_uid,
+            sop_instance_uid=command.affected_sop_instance_uid,
+            context_abstract_syntax=abstract,
+            calling_ae=self.calling_ae,
+            peer_address=self.address,
+            head=bytes(message.head),
+            data_size=message.data_size,
+            transfer_syntax=transfer_syntax,
+            move_originator_ae=command.move_originator_ae,
+            move_originator_id=command.move_originator_message_id,
+            fd=message.fd,
+            head_walk=message.head_walk,
         )
+        if message.fd == -2 or message.path is None:
+            # Out of resources, said once for the lot (and to health), not per object.
+            why = f"{message.failure}; check the storage device" if message.failure else ""
+            return self.server.receiver.refuse_for_space(request, why)
+        return self.server.receiver.store(message.path, request)
 
     def _discard(self, message: _Message) -> None:
         if message.opening is not None:

@@ -258,6 +258,16 @@ def read_header(path: Path) -> InstanceHeader:
         ) from None
 
 
+def source_ae_title(path: Path) -> str:
+    """Who sent a stored file: the Source Application Entity Title (0002,0016) the box wrote
+    into its file meta when it received it ("" when absent or unreadable)."""
+    try:
+        value = read_file_meta_info(path).get("SourceApplicationEntityTitle", "")
+    except Exception:  # a file the header was read from: its meta is whole, but be sure
+        return ""
+    return str(value).strip()
+
+
 def _header_of(ds: Any, ts: str) -> InstanceHeader:
     sop_class = _raw_text(ds, SOP_CLASS_UID)
     if not sop_class:

@@ -124,20 +124,27 @@ class Spool:
             self.ensure_dir(root / name)
 
     def ensure_dir(self, path: Path) -> None:
-        """Create a directory and make its entry durable in each new parent."""
+        """Create a directory and make its entry durable in each parent, up to the first
+        directory this spool already knows to be durable.
+
+        Also where the directory exists: another thread or process may have just made it
+        and not yet flushed its parent, and what is linked into it is acknowledged.
+        """
         if path in self._known_dirs:
             return
-        missing: list[Path] = []
+        levels: list[Path] = []
         p = path
-        while not p.exists():
-            missing.append(p)
+        while p not in self._known_dirs and p != p.parent:
+            # The root and what is above it: only where missing (the root is made once).
+            if (p == self.root or not p.is_relative_to(self.root)) and p.exists():
+                break
+            levels.append(p)
             p = p.parent
-        for d in reversed(missing):
+        for d in reversed(levels):
             with contextlib.suppress(FileExistsError):
                 d.mkdir(mode=0o750)
-            # Also when another thread made it: its entry must be durable before we rely on it.
             fsync_dir(d.parent)
-        self._known_dirs.add(path)
+            self._known_dirs.add(d)
 
     @property
     def direct_io(self) -> bool:
