@@ -3,19 +3,19 @@ putting its certificate where cheroot would (`SSL_CLIENT_CERT`)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import json
 import re
 import threading
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 import zstandard
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from flask.testing import FlaskClient
@@ -34,6 +34,7 @@ from medix.models import (
     Registration,
 )
 from medix.receipts import verify_receipt
+from tests.fakes import self_signed_pem
 from tests.medix.conftest import API, HubClient, sign_in
 from tests.medix.nodekit import (
     BIRTH_DATE,
@@ -67,20 +68,7 @@ def heartbeat_body(policy_version: int = 0) -> dict[str, object]:
 
 def foreign_cert_pem() -> str:
     """A self-signed client certificate the hub never issued."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intruder")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    return self_signed_pem(ec.generate_private_key(ec.SECP256R1()), time.time() + 86400)
 
 
 # -- enrolment and identity ------------------------------------------------------------------

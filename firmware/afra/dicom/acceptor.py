@@ -406,14 +406,31 @@ def supported_contexts(
     ]
 
 
+def _pdu_header(data: memoryview, offset: int, limit: int) -> tuple[int, int]:
+    """A PDU's type and length from its 6-byte header at `offset` (PS3.8 9.3.1), refused
+    when the type is none of PS3.8's or the length is over `limit`."""
+    pdu_type, _reserved, length = struct.unpack_from(">BBI", data, offset)
+    if pdu_type not in PDU_NAMES:
+        raise ProtocolViolation(
+            f"unrecognised PDU type 0x{pdu_type:02X} (is this a DICOM peer?)",
+            ABORT_UNRECOGNIZED_PDU,
+        )
+    if length > limit:
+        raise ProtocolViolation(
+            f"PDU of {length} bytes exceeds the {limit}-byte limit", ABORT_INVALID_PARAMETER
+        )
+    return pdu_type, length
+
+
 def _rejected_context(requested: PresentationContext) -> PresentationContext:
     """The answer to a proposed context the box cannot negotiate: result 2 (no reason)."""
+    from pydicom.uid import ImplicitVRLittleEndian
     from pynetdicom.presentation import PresentationContext
 
     answer = PresentationContext()
     answer.context_id = requested.context_id
     answer.abstract_syntax = requested.abstract_syntax
-    answer.transfer_syntax = ["1.2.840.10008.1.2"]  # a placeholder; PS3.8 says it is ignored
+    answer.transfer_syntax = [ImplicitVRLittleEndian]  # a placeholder; PS3.8: ignored
     answer.result = 0x02
     return answer
 
@@ -431,7 +448,9 @@ class _Message:
     # fd and path are set from it by _Association._opened once a byte must be written.
     opening: Future[tuple[int, Path]] | None = None
     written: int = 0  # bytes of the file given to os.write (buffered) or staged (direct)
-    head: bytearray = field(default_factory=bytearray)
+    # The data set's first HEAD_BYTES, growing (bytearray) until whole, then frozen (bytes):
+    # walked and handed to the Receiver without another copy.
+    head: bytearray | bytes = field(default_factory=bytearray)
     # The head being walked on another thread from the moment it is whole (Receiver.walk_head)
     head_walk: Future[HeadParse | None] | None = None
     data_size: int = 0
@@ -516,26 +535,24 @@ class _Association:
                 try:
                     view = view[self.sock.send(view) :]
                 except BlockingIOError:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
+                    if not self._await(select.POLLOUT, deadline):
                         raise TimeoutError("the peer took no data in time") from None
-                    poller = select.poll()
-                    poller.register(self.sock, select.POLLOUT)
-                    poller.poll(max(1, int(left * 1000 + 0.999)))
+
+    def _await(self, event: int, deadline: float) -> bool:
+        """Wait until the non-blocking socket is ready for `event` (POLLIN, POLLOUT) or the
+        deadline passes; False if it had already passed."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        poller = select.poll()
+        poller.register(self.sock, event)
+        poller.poll(max(1, int(left * 1000 + 0.999)))
+        return True
 
     def _read_pdu(self, limit: int) -> tuple[int, memoryview]:
         header = self.view[:6]
         self._recv_exact(header)
-        pdu_type, _reserved, length = struct.unpack_from(">BBI", header)
-        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
-            raise ProtocolViolation(
-                f"unrecognised PDU type 0x{pdu_type:02X} (is this a DICOM peer?)",
-                ABORT_UNRECOGNIZED_PDU,
-            )
-        if length > limit:
-            raise ProtocolViolation(
-                f"PDU of {length} bytes exceeds the {limit}-byte limit", ABORT_INVALID_PARAMETER
-            )
+        pdu_type, length = _pdu_header(header, 0, limit)
         if length + 6 > len(self.buffer):
             self.buffer = bytearray(length + 6)
             self.view = memoryview(self.buffer)
@@ -563,20 +580,13 @@ class _Association:
             try:
                 n = self.sock.recv_into(inbox[self.in_end :])
             except BlockingIOError:
-                self._wait_readable()
+                assert self.deadline is not None
+                if not self._await(select.POLLIN, self.deadline):
+                    raise self.late("the peer did not send a whole PDU in time") from None
                 continue
             if n == 0:
                 raise PeerGone("peer closed the connection")
             self.in_end += n
-
-    def _wait_readable(self) -> None:
-        assert self.deadline is not None
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise self.late("the peer did not send a whole PDU in time")
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        poller.poll(max(1, int(left * 1000 + 0.999)))
 
     def _next_pdu(self, limit: int) -> tuple[int, memoryview]:
         """The next PDU of an established association, from the inbox (see _fill).
@@ -585,16 +595,7 @@ class _Association:
         """
         self._fill(6)
         assert self.inbox is not None
-        pdu_type, _reserved, length = struct.unpack_from(">BBI", self.inbox, self.in_start)
-        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
-            raise ProtocolViolation(
-                f"unrecognised PDU type 0x{pdu_type:02X} (is this a DICOM peer?)",
-                ABORT_UNRECOGNIZED_PDU,
-            )
-        if length > limit:
-            raise ProtocolViolation(
-                f"PDU of {length} bytes exceeds the {limit}-byte limit", ABORT_INVALID_PARAMETER
-            )
+        pdu_type, length = _pdu_header(self.inbox, self.in_start, limit)
         self._fill(6 + length)
         start = self.in_start + 6
         self.in_start = start + length
@@ -1066,9 +1067,8 @@ class _Association:
             if len(message.head) == HEAD_BYTES and (message.fd >= 0 or message.opening is not None):
                 # Walked while the rest is received, written and flushed.
                 _abstract, transfer_syntax = self.contexts[message.context_id]
-                message.head_walk = self.server.receiver.walk_head(
-                    bytes(message.head), transfer_syntax
-                )
+                message.head = bytes(message.head)
+                message.head_walk = self.server.receiver.walk_head(message.head, transfer_syntax)
         self._write(message, fragment, last=last)
         message.data_size += len(fragment)
         if last:

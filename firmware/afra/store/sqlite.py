@@ -223,13 +223,16 @@ class SqliteStore:
             raise item.error
         return item.result  # type: ignore[return-value]
 
+    def _synchronous(self, *, relaxed: bool) -> None:
+        """The next commit waits for the disk (FULL) or not (NORMAL); under the write lock."""
+        if relaxed != self._relaxed:
+            self._db.execute(f"PRAGMA synchronous = {'NORMAL' if relaxed else 'FULL'}")
+            self._relaxed = relaxed
+
     def _commit_batch(self, batch: list[_Pending[Any]]) -> None:
         db = self._db
-        relaxed = not any(item.flush for item in batch)
         try:
-            if relaxed != self._relaxed:
-                db.execute(f"PRAGMA synchronous = {'NORMAL' if relaxed else 'FULL'}")
-                self._relaxed = relaxed
+            self._synchronous(relaxed=not any(item.flush for item in batch))
             db.execute("BEGIN IMMEDIATE")
             if len(batch) == 1:
                 # Alone in its transaction, the work needs no savepoint: if it raises, the
@@ -260,9 +263,7 @@ class SqliteStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            if self._relaxed:
-                self._db.execute("PRAGMA synchronous = FULL")
-                self._relaxed = False
+            self._synchronous(relaxed=False)
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
