@@ -20,13 +20,14 @@ from afra.app import Appliance
 from afra.dicom.acceptor import STAGING_BYTES
 from afra.dicom.workers import ReceiveWorkers, process_count
 from tests.conftest import BoxFactory, wait_for
-from tests.dicom.conftest import LOOPBACK, RawPeer, store_request, until_closed
+from tests.dicom.conftest import LOOPBACK, RawPeer, refusal, store_request, until_closed
 from tests.dicomgen import dataset_bytes_hash, make_ct_series, make_instance
 from tests.peers import storescu
 
 VERIFICATION = "1.2.840.10008.1.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 OUT_OF_RESOURCES = 0xA700
+BUSY = (2, 3, 2)  # rejected-transient, service-provider (presentation), local-limit-exceeded
 
 
 def workers_of(box: Appliance) -> ReceiveWorkers:
@@ -155,13 +156,12 @@ def test_limits_stay_global_with_workers(make_box: BoxFactory, held: list[Associ
         assert held[-1].is_established
     wait_for(lambda: workers.handed_off == 1, timeout=10, what="one in the worker")
     wait_for(lambda: workers.in_process == 1, timeout=10, what="one in the main process")
-    held.append(associate(box.dicom.port, "GREEDY", "127.0.0.21"))
-    assert held[-1].is_rejected
+    assert refusal(box.dicom.port, "GREEDY", source="127.0.0.21") == BUSY
     for source in ("127.0.0.22", "127.0.0.23"):
         held.append(associate(box.dicom.port, "OTHER", source))
         assert held[-1].is_established
-    held.append(associate(box.dicom.port, "OTHER", "127.0.0.24"))
-    assert held[-1].is_rejected  # 4 open in all, 2 of them in the worker
+    # 4 open in all, 2 of them in the worker
+    assert refusal(box.dicom.port, "OTHER", source="127.0.0.24") == BUSY
     wait_for(lambda: workers.handed_off == 2, timeout=10, what="two in the worker")
     assert box.dicom.open_associations == 4
 

@@ -32,6 +32,7 @@ from tests.dicom.conftest import (
     UNRECOGNIZED_PDU,
     FillingDisk,
     provider_abort,
+    refusal,
     send_raw,
     until_closed,
 )
@@ -159,11 +160,10 @@ def test_known_ae_from_unknown_address_rejected(make_box: BoxFactory) -> None:
     box = make_box(
         dicom={"allow_any_peer": False, "peers": [{"ae_title": "MODALITY", "host": "127.0.0.1/32"}]}
     )
+    # rejected-permanent, service-user, calling-AE-title-not-recognized
+    assert refusal(box.dicom.port, "MODALITY", source="127.0.0.2") == (1, 1, 3)
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA", bind_address=("127.0.0.2", 0))
-    assert assoc.is_rejected
-    assert assoc.acceptor.primitive.diagnostic == 3  # calling-AE-title-not-recognized
     assoc = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA")
     assert assoc.is_established
     assoc.release()
@@ -176,9 +176,8 @@ def test_association_limit(make_box: BoxFactory) -> None:
     first = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA")
     assert first.is_established
     try:
-        second = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA")
-        assert second.is_rejected
-        assert second.acceptor.primitive.diagnostic == 2  # local-limit-exceeded
+        # rejected-transient, service-provider (presentation), local-limit-exceeded
+        assert refusal(box.dicom.port, "HOLDER") == (2, 3, 2)
     finally:
         first.release()
 

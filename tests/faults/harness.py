@@ -108,7 +108,14 @@ def send_study(
                     break
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    status = assoc.send_c_store(path)
+                    try:
+                        status = assoc.send_c_store(path)
+                    except RuntimeError:
+                        # The box was killed between two C-STOREs: pynetdicom saw the
+                        # association end after the check above. Nothing more is answered.
+                        if assoc.is_established:
+                            raise
+                        break
                 if not assoc.is_established or "Status" not in status:
                     break
                 if int(status.Status) == 0x0000:

@@ -26,6 +26,7 @@ from afra.update.selftest import Report, SelfTest, confirmed_slot, decide, descr
 from afra.update.status import UpdateRecord
 from afra_web.server import start_web
 from tests.conftest import make_config
+from tests.dicom.conftest import refusal
 from tests.fakes import FakeRauc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,13 +180,9 @@ def test_a_peer_pretending_to_be_the_self_test_from_the_lan_is_refused(
     running: tuple[Appliance, Any],
 ) -> None:
     box, _web = running
-    ae = AE(ae_title="AFRA-SELFTEST")
-    ae.add_requested_context("1.2.840.10008.1.1")
     # 127.0.0.5 is not the box's own address: the peer list applies, and it is empty.
-    assoc = ae.associate(
-        "127.0.0.1", box.dicom.port, ae_title="AFRA", bind_address=("127.0.0.5", 0)
-    )
-    assert assoc.is_rejected
+    # rejected-permanent, service-user, calling-AE-title-not-recognized
+    assert refusal(box.dicom.port, "AFRA-SELFTEST", source="127.0.0.5") == (1, 1, 3)
 
 
 # -- the verdict ---------------------------------------------------------------------------------
