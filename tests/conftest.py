@@ -78,10 +78,17 @@ def make_box(tmp_path: Path, clock: FakeClock) -> Iterator[BoxFactory]:
     started: list[Appliance] = []
 
     def factory(
-        data_dir: Path | None = None, *, usage: Any = None, **sections: dict[str, Any]
+        data_dir: Path | None = None,
+        *,
+        usage: Any = None,
+        journaled: Any = None,
+        **sections: dict[str, Any],
     ) -> Appliance:
         config = make_config(data_dir or tmp_path / "box", **sections)
-        box = build_appliance(config, clock=clock, **({"usage": usage} if usage else {}))
+        seams = {"usage": usage, "journaled": journaled}
+        box = build_appliance(
+            config, clock=clock, **{k: v for k, v in seams.items() if v is not None}
+        )
         box.start()
         started.append(box)
         return box

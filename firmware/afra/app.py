@@ -26,7 +26,7 @@ from afra.dicom.acceptor import Acceptor
 from afra.dicom.header import read_header, source_ae_title
 from afra.dicom.receive import Receiver
 from afra.dicom.scu import PacsClient, configure_pynetdicom
-from afra.dicom.spool import Spool
+from afra.dicom.spool import Spool, journal_commits_names
 from afra.dicom.workers import make_acceptor
 from afra.errors import AfraError, InvalidInstanceError, StorageError
 from afra.health import (
@@ -481,6 +481,7 @@ def build_appliance(
     rauc: Rauc | None = None,
     release: Release | None = None,
     usage: Callable[[Path], DiskUsage] = disk_usage,
+    journaled: Callable[[Path], bool] = journal_commits_names,
 ) -> Appliance:
     clock = clock or SystemClock()
     release = release or running_release()
@@ -492,10 +493,18 @@ def build_appliance(
             root,
             free_bytes=lambda: usage(root).free,
             direct_io=None if config.storage.direct_writes else False,  # None: probed
+            journaled=config.storage.trust_journal and journaled(root),
         )
     except OSError as exc:
         raise StorageError(f"storage root {root} is not usable: {exc}") from exc
     configure_pynetdicom(spool.tmp_dir)
+    LOG.info(
+        "storage %s: %s",
+        root,
+        "ext4 with a journal, a received object and its name made durable by one fsync"
+        if spool.journaled
+        else "a received object made durable by fsync, link, fsync of its folder",
+    )
     index = Index(layout.index, reserve_wal=True)
     health = Health(clock)
     health.set("booting", True)

@@ -315,18 +315,24 @@ class Receiver:
         # The UID's stripe is held from the lookup to the index commit, so two associations
         # delivering one UID at once store it once.
         with self._uid_locks[hash(request.sop_instance_uid) % _LOCK_STRIPES]:
-            # What does not make the file durable (the free-space check, the UIDs, the
-            # header, the lookup) runs on a worker while this thread waits in fsync, which
-            # releases the GIL. The order that makes the file durable stays fsync, rename,
-            # fsync dir, index commit.
-            examined = self._parse_pool.submit(self._examine, tmp, request)
-            try:
-                if request.fd >= 0:
-                    os.fsync(request.fd)
-                else:
-                    fsync_file(tmp)
-            finally:
-                found = examined.result()
+            fd = request.fd if request.fd >= 0 else None
+            one_flush = self.spool.journaled
+            if one_flush:
+                # A journaled ext4: the file's one fsync comes after its link (Spool.commit),
+                # so there is no flush yet for the examination to overlap.
+                found = self._examine(tmp, request)
+            else:
+                # What does not make the file durable (the free-space check, the UIDs, the
+                # header, the lookup) runs on a worker while this thread waits in fsync,
+                # which releases the GIL. Then link, fsync dir, index commit.
+                examined = self._parse_pool.submit(self._examine, tmp, request)
+                try:
+                    if fd is not None:
+                        os.fsync(fd)
+                    else:
+                        fsync_file(tmp)
+                finally:
+                    found = examined.result()
             if found is None:
                 return self.refuse_for_space(request)
             header, held = found
@@ -336,7 +342,7 @@ class Receiver:
                 return self._duplicate(tmp, request, sender, held.path, now)
             rel = self.spool.instance_path(header.study_uid, sop_uid)
             try:
-                self.spool.commit(tmp, rel, synced=True)
+                self.spool.commit(tmp, rel, synced=not one_flush, fd=fd)
             except AlreadyStored:
                 # Another process (a C-GET from the CLI) stored it a moment ago.
                 return self._duplicate(tmp, request, sender, rel, now)

@@ -62,6 +62,26 @@ DIRECT_ALIGN = 4096
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
+# A journaled ext4 (the appliance's data partition) commits a link(2) and the linked inode's
+# change in one journal transaction, and fsync(2) of the file commits that transaction: one
+# flush makes the file and its new name durable, where POSIX asks for a second one, of the
+# directory (docs/ARCHITECTURE.md, "One flush per instance on a journaled ext4").
+SYS = Path("/sys")
+
+
+def journal_commits_names(directory: Path, *, sys_root: Path = SYS) -> bool:
+    """Whether `directory` is on an ext4 filesystem with a journal, as the kernel reports it
+    (/sys/fs/ext4/<device>/journal_task names the journal's thread; "<none>" without one).
+    Anything else (tmpfs, overlay, ext4 without a journal, another filesystem): False."""
+    dev = os.stat(directory).st_dev
+    try:
+        device = (sys_root / "dev" / "block" / f"{os.major(dev)}:{os.minor(dev)}").resolve().name
+        task = (sys_root / "fs" / "ext4" / device / "journal_task").read_text().strip()
+    except OSError:
+        return False
+    return task.isdigit()
+
+
 def direct_io_works(directory: Path) -> bool:
     """Whether files in `directory` take O_DIRECT writes (tmpfs and some FUSE mounts refuse)."""
     if not O_DIRECT:
@@ -110,10 +130,14 @@ class Spool:
         *,
         free_bytes: Callable[[], int] | None = None,
         direct_io: bool | None = None,
+        journaled: bool | None = None,
     ) -> None:
         self.root = root
         # Whether received objects are written with O_DIRECT; None: found out on first use.
         self._direct_io = direct_io
+        # Whether one fsync of a linked file makes its name durable too (a journaled ext4,
+        # see journal_commits_names); None: found out on first use. False: POSIX's order.
+        self._journaled = journaled
         # The storage device's free space; a seam so tests can stand in a disk that fills.
         self._free_bytes = free_bytes or (lambda: shutil.disk_usage(self.root).free)
         self.tmp_dir = root / TMP
@@ -160,6 +184,16 @@ class Spool:
     def direct_io(self, value: bool) -> None:
         self._direct_io = value
 
+    @property
+    def journaled(self) -> bool:
+        """Whether commit makes a file and its name durable with one fsync (probed once)."""
+        if self._journaled is None:
+            try:
+                self._journaled = journal_commits_names(self.root)
+            except OSError:
+                self._journaled = False
+        return self._journaled
+
     def new_tmp_path(self) -> Path:
         """A fresh name in tmp/ for an object about to be received."""
         return self.tmp_dir / f"{self._tmp_prefix}-{next(self._tmp_names)}.part"
@@ -172,27 +206,43 @@ class Spool:
     def absolute(self, rel_path: str) -> Path:
         return self.root / rel_path
 
-    def commit(self, src: Path, rel_path: str, *, synced: bool = False) -> None:
-        """fsync the received file (unless the caller did), move it in, fsync the directory.
+    def commit(
+        self, src: Path, rel_path: str, *, synced: bool = False, fd: int | None = None
+    ) -> None:
+        """Move a received file in under `rel_path`, it and its name durable on return.
 
+        On a journaled ext4 (`journaled`): link, then one fsync of the file, whose journal
+        commit holds the new name too. Elsewhere: fsync the file (unless the caller did,
+        `synced`), link, fsync the directory. `fd`: the file, still open, to fsync.
         Never replaces a file already there (another process may have stored the same
         instance a moment ago): that raises AlreadyStored and leaves `src` in place.
         """
         dst = self.root / rel_path
+        one_flush = self.journaled
         try:
-            if not synced:
-                fsync_file(src)
+            if not synced and not one_flush:
+                self._fsync(src, fd)
             self.ensure_dir(dst.parent)
             try:
                 os.link(src, dst)  # rename(2) would silently replace; link(2) refuses
             except FileExistsError:
                 raise AlreadyStored(rel_path) from None
-            fsync_dir(dst.parent)
+            if one_flush:
+                self._fsync(src, fd)
+            else:
+                fsync_dir(dst.parent)
             os.unlink(src)
         except OSError as exc:
             if isinstance(exc, AlreadyStored):
                 raise
             raise StorageError(f"cannot make {rel_path} durable: {exc}") from exc
+
+    @staticmethod
+    def _fsync(path: Path, fd: int | None) -> None:
+        if fd is not None:
+            os.fsync(fd)
+        else:
+            fsync_file(path)
 
     def keep_conflict(self, src: Path, sop_instance_uid: str) -> str:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -233,12 +283,15 @@ class Spool:
         return self._free_bytes()
 
     def clean_tmp(self) -> int:
-        """Remove partial receives left by a crash: they were never acknowledged."""
+        """Remove what a crash left in tmp/; returns how many were partial receives (never
+        acknowledged). A name whose file has another one was stored (the crash came between
+        commit's link and its unlink): only this name goes."""
         removed = 0
         for entry in self.tmp_dir.iterdir():
             if entry.is_file():
+                partial = entry.stat().st_nlink == 1
                 entry.unlink(missing_ok=True)
-                removed += 1
+                removed += partial
         return removed
 
     def iter_objects(self) -> Iterator[str]:

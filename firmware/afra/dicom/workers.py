@@ -197,6 +197,7 @@ class ReceiveWorkers:
                     "index": str(self.index.path),
                     "min_free_bytes": self.receiver.min_free_bytes,
                     "direct_io": self.receiver.spool.direct_io,
+                    "journaled": self.receiver.spool.journaled,
                     "log_level": logging.getLogger("afra").getEffectiveLevel(),
                 },
             ),
@@ -650,7 +651,11 @@ def worker_main(fd: int) -> int:
     # The settings as plain values: the hot path reads a few; pydantic stays out of here.
     settings = SimpleNamespace(**config["settings"])
     try:
-        spool = Spool(Path(config["root"]), direct_io=bool(config["direct_io"]))
+        spool = Spool(
+            Path(config["root"]),
+            direct_io=bool(config["direct_io"]),
+            journaled=bool(config["journaled"]),
+        )
         index = _WorkerIndex(Path(config["index"]), parent)
     except Exception as exc:  # e.g. the index in exclusive mode (a start on a full disk)
         parent.send(("failed", f"{exc.__class__.__name__}: {exc}"))
