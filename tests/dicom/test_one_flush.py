@@ -71,7 +71,7 @@ def _received(spool: Spool, data: bytes) -> tuple[Path, int]:
 def _record(monkeypatch: pytest.MonkeyPatch, dst: Path) -> list[str]:
     """What commit flushes, in order: "file" (with whether its name was there yet), "folder"."""
     calls: list[str] = []
-    real_fsync, real_dir = Spool._fsync, spool_module.fsync_dir
+    real_fsync, real_dir = Spool.fsync_received, spool_module.fsync_dir
 
     def fsync(path: Path, fd: int | None) -> None:
         calls.append("file, named" if dst.exists() else "file")
@@ -82,7 +82,7 @@ def _record(monkeypatch: pytest.MonkeyPatch, dst: Path) -> list[str]:
             calls.append("folder, named" if dst.exists() else "folder")
         real_dir(path)
 
-    monkeypatch.setattr(Spool, "_fsync", staticmethod(fsync))
+    monkeypatch.setattr(Spool, "fsync_received", staticmethod(fsync))
     monkeypatch.setattr(spool_module, "fsync_dir", fsync_dir)
     return calls
 

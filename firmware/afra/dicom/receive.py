@@ -39,7 +39,6 @@ from afra.dicom.header import (
 from afra.dicom.spool import AlreadyStored, Spool
 from afra.errors import InvalidInstanceError, StorageError
 from afra.store.index import AddedInstance, StoredInstance
-from medix.durable import fsync_file
 
 LOG = logging.getLogger("afra.receive")
 
@@ -327,10 +326,7 @@ class Receiver:
                 # which releases the GIL. Then link, fsync dir, index commit.
                 examined = self._parse_pool.submit(self._examine, tmp, request)
                 try:
-                    if fd is not None:
-                        os.fsync(fd)
-                    else:
-                        fsync_file(tmp)
+                    self.spool.fsync_received(tmp, fd)
                 finally:
                     found = examined.result()
             if found is None:
@@ -346,9 +342,7 @@ class Receiver:
             except AlreadyStored:
                 # Another process (a C-GET from the CLI) stored it a moment ago.
                 return self._duplicate(tmp, request, sender, rel, now)
-            size = (
-                os.fstat(request.fd) if request.fd >= 0 else self.spool.absolute(rel).stat()
-            ).st_size
+            size = (os.fstat(fd) if fd is not None else self.spool.absolute(rel).stat()).st_size
             added = self.index.add_instance(header, rel, size, now, request.calling_ae)
         if self.refusals.active:  # one look at the free space, only while refusing
             self.refusals.stored(self.spool.free_bytes())

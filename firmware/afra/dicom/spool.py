@@ -221,14 +221,14 @@ class Spool:
         one_flush = self.journaled
         try:
             if not synced and not one_flush:
-                self._fsync(src, fd)
+                self.fsync_received(src, fd)
             self.ensure_dir(dst.parent)
             try:
                 os.link(src, dst)  # rename(2) would silently replace; link(2) refuses
             except FileExistsError:
                 raise AlreadyStored(rel_path) from None
             if one_flush:
-                self._fsync(src, fd)
+                self.fsync_received(src, fd)
             else:
                 fsync_dir(dst.parent)
             os.unlink(src)
@@ -238,7 +238,8 @@ class Spool:
             raise StorageError(f"cannot make {rel_path} durable: {exc}") from exc
 
     @staticmethod
-    def _fsync(path: Path, fd: int | None) -> None:
+    def fsync_received(path: Path, fd: int | None) -> None:
+        """fsync a received file: through `fd`, the descriptor it was written with, if open."""
         if fd is not None:
             os.fsync(fd)
         else:
