@@ -188,6 +188,9 @@ def test_disk_below_floor_answers_out_of_resources(make_box: BoxFactory, tmp_pat
     result = storescu(LOOPBACK, box.dicom.port, [path], check=False, extra=["-v"])
     assert "Received Store Response (Refused: OutOfResources)" in result.stderr + result.stdout
     assert object_files(box) == [] and box.index.studies() == []
+    # The association's spare temp file goes when the association ends, which may be a
+    # moment after storescu has exited.
+    wait_for(lambda: box.dicom.open_associations == 0, timeout=10, what="the association ended")
     assert list(box.spool.tmp_dir.iterdir()) == []
     assert echoscu(LOOPBACK, box.dicom.port).returncode == 0
 
