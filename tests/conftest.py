@@ -81,11 +81,11 @@ def make_box(tmp_path: Path, clock: FakeClock) -> Iterator[BoxFactory]:
         data_dir: Path | None = None,
         *,
         usage: Any = None,
-        journaled: Any = None,
+        one_flush: Any = None,
         **sections: dict[str, Any],
     ) -> Appliance:
         config = make_config(data_dir or tmp_path / "box", **sections)
-        seams = {"usage": usage, "journaled": journaled}
+        seams = {"usage": usage, "one_flush": one_flush}
         box = build_appliance(
             config, clock=clock, **{k: v for k, v in seams.items() if v is not None}
         )

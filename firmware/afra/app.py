@@ -26,7 +26,7 @@ from afra.dicom.acceptor import Acceptor
 from afra.dicom.header import read_header, source_ae_title
 from afra.dicom.receive import Receiver
 from afra.dicom.scu import PacsClient, configure_pynetdicom
-from afra.dicom.spool import Spool, journal_commits_names
+from afra.dicom.spool import Spool, fsync_covers_new_names
 from afra.dicom.workers import make_acceptor
 from afra.errors import AfraError, InvalidInstanceError, StorageError
 from afra.health import (
@@ -481,7 +481,7 @@ def build_appliance(
     rauc: Rauc | None = None,
     release: Release | None = None,
     usage: Callable[[Path], DiskUsage] = disk_usage,
-    journaled: Callable[[Path], bool] = journal_commits_names,
+    one_flush: Callable[[Path], bool] = fsync_covers_new_names,
 ) -> Appliance:
     clock = clock or SystemClock()
     release = release or running_release()
@@ -493,7 +493,7 @@ def build_appliance(
             root,
             free_bytes=lambda: usage(root).free,
             direct_io=None if config.storage.direct_writes else False,  # None: probed
-            journaled=config.storage.trust_journal and journaled(root),
+            one_flush=config.storage.one_flush and one_flush(root),
         )
     except OSError as exc:
         raise StorageError(f"storage root {root} is not usable: {exc}") from exc
@@ -501,8 +501,8 @@ def build_appliance(
     LOG.info(
         "storage %s: %s",
         root,
-        "ext4 with a journal, a received object and its name made durable by one fsync"
-        if spool.journaled
+        "ext4, a received object and its name made durable by one fsync after the link"
+        if spool.one_flush
         else "a received object made durable by fsync, link, fsync of its folder",
     )
     index = Index(layout.index, reserve_wal=True)

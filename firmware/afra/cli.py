@@ -555,9 +555,7 @@ def _open_pacs(config: Config, with_receiver: bool) -> Any:
     assert config.pacs is not None
     receiver = None
     if with_receiver:
-        spool = Spool(
-            config.box.data_dir, journaled=None if config.storage.trust_journal else False
-        )
+        spool = Spool(config.box.data_dir, one_flush=None if config.storage.one_flush else False)
         configure_pynetdicom(spool.tmp_dir)
         index = Index(DataDir(config.box.data_dir).index)
         receiver = Receiver(

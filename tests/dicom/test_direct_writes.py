@@ -125,6 +125,11 @@ def test_direct_writes_can_be_turned_off(make_box: BoxFactory, tmp_path: Path) -
     assoc = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA")
     try:
         assert assoc.send_c_store(dcmread(path)).Status == 0x0000
+        # The next C-STORE's temp file is made on another thread after the response.
+        wait_for(
+            lambda: _open_tmp_flags(box.spool.tmp_dir),
+            what="the association keeps a temp file open for its next C-STORE",
+        )
         flags = _open_tmp_flags(box.spool.tmp_dir)
         assert flags and not any(f & O_DIRECT for f in flags)
     finally:

@@ -315,9 +315,9 @@ class Receiver:
         # delivering one UID at once store it once.
         with self._uid_locks[hash(request.sop_instance_uid) % _LOCK_STRIPES]:
             fd = request.fd if request.fd >= 0 else None
-            one_flush = self.spool.journaled
+            one_flush = self.spool.one_flush
             if one_flush:
-                # A journaled ext4: the file's one fsync comes after its link (Spool.commit),
+                # ext4: the file's one fsync comes after its link (Spool.commit),
                 # so there is no flush yet for the examination to overlap.
                 found = self._examine(tmp, request)
             else:

@@ -62,24 +62,28 @@ DIRECT_ALIGN = 4096
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
-# A journaled ext4 (the appliance's data partition) commits a link(2) and the linked inode's
-# change in one journal transaction, and fsync(2) of the file commits that transaction: one
-# flush makes the file and its new name durable, where POSIX asks for a second one, of the
-# directory (docs/ARCHITECTURE.md, "One flush per instance on a journaled ext4").
+# On ext4, one fsync(2) of a file just linked under a new name makes the file and that name
+# durable, where POSIX asks for a second flush, of the directory. With a journal (the
+# appliance's data partition), link(2) changes the directory block and the linked inode in one
+# transaction, and the file's fsync commits the transaction that last changed its inode.
+# Without one, ext4 writes the directory of a new entry with the file's fsync (ext4_sync_parent,
+# for any inode its link or create marked as a new entry). docs/ARCHITECTURE.md, "One flush per
+# instance on ext4"; checked on a real device by tests/faults/test_fsync_names.py.
 SYS = Path("/sys")
 
 
-def journal_commits_names(directory: Path, *, sys_root: Path = SYS) -> bool:
-    """Whether `directory` is on an ext4 filesystem with a journal, as the kernel reports it
-    (/sys/fs/ext4/<device>/journal_task names the journal's thread; "<none>" without one).
-    Anything else (tmpfs, overlay, ext4 without a journal, another filesystem): False."""
+def fsync_covers_new_names(directory: Path, *, sys_root: Path = SYS) -> bool:
+    """Whether `directory` is on an ext4 filesystem, as the kernel reports it: its device has
+    /sys/fs/ext4/<device>/journal_task (the journal's thread, or "<none>" without a journal;
+    the attribute exists from Linux 4.x on). Anything else (tmpfs, overlay, btrfs, a kernel
+    without the attribute): False, and the spool keeps POSIX's order."""
     dev = os.stat(directory).st_dev
     try:
         device = (sys_root / "dev" / "block" / f"{os.major(dev)}:{os.minor(dev)}").resolve().name
         task = (sys_root / "fs" / "ext4" / device / "journal_task").read_text().strip()
     except OSError:
         return False
-    return task.isdigit()
+    return task.isdigit() or task == "<none>"
 
 
 def direct_io_works(directory: Path) -> bool:
@@ -130,14 +134,14 @@ class Spool:
         *,
         free_bytes: Callable[[], int] | None = None,
         direct_io: bool | None = None,
-        journaled: bool | None = None,
+        one_flush: bool | None = None,
     ) -> None:
         self.root = root
         # Whether received objects are written with O_DIRECT; None: found out on first use.
         self._direct_io = direct_io
-        # Whether one fsync of a linked file makes its name durable too (a journaled ext4,
-        # see journal_commits_names); None: found out on first use. False: POSIX's order.
-        self._journaled = journaled
+        # Whether one fsync of a linked file makes its name durable too (ext4, see
+        # fsync_covers_new_names); None: found out on first use. False: POSIX's order.
+        self._one_flush = one_flush
         # The storage device's free space; a seam so tests can stand in a disk that fills.
         self._free_bytes = free_bytes or (lambda: shutil.disk_usage(self.root).free)
         self.tmp_dir = root / TMP
@@ -185,14 +189,14 @@ class Spool:
         self._direct_io = value
 
     @property
-    def journaled(self) -> bool:
+    def one_flush(self) -> bool:
         """Whether commit makes a file and its name durable with one fsync (probed once)."""
-        if self._journaled is None:
+        if self._one_flush is None:
             try:
-                self._journaled = journal_commits_names(self.root)
+                self._one_flush = fsync_covers_new_names(self.root)
             except OSError:
-                self._journaled = False
-        return self._journaled
+                self._one_flush = False
+        return self._one_flush
 
     def new_tmp_path(self) -> Path:
         """A fresh name in tmp/ for an object about to be received."""
@@ -211,14 +215,14 @@ class Spool:
     ) -> None:
         """Move a received file in under `rel_path`, it and its name durable on return.
 
-        On a journaled ext4 (`journaled`): link, then one fsync of the file, whose journal
-        commit holds the new name too. Elsewhere: fsync the file (unless the caller did,
+        On ext4 (`one_flush`): link, then one fsync of the file, which makes the new name
+        durable too. Elsewhere: fsync the file (unless the caller did,
         `synced`), link, fsync the directory. `fd`: the file, still open, to fsync.
         Never replaces a file already there (another process may have stored the same
         instance a moment ago): that raises AlreadyStored and leaves `src` in place.
         """
         dst = self.root / rel_path
-        one_flush = self.journaled
+        one_flush = self.one_flush
         try:
             if not synced and not one_flush:
                 self.fsync_received(src, fd)
@@ -227,10 +231,17 @@ class Spool:
                 os.link(src, dst)  # rename(2) would silently replace; link(2) refuses
             except FileExistsError:
                 raise AlreadyStored(rel_path) from None
-            if one_flush:
-                self.fsync_received(src, fd)
-            else:
-                fsync_dir(dst.parent)
+            try:
+                if one_flush:
+                    self.fsync_received(src, fd)
+                else:
+                    fsync_dir(dst.parent)
+            except OSError:
+                # Not durable, so not answered as stored: the name goes too, or the next start
+                # would index (and upload) an object its sender was told was refused.
+                with contextlib.suppress(OSError):
+                    os.unlink(dst)
+                raise
             os.unlink(src)
         except OSError as exc:
             if isinstance(exc, AlreadyStored):

@@ -9,8 +9,9 @@ the first P-DATA on. It reads the index itself (the duplicate lookup on its own 
 but has the main process write it: each `add_instance` (and the rare conflict and quarantine
 rows) is a call over the socket pair, committed in the main process's group commit, so the
 index keeps one writer and one commit serves the instances of every process at once. The
-order stays fsync of the file, link, fsync of the directory (in the worker), index commit (in
-the main process), and only then the C-STORE response (in the worker, once the call returns).
+order stays the file and its name made durable (in the worker: Spool.commit), index commit
+(in the main process), and only then the C-STORE response (in the worker, once the call
+returns).
 
 What the main process shows of a worker's associations reaches it as messages: the
 association's end (its occupancy released, its socket closed), echoes and stores for the
@@ -197,7 +198,7 @@ class ReceiveWorkers:
                     "index": str(self.index.path),
                     "min_free_bytes": self.receiver.min_free_bytes,
                     "direct_io": self.receiver.spool.direct_io,
-                    "journaled": self.receiver.spool.journaled,
+                    "one_flush": self.receiver.spool.one_flush,
                     "log_level": logging.getLogger("afra").getEffectiveLevel(),
                 },
             ),
@@ -654,7 +655,7 @@ def worker_main(fd: int) -> int:
         spool = Spool(
             Path(config["root"]),
             direct_io=bool(config["direct_io"]),
-            journaled=bool(config["journaled"]),
+            one_flush=bool(config["one_flush"]),
         )
         index = _WorkerIndex(Path(config["index"]), parent)
     except Exception as exc:  # e.g. the index in exclusive mode (a start on a full disk)
