@@ -493,8 +493,10 @@ def build_appliance(
             root,
             free_bytes=lambda: usage(root).free,
             direct_io=None if config.storage.direct_writes else False,  # None: probed
-            one_flush=config.storage.one_flush and one_flush(root),
+            one_flush=False,
         )
+        # Probed on tmp/, where each link starts (objects/ shares its filesystem).
+        spool.one_flush = config.storage.one_flush and one_flush(spool.tmp_dir)
     except OSError as exc:
         raise StorageError(f"storage root {root} is not usable: {exc}") from exc
     configure_pynetdicom(spool.tmp_dir)

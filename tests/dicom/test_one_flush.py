@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pynetdicom import AE
 
+from afra.dicom import receive as receive_module
 from afra.dicom import spool as spool_module
 from afra.dicom.spool import Spool, fsync_covers_new_names
 from afra.errors import StorageError
+from afra.store.index import StoredInstance
 from tests.conftest import BoxFactory
 from tests.dicom.conftest import LOOPBACK
 from tests.dicomgen import dataset_bytes_hash, make_ct_series
@@ -244,3 +247,57 @@ def test_the_box_on_ext4_stores_each_object_whole_with_one_flush(
 def test_one_flush_false_keeps_the_folder_flush(make_box: BoxFactory) -> None:
     box = make_box(one_flush=lambda root: True, storage={"one_flush": False})
     assert not box.spool.one_flush
+
+
+# -- a name another process holds ------------------------------------------------------------
+
+
+def _send(box_port: int, path: Path) -> int:
+    ae = AE(ae_title="RACE")
+    ae.add_requested_context(dcmread(path, stop_before_pixels=True).SOPClassUID)
+    assoc = ae.associate(LOOPBACK, box_port, ae_title="AFRA")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(dcmread(path)).Status)
+    finally:
+        assoc.release()
+
+
+def test_a_name_held_but_never_indexed_is_not_answered_as_stored(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process linked the instance and did not index it (its flush failed, or it is
+    still at it): the copy under that name is not durable for all the box knows, so the
+    sender is refused for now rather than told the instance is stored."""
+    monkeypatch.setattr(receive_module, "INDEXED_WAIT_S", 0.05)
+    box = make_box()
+    (path,) = make_ct_series(tmp_path / "ct", n=1, rows=32, cols=32)
+    ds = dcmread(path, stop_before_pixels=True)
+    held = box.spool.absolute(box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID))
+    box.spool.ensure_dir(held.parent)
+    shutil.copyfile(path, held)
+    assert _send(box.dicom.port, path) == 0xA700
+    assert box.index.find_instance(ds.SOPInstanceUID) is None
+    assert box.index.studies() == []
+
+
+def test_a_name_another_process_indexes_while_the_store_waits_is_a_duplicate(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race itself: the lookup misses (the other process has linked, not yet committed),
+    the link finds the name taken, and the other process's row arrives: one copy, success."""
+    box = make_box()
+    (path,) = make_ct_series(tmp_path / "ct", n=1, rows=32, cols=32)
+    assert _send(box.dicom.port, path) == 0x0000  # "the other process": stored and indexed
+    real_find = box.index.find_instance
+    lookups: list[str] = []
+
+    def find(uid: str) -> StoredInstance | None:
+        lookups.append(uid)
+        return None if len(lookups) == 1 else real_find(uid)  # the first lookup: too early
+
+    monkeypatch.setattr(box.index, "find_instance", find)
+    assert _send(box.dicom.port, path) == 0x0000
+    assert len(lookups) >= 2  # it waited for the index, it did not trust the name alone
+    assert box.index.studies()[0].instance_count == 1
+    assert len(list((box.spool.root / "objects").rglob("*.dcm"))) == 1

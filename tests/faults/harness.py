@@ -110,10 +110,10 @@ def send_study(
                     warnings.simplefilter("ignore")
                     try:
                         status = assoc.send_c_store(path)
-                    except RuntimeError:
+                    except RuntimeError as exc:
                         # The box was killed between two C-STOREs: pynetdicom saw the
                         # association end after the check above. Nothing more is answered.
-                        if assoc.is_established:
+                        if assoc.is_established or "must be established" not in str(exc):
                             raise
                         break
                 if not assoc.is_established or "Status" not in status:

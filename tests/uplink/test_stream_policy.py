@@ -12,6 +12,7 @@ from pydicom import dcmread
 
 from afra.app import Appliance, build_appliance
 from afra.dicom.receive import StoreRequest
+from afra.store.index import StoredInstance
 from afra.uplink import stream
 from afra.uplink.policy import PolicyStore, in_window
 from afra.uplink.worker import Throttle
@@ -219,7 +220,9 @@ def test_restart_after_purge_reports_nothing_missing(
     assert report.missing_files == [] and report.indexed_orphans == 0
 
 
-def test_a_copy_stored_by_another_process_is_never_replaced(box: Appliance, tmp_path: Path) -> None:
+def test_a_copy_stored_by_another_process_is_never_replaced(
+    box: Appliance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tests.dicomgen import dataset_bytes_hash, make_instance
 
     first = make_instance(
@@ -229,17 +232,33 @@ def test_a_copy_stored_by_another_process_is_never_replaced(box: Appliance, tmp_
         tmp_path / "b.dcm", sop_instance_uid="1.2.3.99", study_uid="1.2.3.98", seed=2
     )
     ds = dcmread(first, stop_before_pixels=True)
-    # Another process (a CLI C-GET) put its copy in place but has not indexed it yet.
-    final = box.spool.absolute(box.spool.instance_path(ds.StudyInstanceUID, "1.2.3.99"))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(first, final)
-    for path in (second, first):  # a different copy first: it must not replace theirs
+
+    def store(path: Path) -> int:
         tmp = box.spool.tmp_dir / f"rx-{path.name}"
         shutil.copyfile(path, tmp)
-        status = box.receiver.store(
+        return box.receiver.store(
             tmp, StoreRequest(ds.SOPClassUID, "1.2.3.99", ds.SOPClassUID, "M", "127.0.0.1")
         )
-        assert status == 0
+
+    # Another process (a CLI C-GET) stores its copy: it is under its name and indexed.
+    assert store(first) == 0
+    final = box.spool.absolute(box.spool.instance_path(ds.StudyInstanceUID, "1.2.3.99"))
+    # The receiver looked the UID up a moment before that process's commit: the lookup
+    # misses, the name is taken, and the receiver waits for the row.
+    real_find = box.index.find_instance
+    early = [False]
+
+    def find(uid: str) -> StoredInstance | None:
+        if early[0]:
+            early[0] = False
+            return None
+        return real_find(uid)
+
+    monkeypatch.setattr(box.index, "find_instance", find)
+    for path in (second, first):  # a different copy first: it must not replace theirs
+        early[0] = True
+        assert store(path) == 0
+        assert not early[0]
     assert dataset_bytes_hash(final) == dataset_bytes_hash(first)
     [conflict] = box.index.conflicts()
     assert dataset_bytes_hash(box.spool.absolute(conflict.path)) == dataset_bytes_hash(second)

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ LOG = logging.getLogger("afra.receive")
 
 _LOCK_STRIPES = 64
 REFUSAL_LOG_EVERY_S = 60.0
+# How long a store waits for another process that holds the instance's name to index it.
+INDEXED_WAIT_S = 2.0
 
 
 class HealthSink(Protocol):
@@ -340,7 +343,17 @@ class Receiver:
             try:
                 self.spool.commit(tmp, rel, synced=not one_flush, fd=fd)
             except AlreadyStored:
-                # Another process (a C-GET from the CLI) stored it a moment ago.
+                # Another process (a C-GET from the CLI, another receiving process) is storing
+                # it this moment. Its copy counts once the index has it: only then are its
+                # file and name durable (its flush may yet fail, and take the name away).
+                if not self._indexed_soon(sop_uid):
+                    LOG.warning(
+                        "instance %s from %s: another process holds its name but has not "
+                        "stored it; refused for now (the sender may send it again)",
+                        sop_uid,
+                        sender,
+                    )
+                    return STATUS_OUT_OF_RESOURCES
                 return self._duplicate(tmp, request, sender, rel, now)
             size = (os.fstat(fd) if fd is not None else self.spool.absolute(rel).stat()).st_size
             added = self.index.add_instance(header, rel, size, now, request.calling_ae)
@@ -395,6 +408,16 @@ class Receiver:
                 status=STATUS_SOP_CLASS_MISMATCH,
             )
         return header, self.index.find_instance(sop_uid)
+
+    def _indexed_soon(self, sop_uid: str) -> bool:
+        """Whether the index has the instance within INDEXED_WAIT_S (real time: how long
+        another process's flush and commit may take, not a time of the box's clock)."""
+        deadline = time.monotonic() + INDEXED_WAIT_S
+        while self.index.find_instance(sop_uid) is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def _duplicate(
         self, tmp: Path, request: StoreRequest, sender: str, held_path: str, now: float

@@ -193,10 +193,15 @@ class Spool:
         """Whether commit makes a file and its name durable with one fsync (probed once)."""
         if self._one_flush is None:
             try:
-                self._one_flush = fsync_covers_new_names(self.root)
+                # tmp/: where the links start (objects/ must be on its filesystem for link).
+                self._one_flush = fsync_covers_new_names(self.tmp_dir)
             except OSError:
                 self._one_flush = False
         return self._one_flush
+
+    @one_flush.setter
+    def one_flush(self, value: bool) -> None:
+        self._one_flush = value
 
     def new_tmp_path(self) -> Path:
         """A fresh name in tmp/ for an object about to be received."""
