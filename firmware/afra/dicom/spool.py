@@ -75,8 +75,8 @@ SYS = Path("/sys")
 def fsync_covers_new_names(directory: Path, *, sys_root: Path = SYS) -> bool:
     """Whether `directory` is on an ext4 filesystem, as the kernel reports it: its device has
     /sys/fs/ext4/<device>/journal_task (the journal's thread, or "<none>" without a journal;
-    the attribute exists from Linux 4.x on). Anything else (tmpfs, overlay, btrfs, a kernel
-    without the attribute): False, and the spool keeps POSIX's order."""
+    the image's 6.1 ext4.ko has the attribute). Anything else (tmpfs, overlay, btrfs, a
+    kernel without the attribute): False, and the spool keeps POSIX's order."""
     dev = os.stat(directory).st_dev
     try:
         device = (sys_root / "dev" / "block" / f"{os.major(dev)}:{os.minor(dev)}").resolve().name
