@@ -1,11 +1,14 @@
-"""One flush per received object on ext4 (docs/ARCHITECTURE.md, "One flush per instance on
-ext4"): the file is linked under its name first, then one fsync of the file makes both
-durable (with a journal, its commit holds both; without one, ext4 writes the new entry's
-folder with the file). Elsewhere POSIX's order stays: fsync the file, link, fsync the folder.
-What reaches the device is checked on real ext4 filesystems, with and without a journal."""
+"""One flush per received object on a journaled ext4 (docs/ARCHITECTURE.md, "One flush per
+instance on a journaled ext4"): the file's pages are written out, it is linked under its name,
+then one fsync of the file commits the journal transaction that holds both. Elsewhere (ext4
+without a journal too) POSIX's order stays: fsync the file, link, fsync the folder. What
+reaches the device is checked on real ext4 filesystems, with and without a journal."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import mmap
 import os
 import shutil
 import subprocess
@@ -19,12 +22,13 @@ from pynetdicom import AE
 
 from afra.dicom import receive as receive_module
 from afra.dicom import spool as spool_module
-from afra.dicom.spool import Spool, fsync_covers_new_names
+from afra.dicom.spool import DIRECT_ALIGN, O_DIRECT, Spool, fsync_covers_new_names
 from afra.errors import StorageError
 from afra.store.index import StoredInstance
+from medix.durable import fsync_file
 from tests.conftest import BoxFactory
 from tests.dicom.conftest import LOOPBACK
-from tests.dicomgen import dataset_bytes_hash, make_ct_series
+from tests.dicomgen import dataset_bytes_hash, make_ct_series, make_instance
 from tests.disks import tmpfs
 from tests.peers import storescu
 
@@ -49,7 +53,7 @@ def fake_sys(root: Path, directory: Path, journal_task: str | None) -> Path:
 
 @pytest.mark.parametrize(
     ("journal_task", "one_flush"),
-    [("1187\n", True), ("<none>\n", True), ("", False), (None, False)],
+    [("1187\n", True), ("<none>\n", False), ("", False), (None, False)],
     ids=["ext4 with a journal", "ext4 without one", "unreadable", "not ext4"],
 )
 def test_ext4_is_what_the_kernel_reports(
@@ -107,10 +111,10 @@ def on_the_device(image: Path, path: str) -> bytes | None:
 
 
 @pytest.mark.parametrize("journal", [True, False], ids=["journal", "no journal"])
-def test_one_flush_puts_the_file_and_its_name_on_a_real_ext4(tmp_path: Path, journal: bool) -> None:
+def test_commit_puts_the_file_and_its_name_on_a_real_ext4(tmp_path: Path, journal: bool) -> None:
     with ext4(tmp_path / "ext4.img", tmp_path / "mnt", journal=journal) as mnt:
         spool = Spool(mnt / "data")
-        assert spool.one_flush  # found from /sys on the real filesystem
+        assert spool.one_flush is journal  # found from /sys on the real filesystem
         # The check can fail: a file linked after the commit, and not flushed, is not there.
         # Its folder is made first (a folder's fsync commits a journal's every change).
         unflushed = spool.instance_path("1.2.3.9", "1.2.3.9.1")
@@ -128,6 +132,46 @@ def test_one_flush_puts_the_file_and_its_name_on_a_real_ext4(tmp_path: Path, jou
         image = tmp_path / "ext4.img"
         assert on_the_device(image, f"data/{unflushed}") is None
         assert on_the_device(image, f"data/{rel}") == payload
+
+
+@pytest.mark.parametrize("tail", [True, False], ids=["direct, tail buffered", "buffered"])
+def test_a_cut_after_the_link_never_leaves_a_short_file_under_the_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tail: bool
+) -> None:
+    """Another association's fsync commits the journal between this commit's link and its
+    own fsync, and the power goes: under the name there is the whole file or nothing, never
+    a file cut short (which the next start would leave unindexed under the instance's name)."""
+    with ext4(tmp_path / "ext4.img", tmp_path / "mnt", journal=True) as mnt:
+        spool = Spool(mnt / "data")
+        other = mnt / "other"
+        other.mkdir()
+        payload = os.urandom(512 * 1024 + 1358)
+        rel = spool.instance_path("1.2.3", "1.2.3.7")
+        tmp = spool.new_tmp_path()
+        aligned = (len(payload) // DIRECT_ALIGN) * DIRECT_ALIGN if tail else 0
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | (O_DIRECT if tail else 0), 0o600)
+        if aligned:  # as the acceptor writes: aligned blocks direct, the tail through the cache
+            with mmap.mmap(-1, aligned) as block:
+                block.write(payload[:aligned])
+                assert os.write(fd, block) == aligned
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
+        assert os.write(fd, payload[aligned:]) == len(payload) - aligned
+        seen: list[bytes | None] = []
+
+        def cut_before_own_fsync(path: Path, fd: int | None) -> None:
+            if not seen:
+                with (other / "x").open("wb") as f:  # another association's flush
+                    f.write(b"x")
+                    os.fsync(f.fileno())
+                seen.append(on_the_device(tmp_path / "ext4.img", f"data/{rel}"))
+            os.fsync(fd) if fd is not None else fsync_file(path)
+
+        monkeypatch.setattr(Spool, "fsync_received", staticmethod(cut_before_own_fsync))
+        try:
+            spool.commit(tmp, rel, fd=fd)
+        finally:
+            os.close(fd)
+        assert seen and seen[0] in (None, payload)
 
 
 # -- the order commit keeps -----------------------------------------------------------------
@@ -181,22 +225,32 @@ def test_commit_flushes_once_where_ext4_carries_the_name(
     assert not tmp.exists()
 
 
-@pytest.mark.parametrize("one_flush", [True, False], ids=["ext4", "elsewhere"])
-def test_a_refused_flush_leaves_no_name(tmp_path: Path, one_flush: bool) -> None:
-    """The kernel refuses the flush (fsync of a pipe: EINVAL): commit fails, and the object
-    is not left under its name, where the next start would index it."""
+@pytest.mark.parametrize("one_flush", [True, False], ids=["journaled ext4", "elsewhere"])
+def test_a_flush_refused_after_the_link_leaves_no_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_flush: bool
+) -> None:
+    """The device refuses the flush that comes after the link (the file's on a journaled
+    ext4, the folder's elsewhere): commit fails, and the object is not left under its name,
+    where the next start would index it."""
     spool = Spool(tmp_path / "data", one_flush=one_flush)
     rel = spool.instance_path("1.2.3", "1.2.3.6")
+    dst = spool.absolute(rel)
     tmp, fd = _received(spool, b"never durable")
-    os.close(fd)
-    read_end, write_end = os.pipe()
+
+    def refused(*args: object) -> None:
+        if dst.exists():  # after the link only
+            raise OSError(errno.EIO, "Input/output error")
+
+    if one_flush:
+        monkeypatch.setattr(Spool, "fsync_received", staticmethod(refused))
+    else:
+        monkeypatch.setattr(spool_module, "fsync_dir", refused)
     try:
         with pytest.raises(StorageError):
-            spool.commit(tmp, rel, fd=read_end)
+            spool.commit(tmp, rel, fd=fd)
     finally:
-        os.close(read_end)
-        os.close(write_end)
-    assert not spool.absolute(rel).exists()
+        os.close(fd)
+    assert not dst.exists()
     assert tmp.read_bytes() == b"never durable"  # the receiver discards it
 
 
@@ -263,22 +317,47 @@ def _send(box_port: int, path: Path) -> int:
         assoc.release()
 
 
-def test_a_name_held_but_never_indexed_is_not_answered_as_stored(
+def test_the_same_copy_held_but_never_indexed_is_made_durable_and_indexed(
     make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Another process linked the instance and did not index it (its flush failed, or it is
-    still at it): the copy under that name is not durable for all the box knows, so the
-    sender is refused for now rather than told the instance is stored."""
+    """Another process linked the instance and never indexed it (it died between the two):
+    after the wait, the same data set under that name is flushed and indexed here, so the
+    sender is answered and the instance travels, instead of being refused until a restart."""
     monkeypatch.setattr(receive_module, "INDEXED_WAIT_S", 0.05)
-    box = make_box()
     (path,) = make_ct_series(tmp_path / "ct", n=1, rows=32, cols=32)
     ds = dcmread(path, stop_before_pixels=True)
-    held = box.spool.absolute(box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID))
+    other = make_box(tmp_path / "other")  # writes the copy the dead process left
+    assert _send(other.dicom.port, path) == 0x0000
+    box = make_box()
+    rel = box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
+    held = box.spool.absolute(rel)
     box.spool.ensure_dir(held.parent)
-    shutil.copyfile(path, held)
-    assert _send(box.dicom.port, path) == 0xA700
-    assert box.index.find_instance(ds.SOPInstanceUID) is None
+    shutil.copyfile(other.spool.absolute(rel), held)
+    assert _send(box.dicom.port, path) == 0x0000
+    found = box.index.find_instance(ds.SOPInstanceUID)
+    assert found is not None and found.path == rel
+    assert box.index.studies()[0].instance_count == 1
+    assert held.read_bytes() == other.spool.absolute(rel).read_bytes()  # kept as it was
+
+
+def test_a_different_copy_held_but_never_indexed_is_refused_for_now(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A different data set under the name, unindexed: it is nobody's acknowledged copy the
+    box knows of, and not this sender's either; refused (0xA700), both left as they are."""
+    monkeypatch.setattr(receive_module, "INDEXED_WAIT_S", 0.05)
+    box = make_box()
+    sent = make_instance(tmp_path / "a.dcm", sop_instance_uid="1.2.3.99", study_uid="1.2.3.98")
+    theirs = make_instance(
+        tmp_path / "b.dcm", sop_instance_uid="1.2.3.99", study_uid="1.2.3.98", seed=2
+    )
+    held = box.spool.absolute(box.spool.instance_path("1.2.3.98", "1.2.3.99"))
+    box.spool.ensure_dir(held.parent)
+    shutil.copyfile(theirs, held)
+    assert _send(box.dicom.port, sent) == 0xA700
+    assert box.index.find_instance("1.2.3.99") is None
     assert box.index.studies() == []
+    assert held.read_bytes() == theirs.read_bytes()
 
 
 def test_a_name_another_process_indexes_while_the_store_waits_is_a_duplicate(

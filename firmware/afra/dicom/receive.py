@@ -320,7 +320,7 @@ class Receiver:
             fd = request.fd if request.fd >= 0 else None
             one_flush = self.spool.one_flush
             if one_flush:
-                # ext4: the file's one fsync comes after its link (Spool.commit),
+                # A journaled ext4: the file's one fsync comes after its link (Spool.commit),
                 # so there is no flush yet for the examination to overlap.
                 found = self._examine(tmp, request)
             else:
@@ -347,13 +347,7 @@ class Receiver:
                 # it this moment. Its copy counts once the index has it: only then are its
                 # file and name durable (its flush may yet fail, and take the name away).
                 if not self._indexed_soon(sop_uid):
-                    LOG.warning(
-                        "instance %s from %s: another process holds its name but has not "
-                        "stored it; refused for now (the sender may send it again)",
-                        sop_uid,
-                        sender,
-                    )
-                    return STATUS_OUT_OF_RESOURCES
+                    return self._adopt(tmp, request, sender, header, rel, now)
                 return self._duplicate(tmp, request, sender, rel, now)
             size = (os.fstat(fd) if fd is not None else self.spool.absolute(rel).stat()).st_size
             added = self.index.add_instance(header, rel, size, now, request.calling_ae)
@@ -418,6 +412,44 @@ class Receiver:
                 return False
             time.sleep(0.005)
         return True
+
+    def _adopt(
+        self,
+        tmp: Path,
+        request: StoreRequest,
+        sender: str,
+        header: InstanceHeader,
+        rel: str,
+        now: float,
+    ) -> int:
+        """A name nobody indexed within INDEXED_WAIT_S (its process died between its link and
+        its index commit, or is slower than that): the same data set is made durable here and
+        indexed, as the copy this store would have made; a different one is refused for now
+        (0xA700) and left for the process that made it, or the next start, to settle."""
+        uid = header.sop_instance_uid
+        if not self.spool.same_content(tmp, rel):
+            LOG.warning(
+                "instance %s from %s: another process holds its name with a different copy "
+                "and has not indexed it; refused for now (the sender may send it again)",
+                uid,
+                sender,
+            )
+            return STATUS_OUT_OF_RESOURCES
+        self.spool.make_durable(rel)
+        size = self.spool.absolute(rel).stat().st_size
+        try:
+            self.index.add_instance(header, rel, size, now, request.calling_ae)
+        except Exception:
+            if self.index.find_instance(uid) is None:
+                raise
+            # The other process indexed it after all, a moment after the wait.
+        LOG.warning(
+            "instance %s from %s: its name was held unindexed by another process; the copy "
+            "there is the same, made durable and indexed here",
+            uid,
+            sender,
+        )
+        return STATUS_SUCCESS
 
     def _duplicate(
         self, tmp: Path, request: StoreRequest, sender: str, held_path: str, now: float

@@ -33,25 +33,43 @@ from medix.durable import fsync_dir, fsync_file
 SUFFIX = ".dcm"
 
 
-def _load_sync_file_range() -> Callable[[int, int, int], None]:
-    """sync_file_range(2) with SYNC_FILE_RANGE_WRITE: start writeback, do not wait for it."""
+SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """sync_file_range(2) from libc (fd, offset, length, flags; -1 with errno on failure)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         call = libc.sync_file_range
     except (OSError, AttributeError):
-        return lambda fd, offset, length: None
+        return None
     call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
     call.restype = ctypes.c_int
-
-    def writeback(fd: int, offset: int, length: int) -> None:
-        call(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE
-
-    return writeback
+    return call
 
 
-# While an object is still arriving, its pages already travel to the disk, so the fsync that
-# makes it durable only waits for the tail (measured in docs/ARCHITECTURE.md).
-start_writeback = _load_sync_file_range()
+_sync_file_range = _load_sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing pages back, without waiting: while an object is still arriving, its pages
+    already travel to the disk, so the fsync that makes it durable only waits for the tail
+    (measured in docs/ARCHITECTURE.md)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+def write_out(fd: int) -> bool:
+    """Write every dirty page of the file and wait for it, without flushing the device's
+    cache (so its blocks are allocated and its size on disk is whole). False where the call
+    is missing."""
+    if _sync_file_range is None:
+        return False
+    flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+    if _sync_file_range(fd, 0, 0, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return True
 
 
 # Direct I/O (O_DIRECT): received data go from the acceptor's aligned buffer to the device
@@ -62,28 +80,28 @@ DIRECT_ALIGN = 4096
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
-# On ext4, one fsync(2) of a file just linked under a new name makes the file and that name
-# durable, where POSIX asks for a second flush, of the directory. With a journal (the
-# appliance's data partition), link(2) changes the directory block and the linked inode in one
+# On ext4 with a journal (the appliance's data partition), one fsync(2) of a file just linked
+# under a new name makes the file and that name durable, where POSIX asks for a second flush,
+# of the directory: link(2) changes the directory block and the linked inode in one journal
 # transaction, and the file's fsync commits the transaction that last changed its inode.
-# Without one, ext4 writes the directory of a new entry with the file's fsync (ext4_sync_parent,
-# for any inode its link or create marked as a new entry). docs/ARCHITECTURE.md, "One flush per
-# instance on ext4"; checked on a real device by tests/faults/test_fsync_names.py.
+# docs/ARCHITECTURE.md, "One flush per instance on a journaled ext4"; checked on a real
+# device by tests/dicom/test_one_flush.py. Not without a journal: see there.
 SYS = Path("/sys")
 
 
 def fsync_covers_new_names(directory: Path, *, sys_root: Path = SYS) -> bool:
-    """Whether `directory` is on an ext4 filesystem, as the kernel reports it: its device has
-    /sys/fs/ext4/<device>/journal_task (the journal's thread, or "<none>" without a journal;
-    the image's 6.1 ext4.ko has the attribute). Anything else (tmpfs, overlay, btrfs, a
-    kernel without the attribute): False, and the spool keeps POSIX's order."""
+    """Whether `directory` is on an ext4 filesystem with a journal, as the kernel reports it:
+    /sys/fs/ext4/<device>/journal_task names the journal's thread ("<none>" without a journal;
+    the image's 6.1 ext4.ko has the attribute). Anything else (ext4 without a journal, tmpfs,
+    overlay, btrfs, a kernel without the attribute): False, and the spool keeps POSIX's
+    order."""
     dev = os.stat(directory).st_dev
     try:
         device = (sys_root / "dev" / "block" / f"{os.major(dev)}:{os.minor(dev)}").resolve().name
         task = (sys_root / "fs" / "ext4" / device / "journal_task").read_text().strip()
     except OSError:
         return False
-    return task.isdigit() or task == "<none>"
+    return task.isdigit()
 
 
 def direct_io_works(directory: Path) -> bool:
@@ -220,15 +238,21 @@ class Spool:
     ) -> None:
         """Move a received file in under `rel_path`, it and its name durable on return.
 
-        On ext4 (`one_flush`): link, then one fsync of the file, which makes the new name
-        durable too. Elsewhere: fsync the file (unless the caller did,
+        On a journaled ext4 (`one_flush`) and given `fd`: write the file's pages out (no
+        device flush), link, then one fsync of the file, whose journal commit holds the new
+        name too. Elsewhere: fsync the file (unless the caller did,
         `synced`), link, fsync the directory. `fd`: the file, still open, to fsync.
         Never replaces a file already there (another process may have stored the same
         instance a moment ago): that raises AlreadyStored and leaves `src` in place.
         """
         dst = self.root / rel_path
-        one_flush = self.one_flush
+        # With the descriptor only: its pages are written out before the name exists, so a
+        # journal commit made by anyone's fsync from the link on carries the whole file with
+        # the name, never the name over a file whose tail is still in the page cache.
+        one_flush = self.one_flush and fd is not None
         try:
+            if one_flush and fd is not None:
+                one_flush = write_out(fd)
             if not synced and not one_flush:
                 self.fsync_received(src, fd)
             self.ensure_dir(dst.parent)
@@ -251,6 +275,15 @@ class Spool:
         except OSError as exc:
             if isinstance(exc, AlreadyStored):
                 raise
+            raise StorageError(f"cannot make {rel_path} durable: {exc}") from exc
+
+    def make_durable(self, rel_path: str) -> None:
+        """Flush a file already under its name, and its folder (POSIX's order: any filesystem)."""
+        path = self.root / rel_path
+        try:
+            fsync_file(path)
+            fsync_dir(path.parent)
+        except OSError as exc:
             raise StorageError(f"cannot make {rel_path} durable: {exc}") from exc
 
     @staticmethod
