@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -333,11 +334,27 @@ def test_the_same_copy_held_but_never_indexed_is_made_durable_and_indexed(
     held = box.spool.absolute(rel)
     box.spool.ensure_dir(held.parent)
     shutil.copyfile(other.spool.absolute(rel), held)
+    flushed: list[Path] = []
+    real_file, real_dir = spool_module.fsync_file, spool_module.fsync_dir
+    monkeypatch.setattr(
+        spool_module, "fsync_file", lambda p: (flushed.append(Path(p)), real_file(p))[1]
+    )
+    monkeypatch.setattr(
+        spool_module, "fsync_dir", lambda p: (flushed.append(Path(p)), real_dir(p))[1]
+    )
+    # While the process that linked it holds its lock, it is still at it: not now.
+    with held.open("rb") as alive:
+        fcntl.flock(alive.fileno(), fcntl.LOCK_EX)
+        assert _send(box.dicom.port, path) == 0xA700
+    assert box.index.find_instance(ds.SOPInstanceUID) is None
+    assert held not in flushed
+    # It has stopped (its descriptor closed): the copy is made durable and indexed here.
     assert _send(box.dicom.port, path) == 0x0000
     found = box.index.find_instance(ds.SOPInstanceUID)
     assert found is not None and found.path == rel
     assert box.index.studies()[0].instance_count == 1
     assert held.read_bytes() == other.spool.absolute(rel).read_bytes()  # kept as it was
+    assert held in flushed and held.parent in flushed
 
 
 def test_a_different_copy_held_but_never_indexed_is_refused_for_now(
@@ -376,7 +393,20 @@ def test_a_name_another_process_indexes_while_the_store_waits_is_a_duplicate(
         return None if len(lookups) == 1 else real_find(uid)  # the first lookup: too early
 
     monkeypatch.setattr(box.index, "find_instance", find)
-    assert _send(box.dicom.port, path) == 0x0000
+    added: list[str] = []
+    real_add = box.index.add_instance
+
+    def add(header: Any, *args: Any) -> Any:
+        added.append(header.sop_instance_uid)
+        return real_add(header, *args)
+
+    monkeypatch.setattr(box.index, "add_instance", add)
+    ds = dcmread(path, stop_before_pixels=True)
+    held = box.spool.absolute(box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID))
+    with held.open("rb") as alive:  # the other process is still at it, as it commits
+        fcntl.flock(alive.fileno(), fcntl.LOCK_EX)
+        assert _send(box.dicom.port, path) == 0x0000
     assert len(lookups) >= 2  # it waited for the index, it did not trust the name alone
+    assert added == []  # the other process's row, not one of its own
     assert box.index.studies()[0].instance_count == 1
     assert len(list((box.spool.root / "objects").rglob("*.dcm"))) == 1

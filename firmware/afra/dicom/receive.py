@@ -12,6 +12,7 @@ the receiver holds health's `disk_floor` (the box shows failed), and it logs at 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -340,17 +341,40 @@ class Receiver:
             if held is not None:
                 return self._duplicate(tmp, request, sender, held.path, now)
             rel = self.spool.instance_path(header.study_uid, sop_uid)
+            # The file is locked (flock) from before its link until this store has indexed it
+            # or taken the name away (the descriptor's close, after the response): another
+            # process that finds the name taken adopts it only once the lock is free.
+            owner = fd if fd is not None else os.open(tmp, os.O_RDONLY)
             try:
-                self.spool.commit(tmp, rel, synced=not one_flush, fd=fd)
-            except AlreadyStored:
-                # Another process (a C-GET from the CLI, another receiving process) is storing
-                # it this moment. Its copy counts once the index has it: only then are its
-                # file and name durable (its flush may yet fail, and take the name away).
-                if not self._indexed_soon(sop_uid):
-                    return self._adopt(tmp, request, sender, header, rel, now)
-                return self._duplicate(tmp, request, sender, rel, now)
-            size = (os.fstat(fd) if fd is not None else self.spool.absolute(rel).stat()).st_size
-            added = self.index.add_instance(header, rel, size, now, request.calling_ae)
+                fcntl.flock(owner, fcntl.LOCK_EX)
+                return self._commit_and_index(tmp, request, sender, header, rel, fd, one_flush)
+            finally:
+                if owner != fd:
+                    os.close(owner)
+
+    def _commit_and_index(
+        self,
+        tmp: Path,
+        request: StoreRequest,
+        sender: str,
+        header: InstanceHeader,
+        rel: str,
+        fd: int | None,
+        one_flush: bool,
+    ) -> int:
+        sop_uid = header.sop_instance_uid
+        now = self.clock.time()
+        try:
+            self.spool.commit(tmp, rel, synced=not one_flush, fd=fd)
+        except AlreadyStored:
+            # Another process (a C-GET from the CLI, another receiving process) is storing it
+            # this moment. Its copy counts once the index has it: only then are its file and
+            # name durable (its flush may yet fail, and take the name away).
+            if not self._indexed_soon(sop_uid):
+                return self._adopt(tmp, request, sender, header, rel, now)
+            return self._duplicate(tmp, request, sender, rel, now)
+        size = (os.fstat(fd) if fd is not None else self.spool.absolute(rel).stat()).st_size
+        added = self.index.add_instance(header, rel, size, now, request.calling_ae)
         if self.refusals.active:  # one look at the free space, only while refusing
             self.refusals.stored(self.spool.free_bytes())
         if added.new_study_row:
@@ -422,34 +446,51 @@ class Receiver:
         rel: str,
         now: float,
     ) -> int:
-        """A name nobody indexed within INDEXED_WAIT_S (its process died between its link and
-        its index commit, or is slower than that): the same data set is made durable here and
-        indexed, as the copy this store would have made; a different one is refused for now
-        (0xA700) and left for the process that made it, or the next start, to settle."""
+        """A name nobody indexed within INDEXED_WAIT_S. While the process that linked it still
+        holds its lock, it is still at it: refused for now (0xA700). Once free (that process
+        died between its link and its index commit, or is done), the same data set is made
+        durable here and indexed, as the copy this store would have made; a different one,
+        or a name gone meanwhile, is refused for now."""
         uid = header.sop_instance_uid
-        if not self.spool.same_content(tmp, rel):
-            LOG.warning(
-                "instance %s from %s: another process holds its name with a different copy "
-                "and has not indexed it; refused for now (the sender may send it again)",
-                uid,
-                sender,
-            )
-            return STATUS_OUT_OF_RESOURCES
-        self.spool.make_durable(rel)
-        size = self.spool.absolute(rel).stat().st_size
         try:
-            self.index.add_instance(header, rel, size, now, request.calling_ae)
-        except Exception:
-            if self.index.find_instance(uid) is None:
-                raise
-            # The other process indexed it after all, a moment after the wait.
+            held = os.open(self.spool.absolute(rel), os.O_RDONLY)
+        except FileNotFoundError:
+            return self._not_now(uid, sender, "its name went meanwhile")
+        try:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return self._not_now(uid, sender, "another process is still storing it")
+            if self.index.find_instance(uid) is not None:  # that process indexed it: done
+                return self._duplicate(tmp, request, sender, rel, now)
+            if os.fstat(held).st_nlink == 0 or not self.spool.same_content(tmp, rel):
+                return self._not_now(uid, sender, "another copy holds its name, unindexed")
+            self.spool.make_durable(rel)
+            size = os.fstat(held).st_size
+            try:
+                self.index.add_instance(header, rel, size, now, request.calling_ae)
+            except Exception:
+                if self.index.find_instance(uid) is None:
+                    raise
+        finally:
+            os.close(held)
         LOG.warning(
-            "instance %s from %s: its name was held unindexed by another process; the copy "
-            "there is the same, made durable and indexed here",
+            "instance %s from %s: its name was left unindexed by a process that stopped; "
+            "the copy there is the same, made durable and indexed here",
             uid,
             sender,
         )
         return STATUS_SUCCESS
+
+    @staticmethod
+    def _not_now(uid: str, sender: str, why: str) -> int:
+        LOG.warning(
+            "instance %s from %s: %s; refused for now (the sender may send it again)",
+            uid,
+            sender,
+            why,
+        )
+        return STATUS_OUT_OF_RESOURCES
 
     def _duplicate(
         self, tmp: Path, request: StoreRequest, sender: str, held_path: str, now: float
