@@ -6,6 +6,7 @@ reaches the device is checked on real ext4 filesystems, with and without a journ
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -255,6 +256,30 @@ def test_a_flush_refused_after_the_link_leaves_no_name(
     assert tmp.read_bytes() == b"never durable"  # the receiver discards it
 
 
+def test_a_write_out_the_kernel_refuses_falls_back_to_posix_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sync_file_range refused (a seccomp filter: EPERM): the object is still stored, in
+    POSIX's order, rather than every store refused."""
+
+    def refused(*args: object) -> int:
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    monkeypatch.setattr(spool_module, "_sync_file_range", refused)
+    spool = Spool(tmp_path / "data", one_flush=True)
+    rel = spool.instance_path("1.2.3", "1.2.3.8")
+    dst = spool.absolute(rel)
+    tmp, fd = _received(spool, b"kept anyway")
+    flushes = _record(monkeypatch, dst)
+    try:
+        spool.commit(tmp, rel, fd=fd)
+    finally:
+        os.close(fd)
+    assert flushes == ["file", "folder, named"]
+    assert dst.read_bytes() == b"kept anyway"
+
+
 def test_a_name_left_in_tmp_by_a_crash_after_the_link_is_not_a_partial_receive(
     tmp_path: Path,
 ) -> None:
@@ -410,3 +435,42 @@ def test_a_name_another_process_indexes_while_the_store_waits_is_a_duplicate(
     assert added == []  # the other process's row, not one of its own
     assert box.index.studies()[0].instance_count == 1
     assert len(list((box.spool.root / "objects").rglob("*.dcm"))) == 1
+
+
+def test_a_name_taken_again_while_the_store_looks_is_not_adopted(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The held file's lock is free, but by then its owner has taken the name away and a
+    third store has linked its own copy there (and holds its lock): that copy is not this
+    store's to flush, index and answer for."""
+    monkeypatch.setattr(receive_module, "INDEXED_WAIT_S", 0.05)
+    (path,) = make_ct_series(tmp_path / "ct", n=1, rows=32, cols=32)
+    ds = dcmread(path, stop_before_pixels=True)
+    other = make_box(tmp_path / "other")
+    assert _send(other.dicom.port, path) == 0x0000
+    box = make_box()
+    rel = box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
+    held = box.spool.absolute(rel)
+    box.spool.ensure_dir(held.parent)
+    shutil.copyfile(other.spool.absolute(rel), held)
+    third = tmp_path / "third.dcm"
+    shutil.copyfile(other.spool.absolute(rel), third)
+    real_flock = fcntl.flock
+    holders: list[Any] = []
+
+    def flock(fd: int, flags: int) -> None:
+        if flags & fcntl.LOCK_NB and not holders:  # the adoption's try, on the first owner
+            held.unlink()  # that owner's flush failed: its name went
+            os.link(third, held)  # a third store's copy, its lock held
+            holders.append(held.open("rb"))
+            real_flock(holders[0].fileno(), fcntl.LOCK_EX)
+        real_flock(fd, flags)
+
+    monkeypatch.setattr(receive_module.fcntl, "flock", flock)
+    try:
+        assert _send(box.dicom.port, path) == 0xA700
+    finally:
+        for f in holders:
+            f.close()
+    assert holders
+    assert box.index.find_instance(ds.SOPInstanceUID) is None

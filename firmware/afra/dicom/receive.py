@@ -460,10 +460,21 @@ class Receiver:
             try:
                 fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if self.index.find_instance(uid) is not None:  # indexed just after the wait
+                    return self._duplicate(tmp, request, sender, rel, now)
                 return self._not_now(uid, sender, "another process is still storing it")
             if self.index.find_instance(uid) is not None:  # that process indexed it: done
                 return self._duplicate(tmp, request, sender, rel, now)
-            if os.fstat(held).st_nlink == 0 or not self.spool.same_content(tmp, rel):
+            # The file locked must still be the one under the name: its owner may have taken
+            # the name away, and a third store linked its own copy there (and holds its lock).
+            try:
+                named = os.stat(self.spool.absolute(rel))
+            except FileNotFoundError:
+                return self._not_now(uid, sender, "its name went meanwhile")
+            mine = os.fstat(held)
+            if (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino):
+                return self._not_now(uid, sender, "another copy took its name meanwhile")
+            if not self.spool.same_content(tmp, rel):
                 return self._not_now(uid, sender, "another copy holds its name, unindexed")
             self.spool.make_durable(rel)
             size = os.fstat(held).st_size
@@ -475,8 +486,8 @@ class Receiver:
         finally:
             os.close(held)
         LOG.warning(
-            "instance %s from %s: its name was left unindexed by a process that stopped; "
-            "the copy there is the same, made durable and indexed here",
+            "instance %s from %s: its name was left unindexed by a process no longer storing "
+            "it; the copy there is the same, made durable and indexed here",
             uid,
             sender,
         )
