@@ -343,6 +343,22 @@ def _send(box_port: int, path: Path) -> int:
         assoc.release()
 
 
+def _left_unindexed(make_box: BoxFactory, tmp_path: Path) -> tuple[Path, Any, Any, Any, str, Path]:
+    """An instance and a box whose spool holds a copy of it under its name, unindexed, as a
+    process that died between its link and its index commit leaves it (the copy written by
+    another box). Returns (path, dataset, other box, box, rel, held)."""
+    (path,) = make_ct_series(tmp_path / "ct", n=1, rows=32, cols=32)
+    ds = dcmread(path, stop_before_pixels=True)
+    other = make_box(tmp_path / "other")
+    assert _send(other.dicom.port, path) == 0x0000
+    box = make_box()
+    rel = box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
+    held = box.spool.absolute(rel)
+    box.spool.ensure_dir(held.parent)
+    shutil.copyfile(other.spool.absolute(rel), held)
+    return path, ds, other, box, rel, held
+
+
 def test_the_same_copy_held_but_never_indexed_is_made_durable_and_indexed(
     make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -350,15 +366,7 @@ def test_the_same_copy_held_but_never_indexed_is_made_durable_and_indexed(
     after the wait, the same data set under that name is flushed and indexed here, so the
     sender is answered and the instance travels, instead of being refused until a restart."""
     monkeypatch.setattr(receive_module, "INDEXED_WAIT_S", 0.05)
-    (path,) = make_ct_series(tmp_path / "ct", n=1, rows=32, cols=32)
-    ds = dcmread(path, stop_before_pixels=True)
-    other = make_box(tmp_path / "other")  # writes the copy the dead process left
-    assert _send(other.dicom.port, path) == 0x0000
-    box = make_box()
-    rel = box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
-    held = box.spool.absolute(rel)
-    box.spool.ensure_dir(held.parent)
-    shutil.copyfile(other.spool.absolute(rel), held)
+    path, ds, other, box, rel, held = _left_unindexed(make_box, tmp_path)
     flushed: list[Path] = []
     real_file, real_dir = spool_module.fsync_file, spool_module.fsync_dir
     monkeypatch.setattr(
@@ -444,15 +452,7 @@ def test_a_name_taken_again_while_the_store_looks_is_not_adopted(
     third store has linked its own copy there (and holds its lock): that copy is not this
     store's to flush, index and answer for."""
     monkeypatch.setattr(receive_module, "INDEXED_WAIT_S", 0.05)
-    (path,) = make_ct_series(tmp_path / "ct", n=1, rows=32, cols=32)
-    ds = dcmread(path, stop_before_pixels=True)
-    other = make_box(tmp_path / "other")
-    assert _send(other.dicom.port, path) == 0x0000
-    box = make_box()
-    rel = box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
-    held = box.spool.absolute(rel)
-    box.spool.ensure_dir(held.parent)
-    shutil.copyfile(other.spool.absolute(rel), held)
+    path, ds, other, box, rel, held = _left_unindexed(make_box, tmp_path)
     third = tmp_path / "third.dcm"
     shutil.copyfile(other.spool.absolute(rel), third)
     real_flock = fcntl.flock

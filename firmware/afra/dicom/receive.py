@@ -347,7 +347,7 @@ class Receiver:
             owner = fd if fd is not None else os.open(tmp, os.O_RDONLY)
             try:
                 fcntl.flock(owner, fcntl.LOCK_EX)
-                return self._commit_and_index(tmp, request, sender, header, rel, fd, one_flush)
+                return self._commit_and_index(tmp, request, sender, header, rel, now, fd, one_flush)
             finally:
                 if owner != fd:
                     os.close(owner)
@@ -359,11 +359,11 @@ class Receiver:
         sender: str,
         header: InstanceHeader,
         rel: str,
+        now: float,
         fd: int | None,
         one_flush: bool,
     ) -> int:
         sop_uid = header.sop_instance_uid
-        now = self.clock.time()
         try:
             self.spool.commit(tmp, rel, synced=not one_flush, fd=fd)
         except AlreadyStored:
