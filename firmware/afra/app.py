@@ -75,6 +75,8 @@ class StartupReport:
     removed_partial: int = 0
     indexed_orphans: int = 0
     unreadable_orphans: int = 0
+    # Unindexed files whose UID the index holds under another study: kept in conflicts/.
+    conflicting_orphans: int = 0
     missing_files: list[str] = field(default_factory=list)
 
 
@@ -412,11 +414,24 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
             report.unreadable_orphans += 1
             LOG.error("stored file %s does not belong at its path; left for review", rel)
             continue
-        size = spool.absolute(rel).stat().st_size
+        path = spool.absolute(rel)
+        size = path.stat().st_size
         # The sender's AE title is in the file (the box's own file meta): the self-test's
         # objects are still told apart, and audit records still name who sent them.
-        calling_ae = source_ae_title(spool.absolute(rel))
-        index.add_instance(header, rel, size, clock.time(), calling_ae=calling_ae)
+        calling_ae = source_ae_title(path)
+        try:
+            held = index.find_instance(header.sop_instance_uid)
+            if held is not None:
+                _orphan_held_elsewhere(
+                    spool, index, clock, rel, header.sop_instance_uid, held.path, calling_ae
+                )
+                report.conflicting_orphans += 1
+                continue
+            index.add_instance(header, rel, size, clock.time(), calling_ae=calling_ae)
+        except Exception:  # one file never stops the start: the rest is indexed, the box runs
+            report.unreadable_orphans += 1
+            LOG.exception("stored file %s could not be indexed; left in place for review", rel)
+            continue
         report.indexed_orphans += 1
     report.missing_files = sorted(known - on_disk)
     for rel in report.missing_files:
@@ -428,6 +443,36 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
             report.indexed_orphans,
         )
     return report
+
+
+def _orphan_held_elsewhere(
+    spool: Spool,
+    index: Index,
+    clock: Clock,
+    rel: str,
+    uid: str,
+    held_path: str,
+    calling_ae: str,
+) -> None:
+    """An unindexed file whose SOP Instance UID the index holds under another path (two
+    processes stored it under two studies at once, or its own row failed): judged as a copy
+    sent again would be, the indexed one staying in its study."""
+    path = spool.absolute(rel)
+    if spool.same_content(path, held_path):
+        spool.withdraw(rel)
+        LOG.warning("stored file %s is a second copy of instance %s; removed", rel, uid)
+        return
+    size = path.stat().st_size
+    kept = spool.keep_conflict(path, uid)
+    index.add_conflict(uid, kept, size, clock.time(), calling_ae)
+    LOG.warning(
+        "stored file %s holds instance %s, which the index has in %s with different content; "
+        "kept as %s for review (afra conflicts)",
+        rel,
+        uid,
+        held_path,
+        kept,
+    )
 
 
 def _node_api(

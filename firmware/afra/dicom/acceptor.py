@@ -122,6 +122,10 @@ REJECT_UNKNOWN_PEER = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE 
 REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, service-provider (presentation), local limit
 REJECT_BAD_CONTEXT_NAME = (0x01, 0x01, 0x02)  # application context name not supported
 REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)  # permanent, service-provider (ACSE), version
+REJECT_NO_REASON = (0x01, 0x01, 0x01)  # permanent, service-user, no reason given
+# A PDV item's length field and its context id and control header, within a P-DATA-TF's
+# variable field (what the peer's Maximum Length Received bounds)
+PDV_OVERHEAD = 6
 
 # A-ABORT provider reasons
 ABORT_UNEXPECTED_PDU = 0x02
@@ -673,6 +677,20 @@ class _Association:
         if str(rq.application_context_name) != APPLICATION_CONTEXT:
             self._reject(REJECT_BAD_CONTEXT_NAME, rq)
             return False
+        for item in rq.user_information:
+            if isinstance(item, MaximumLengthNotification):
+                self.peer_max_pdu = int(item.maximum_length_received or 0)
+        if 0 < self.peer_max_pdu <= PDV_OVERHEAD:
+            # Not one byte of a response would fit in a P-DATA-TF it accepts (PS3.8 9.3.5).
+            LOG.warning(
+                "rejected an association from AE %r at %s: it accepts PDUs of at most %d "
+                "bytes, too small to carry any answer",
+                self.calling_ae,
+                self.address,
+                self.peer_max_pdu,
+            )
+            self._reject(REJECT_NO_REASON, rq)
+            return False
         refusal = self.server.occupancy.associate(self.address, self.known)
         if refusal is not None:
             LOG.warning(
@@ -686,9 +704,7 @@ class _Association:
         self.admitted = True
         roles: dict[UID, tuple[bool | None, bool | None]] = {}
         for item in rq.user_information:
-            if isinstance(item, MaximumLengthNotification):
-                self.peer_max_pdu = int(item.maximum_length_received or 0)
-            elif isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid:
+            if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid:
                 roles[UID(str(item.sop_class_uid))] = (item.scu_role, item.scp_role)
         requested = list(rq.presentation_context_definition_list)
         # A context must propose at least one transfer syntax (PS3.8 9.3.2.2); one without
@@ -790,7 +806,7 @@ class _Association:
 
     def _send_command(self, context_id: int, command: bytes) -> None:
         """Send a command set in P-DATA-TF PDUs no larger than the peer accepts."""
-        room = (self.peer_max_pdu or 1 << 30) - 6
+        room = (self.peer_max_pdu or 1 << 30) - PDV_OVERHEAD
         chunks = [command[i : i + room] for i in range(0, len(command), room)] or [b""]
         out = bytearray()
         for n, chunk in enumerate(chunks):

@@ -16,6 +16,7 @@ import fcntl
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -374,7 +375,15 @@ class Receiver:
                 return self._adopt(tmp, request, sender, header, rel, now)
             return self._duplicate(tmp, request, sender, rel, now)
         size = (os.fstat(fd) if fd is not None else self.spool.absolute(rel).stat()).st_size
-        added = self.index.add_instance(header, rel, size, now, request.calling_ae)
+        try:
+            added = self.index.add_instance(header, rel, size, now, request.calling_ae)
+        except Exception as exc:
+            status = self._not_indexed(request, sender, header, rel, now)
+            if status is not None:
+                return status
+            if isinstance(exc, sqlite3.Error):  # the database's device, as a full disk is
+                raise StorageError(f"the index could not record it ({exc})") from exc
+            raise
         if self.refusals.active:  # one look at the free space, only while refusing
             self.refusals.stored(self.spool.free_bytes())
         if added.new_study_row:
@@ -385,6 +394,36 @@ class Receiver:
                 sender,
             )
         return STATUS_SUCCESS
+
+    def _not_indexed(
+        self, request: StoreRequest, sender: str, header: InstanceHeader, rel: str, now: float
+    ) -> int | None:
+        """The index refused the row of an instance already durable under its name. Never left
+        there unindexed: the next start would index (and upload) what its sender was told was
+        refused, or, with the UID indexed elsewhere, fail on it.
+
+        - The row is there after all (a worker's call lost its answer): stored.
+        - The UID was indexed under another study a moment before, by another process
+          (receiving processes, the CLI's C-GET; their lookups both missed): judged as a copy
+          sent again, as the examination would have (one copy, or conflicts/).
+        - No row: the name is taken away and None returned (the caller re-raises: 0xA700).
+        """
+        uid = header.sop_instance_uid
+        try:
+            held = self.index.find_instance(uid)
+        except Exception:
+            LOG.exception("cannot look up instance %s after its index row failed", uid)
+            return None  # the row may be there: the file stays, for the next start to judge
+        if held is not None and held.path == rel:
+            return STATUS_SUCCESS
+        if held is None:
+            self.spool.withdraw(rel)
+            return None
+        path = self.spool.absolute(rel)
+        try:
+            return self._duplicate(path, request, sender, held.path, now)
+        finally:
+            self.spool.withdraw(rel)  # one copy (or the conflict's, moved): this name goes
 
     def _examine(
         self, tmp: Path, request: StoreRequest

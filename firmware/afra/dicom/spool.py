@@ -16,6 +16,7 @@ import ctypes
 import errno
 import hashlib
 import itertools
+import logging
 import mmap
 import os
 import secrets
@@ -29,6 +30,8 @@ from typing import BinaryIO
 from afra.datadir import CONFLICTS, OBJECTS, QUARANTINE, TMP
 from afra.errors import StorageError
 from medix.durable import fsync_dir, fsync_file
+
+LOG = logging.getLogger("afra.spool")
 
 SUFFIX = ".dcm"
 
@@ -287,6 +290,17 @@ class Spool:
             fsync_dir(path.parent)
         except OSError as exc:
             raise StorageError(f"cannot make {rel_path} durable: {exc}") from exc
+
+    def withdraw(self, rel_path: str) -> None:
+        """Take a stored name away again, as far as the device lets (the file may be gone)."""
+        path = self.root / rel_path
+        try:
+            path.unlink()
+            fsync_dir(path.parent)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            LOG.error("could not take %s away again: %s", rel_path, exc)
 
     @staticmethod
     def fsync_received(path: Path, fd: int | None) -> None:
