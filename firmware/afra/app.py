@@ -454,23 +454,34 @@ def _orphan_held_elsewhere(
     held_path: str,
     calling_ae: str,
 ) -> None:
-    """An unindexed file whose SOP Instance UID the index holds under another path (two
-    processes stored it under two studies at once, or its own row failed): judged as a copy
-    sent again would be, the indexed one staying in its study."""
+    """An unindexed file whose SOP Instance UID the index holds under another path: another
+    study's copy (two processes stored it under two studies at once). Kept in conflicts/, as
+    a different copy sent again would be; the indexed one stays in its study. (A copy of the
+    same data set would have the same path: the path is made of the study and the instance.)"""
     path = spool.absolute(rel)
-    if spool.same_content(path, held_path):
-        spool.withdraw(rel)
-        LOG.warning("stored file %s is a second copy of instance %s; removed", rel, uid)
-        return
     size = path.stat().st_size
     kept = spool.keep_conflict(path, uid)
-    index.add_conflict(uid, kept, size, clock.time(), calling_ae)
+    missing = "" if spool.absolute(held_path).exists() else " (that copy is missing)"
+    try:
+        index.add_conflict(uid, kept, size, clock.time(), calling_ae)
+    except Exception:
+        LOG.exception(
+            "stored file %s holds instance %s, which the index has in %s%s; moved to %s, "
+            "but it could not be listed there",
+            rel,
+            uid,
+            held_path,
+            missing,
+            kept,
+        )
+        return
     LOG.warning(
-        "stored file %s holds instance %s, which the index has in %s with different content; "
-        "kept as %s for review (afra conflicts)",
+        "stored file %s holds instance %s, which the index has in %s%s with different "
+        "content; kept as %s for review (afra conflicts)",
         rel,
         uid,
         held_path,
+        missing,
         kept,
     )
 

@@ -15,6 +15,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 from afra.app import build_appliance
+from afra.errors import StorageError
 from afra.store.index import Index, StoredInstance
 from tests.conftest import BoxFactory, make_config
 from tests.dicom.conftest import LOOPBACK
@@ -186,6 +187,88 @@ def test_a_peer_whose_pdus_cannot_carry_an_answer_is_rejected(
         assert assoc.is_rejected
         assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.diagnostic) == (1, 1)
         return
+    assert assoc.is_established
+    try:
+        assert int(assoc.send_c_echo().Status) == 0x0000
+    finally:
+        assoc.release()
+
+
+def test_a_row_recorded_though_its_call_failed_is_stored(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The main process committed the row and its answer was lost on the way to the worker:
+    the row and the file are there, so the instance is stored and answered so."""
+    box = make_box()
+    path = make_instance(tmp_path / "a.dcm", sop_instance_uid=UID, study_uid="1.2.3.1")
+    real_add = box.index.add_instance
+
+    def add(*args: Any, **kwargs: Any) -> Any:
+        real_add(*args, **kwargs)
+        raise StorageError("the main process is gone")
+
+    monkeypatch.setattr(box.index, "add_instance", add)
+    assert _send(box.dicom.port, path) == 0x0000
+    held = box.index.find_instance(UID)
+    assert held is not None and [box.spool.root / held.path] == _objects(box)
+
+
+def test_a_call_without_an_answer_leaves_the_file_for_its_commit(
+    tmp_path: Path, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No answer and no row yet (a worker whose main process is stopping may still see its
+    row committed a moment later): 0xA700, and the file stays under its name; taking it away
+    could leave that row over a missing file. The next start indexes it."""
+    data = tmp_path / "box"
+    path = make_instance(tmp_path / "a.dcm", sop_instance_uid=UID, study_uid="1.2.3.1")
+    with _running(data, clock) as box:
+
+        def add(*args: Any, **kwargs: Any) -> Any:
+            raise StorageError("the main process is gone")
+
+        monkeypatch.setattr(box.index, "add_instance", add)
+        assert _send(box.dicom.port, path) == 0xA700
+        assert box.index.find_instance(UID) is None
+        assert len(_objects(box)) == 1
+    with _running(data, clock) as again:
+        assert again.startup.indexed_orphans == 1
+        held = again.index.find_instance(UID)
+        assert held is not None and [again.spool.root / held.path] == _objects(again)
+
+
+def test_a_conflict_that_cannot_be_kept_leaves_no_name(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The UID was indexed under another study meanwhile, and conflicts/ cannot take this
+    copy (a full disk): 0xA700, and its name in objects/ goes, so nothing of it is left to
+    meet the held UID at the next start."""
+    box = make_box()
+    first = make_instance(tmp_path / "a.dcm", sop_instance_uid=UID, study_uid="1.2.3.1")
+    second = make_instance(tmp_path / "b.dcm", sop_instance_uid=UID, study_uid="1.2.3.2")
+    assert _send(box.dicom.port, first) == 0x0000
+    _first_lookup_misses(box, monkeypatch)
+
+    def keep_conflict(*args: Any) -> str:
+        raise StorageError("cannot make conflicts/x.dcm durable: No space left on device")
+
+    monkeypatch.setattr(box.spool, "keep_conflict", keep_conflict)
+    assert _send(box.dicom.port, second) == 0xA700
+    held = box.index.find_instance(UID)
+    assert held is not None and [box.spool.root / held.path] == _objects(box)
+    assert box.index.conflicts() == []
+
+
+def test_rejected_tiny_pdu_peers_hold_no_association(make_box: BoxFactory) -> None:
+    """The rejection comes before the association is counted: more rejected peers than
+    dicom.max_associations still leave room for the next one."""
+    box = make_box(dicom={"max_associations": 2})
+    for _ in range(3):
+        ae = AE(ae_title="TINY")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assert ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA", max_pdu=6).is_rejected
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(LOOPBACK, box.dicom.port, ae_title="AFRA")
     assert assoc.is_established
     try:
         assert int(assoc.send_c_echo().Status) == 0x0000

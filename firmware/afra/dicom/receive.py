@@ -378,10 +378,11 @@ class Receiver:
         try:
             added = self.index.add_instance(header, rel, size, now, request.calling_ae)
         except Exception as exc:
-            status = self._not_indexed(request, sender, header, rel, now)
+            refused = isinstance(exc, sqlite3.Error)  # the database said no: no row was made
+            status = self._not_indexed(request, sender, header, rel, now, refused=refused)
             if status is not None:
                 return status
-            if isinstance(exc, sqlite3.Error):  # the database's device, as a full disk is
+            if refused:  # the database's device, as a full disk is
                 raise StorageError(f"the index could not record it ({exc})") from exc
             raise
         if self.refusals.active:  # one look at the free space, only while refusing
@@ -396,17 +397,28 @@ class Receiver:
         return STATUS_SUCCESS
 
     def _not_indexed(
-        self, request: StoreRequest, sender: str, header: InstanceHeader, rel: str, now: float
+        self,
+        request: StoreRequest,
+        sender: str,
+        header: InstanceHeader,
+        rel: str,
+        now: float,
+        *,
+        refused: bool,
     ) -> int | None:
-        """The index refused the row of an instance already durable under its name. Never left
-        there unindexed: the next start would index (and upload) what its sender was told was
-        refused, or, with the UID indexed elsewhere, fail on it.
+        """The index call for an instance already durable under its name failed. None: the
+        caller answers 0xA700.
 
         - The row is there after all (a worker's call lost its answer): stored.
         - The UID was indexed under another study a moment before, by another process
           (receiving processes, the CLI's C-GET; their lookups both missed): judged as a copy
-          sent again, as the examination would have (one copy, or conflicts/).
-        - No row: the name is taken away and None returned (the caller re-raises: 0xA700).
+          sent again, as the examination would have (one copy, or conflicts/). Otherwise
+          the file would stay unindexed, and the next start would meet a UID held twice.
+        - No row, and the database refused it (`refused`): the name is taken away, or the
+          next start would index (and upload) what its sender was told was refused.
+        - No row yet, and no refusal (a worker that lost the main process, which may still
+          commit it): the file stays, durable, for that commit or the next start to index;
+          taking it away could leave a row over a missing file.
         """
         uid = header.sop_instance_uid
         try:
@@ -417,7 +429,8 @@ class Receiver:
         if held is not None and held.path == rel:
             return STATUS_SUCCESS
         if held is None:
-            self.spool.withdraw(rel)
+            if refused:
+                self.spool.withdraw(rel)
             return None
         path = self.spool.absolute(rel)
         try:
