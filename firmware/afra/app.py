@@ -77,6 +77,8 @@ class StartupReport:
     unreadable_orphans: int = 0
     # Unindexed files whose UID the index holds under another study: kept in conflicts/.
     conflicting_orphans: int = 0
+    # Files of delivered, purged studies whose removal a stop interrupted: removed.
+    purged_leftovers: int = 0
     missing_files: list[str] = field(default_factory=list)
 
 
@@ -421,6 +423,13 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
         calling_ae = source_ae_title(path)
         try:
             held = index.find_instance(header.sop_instance_uid)
+            if held is not None and held.path == rel:
+                # Its study was delivered and purged (purged studies' paths are not among the
+                # known ones), and the stop came before this file was removed: removed now.
+                spool.withdraw(rel)
+                report.purged_leftovers += 1
+                LOG.info("removed %s, left by the purge of its delivered study", rel)
+                continue
             if held is not None:
                 _orphan_held_elsewhere(
                     spool, index, clock, rel, header.sop_instance_uid, held.path, calling_ae

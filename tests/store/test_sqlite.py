@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from afra.store.index import Index
-from afra.store.sqlite import WAL_RESERVE_BYTES
+from afra.store.sqlite import WAL_RESERVE_BYTES, _Pending
 from tests.conftest import wait_for
 
 
@@ -111,6 +111,51 @@ def test_a_writer_alone_that_fails_leaves_nothing_and_the_next_one_commits(
 
     assert index._grouped(ok) == "next"
     assert index._read_one("SELECT count(*) FROM meta WHERE key = 'next'", ())[0] == 1
+    index.close()
+
+
+class _FailingEnd:
+    """The index's connection on a failing disk: COMMIT and then ROLLBACK refused."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql in ("COMMIT", "ROLLBACK"):
+            raise sqlite3.OperationalError(f"disk I/O error ({sql})")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+
+def test_a_batch_whose_commit_and_rollback_fail_commits_nobody(tmp_path: Path) -> None:
+    """With the ROLLBACK refused too, every writer of the batch still gets the error: none may
+    take its work for committed (a received instance would be answered stored without its
+    row)."""
+    index = Index(tmp_path / "index.sqlite")
+
+    def insert(key: str) -> _Pending[str]:
+        def work(db: sqlite3.Connection) -> str:
+            db.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
+            return key
+
+        return _Pending(work, True)
+
+    batch = [insert("a"), insert("b")]
+    real = index._db
+    index._db = _FailingEnd(real)  # type: ignore[assignment]
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            index._commit_batch(batch)
+    finally:
+        index._db = real
+    assert [(item.result, type(item.error)) for item in batch] == [
+        (None, sqlite3.OperationalError),
+        (None, sqlite3.OperationalError),
+    ]
+    real.rollback()
+    assert index._read_one("SELECT count(*) FROM meta WHERE value = 'v'", ())[0] == 0
     index.close()
 
 

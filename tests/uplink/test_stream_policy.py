@@ -220,6 +220,35 @@ def test_restart_after_purge_reports_nothing_missing(
     assert report.missing_files == [] and report.indexed_orphans == 0
 
 
+def test_a_purge_a_stop_interrupted_is_finished_at_start(
+    box: Appliance, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The purge marks the study first and then removes its files: a stop between the two
+    leaves files whose rows say purged. The next start removes them (the hub has them; it
+    used to fail on their rows), and neither indexes them again nor calls them conflicts."""
+    from afra.app import recover
+
+    receive_series(box, tmp_path, n=2)
+    complete_all(box, clock)
+    [study] = box.index.studies()
+    box.index.mark_delivered(study.id, "{}", clock.time())
+    clock.advance(8 * 86400)
+    left = [box.spool.absolute(i.path) for i in box.index.upload_instances(study.id)]
+    kept = [p.read_bytes() for p in left]
+    assert box.uplink.purge_delivered() == 1
+    for path, data in zip(left, kept, strict=True):  # the stop came before these removals
+        path.write_bytes(data)
+    report = recover(box.spool, box.index, clock)
+    assert report.purged_leftovers == 2
+    assert (report.indexed_orphans, report.conflicting_orphans, report.unreadable_orphans) == (
+        0,
+        0,
+        0,
+    )
+    assert not any(p.exists() for p in left)
+    assert box.index.conflicts() == []
+
+
 def test_a_copy_stored_by_another_process_is_never_replaced(
     box: Appliance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

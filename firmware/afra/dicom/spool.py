@@ -292,13 +292,12 @@ class Spool:
             raise StorageError(f"cannot make {rel_path} durable: {exc}") from exc
 
     def withdraw(self, rel_path: str) -> None:
-        """Take a stored name away again, as far as the device lets (the file may be gone)."""
+        """Take a stored name away again, as far as the device lets: the name removed (if
+        still there: a move elsewhere may have taken it) and its folder flushed."""
         path = self.root / rel_path
         try:
-            path.unlink()
+            path.unlink(missing_ok=True)
             fsync_dir(path.parent)
-        except FileNotFoundError:
-            return
         except OSError as exc:
             LOG.error("could not take %s away again: %s", rel_path, exc)
 

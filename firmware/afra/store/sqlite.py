@@ -250,12 +250,16 @@ class SqliteStore:
                 db.execute("RELEASE item")
             db.execute("COMMIT")
         except BaseException as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            for item in batch:
-                if item.error is None:
-                    item.error = exc
-                    item.result = None
+            try:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            finally:
+                # Also when the ROLLBACK fails (a failing disk): nobody in the batch may take
+                # its work for committed.
+                for item in batch:
+                    if item.error is None:
+                        item.error = exc
+                        item.result = None
         finally:
             for item in batch:
                 item.done = True
