@@ -470,6 +470,7 @@ def _orphan_held_elsewhere(
     path = spool.absolute(rel)
     size = path.stat().st_size
     kept = spool.keep_conflict(path, uid)
+    spool.withdraw(rel)  # its folder flushed: after a power cut the name does not come back
     missing = "" if spool.absolute(held_path).exists() else " (that copy is missing)"
     try:
         index.add_conflict(uid, kept, size, clock.time(), calling_ae)

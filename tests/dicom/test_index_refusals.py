@@ -15,6 +15,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 from afra.app import build_appliance
+from afra.dicom import spool as spool_module
 from afra.errors import StorageError
 from afra.store.index import Index, StoredInstance
 from tests.conftest import BoxFactory, make_config
@@ -117,7 +118,7 @@ def test_an_index_row_that_fails_takes_the_name_away(
 
 
 def test_start_up_keeps_an_unindexed_file_whose_uid_is_held_elsewhere_as_a_conflict(
-    make_box: BoxFactory, tmp_path: Path, clock: Any
+    make_box: BoxFactory, tmp_path: Path, clock: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What the race above left before this was mended (or a crash between two processes'
     links and rows): a file in objects/, unindexed, whose UID the index holds under another
@@ -133,10 +134,15 @@ def test_start_up_keeps_an_unindexed_file_whose_uid_is_held_elsewhere_as_a_confl
     stray = box.spool.absolute(rel)
     box.spool.ensure_dir(stray.parent)
     stray.write_bytes(other.spool.absolute(rel).read_bytes())
+    flushed: list[Path] = []
+    real_dir = spool_module.fsync_dir
+    monkeypatch.setattr(
+        spool_module, "fsync_dir", lambda p: (flushed.append(Path(p)), real_dir(p))[1]
+    )
     with _running(data, clock) as again:
         assert again.startup.conflicting_orphans == 1
         assert again.startup.indexed_orphans == 0 and again.startup.unreadable_orphans == 0
-        assert not stray.exists()
+        assert not stray.exists() and stray.parent in flushed  # the move is durable
         (conflict,) = again.index.conflicts()
         assert dcmread(again.spool.absolute(conflict.path)).StudyInstanceUID == "1.2.3.2"
         held = again.index.find_instance(UID)
