@@ -432,7 +432,7 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
                 continue
             if held is not None:
                 _orphan_held_elsewhere(
-                    spool, index, clock, rel, header.sop_instance_uid, held.path, calling_ae
+                    spool, index, clock, rel, header.sop_instance_uid, held.path, size, calling_ae
                 )
                 report.conflicting_orphans += 1
                 continue
@@ -461,15 +461,14 @@ def _orphan_held_elsewhere(
     rel: str,
     uid: str,
     held_path: str,
+    size: int,
     calling_ae: str,
 ) -> None:
     """An unindexed file whose SOP Instance UID the index holds under another path: another
     study's copy (two processes stored it under two studies at once). Kept in conflicts/, as
     a different copy sent again would be; the indexed one stays in its study. (A copy of the
     same data set would have the same path: the path is made of the study and the instance.)"""
-    path = spool.absolute(rel)
-    size = path.stat().st_size
-    kept = spool.keep_conflict(path, uid)
+    kept = spool.keep_conflict(spool.absolute(rel), uid)
     spool.withdraw(rel)  # its folder flushed: after a power cut the name does not come back
     missing = "" if spool.absolute(held_path).exists() else " (that copy is missing)"
     try:
@@ -569,7 +568,7 @@ def build_appliance(
     LOG.info(
         "storage %s: %s",
         root,
-        "ext4, a received object and its name made durable by one fsync after the link"
+        "ext4 with a journal: a received object and its name made durable by one fsync"
         if spool.one_flush
         else "a received object made durable by fsync, link, fsync of its folder",
     )

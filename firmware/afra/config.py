@@ -170,8 +170,9 @@ class StorageSettings(Section):
     # Received data sets written with O_DIRECT where the filesystem takes it (less CPU: no
     # page-cache copy). False writes through the page cache, as before (docs/ARCHITECTURE.md).
     direct_writes: bool = True
-    # On ext4 (found out at start), a received file and its name are made durable by one
-    # fsync after the link; False: fsync, link, fsync the directory, on any filesystem.
+    # On ext4 with a journal (found out at start), a received file and its name are made
+    # durable by one fsync after the link; False: fsync, link, fsync the directory, on any
+    # filesystem.
     one_flush: bool = True
 
 

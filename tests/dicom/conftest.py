@@ -59,6 +59,18 @@ def chunked_send() -> Iterator[None]:
         _config.STORE_SEND_CHUNKED_DATASET = before
 
 
+def store_one(port: int, path: Path, calling: str = "MODALITY") -> int:
+    """Send one file to the box with pynetdicom, on an association of its own; its status."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(dcmread(path, stop_before_pixels=True).SOPClassUID)
+    assoc = ae.associate(LOOPBACK, port, ae_title="AFRA")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(dcmread(path)).Status)
+    finally:
+        assoc.release()
+
+
 def send_raw(
     port: int, path: Path, *, aet: str = "RAWSCU", context_class: str | None = None
 ) -> int:

@@ -19,21 +19,10 @@ from afra.dicom import spool as spool_module
 from afra.errors import StorageError
 from afra.store.index import Index, StoredInstance
 from tests.conftest import BoxFactory, make_config
-from tests.dicom.conftest import LOOPBACK
+from tests.dicom.conftest import LOOPBACK, store_one
 from tests.dicomgen import make_instance
 
 UID = "1.2.826.0.1.3680043.10.1234.5"
-
-
-def _send(port: int, path: Path) -> int:
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(dcmread(path, stop_before_pixels=True).SOPClassUID)
-    assoc = ae.associate(LOOPBACK, port, ae_title="AFRA")
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(dcmread(path)).Status)
-    finally:
-        assoc.release()
 
 
 @contextmanager
@@ -75,9 +64,9 @@ def test_a_uid_another_process_indexed_under_another_study_is_a_conflict(
     first = make_instance(tmp_path / "a.dcm", sop_instance_uid=UID, study_uid="1.2.3.1")
     second = make_instance(tmp_path / "b.dcm", sop_instance_uid=UID, study_uid="1.2.3.2")
     with _running(data, clock) as box:
-        assert _send(box.dicom.port, first) == 0x0000
+        assert store_one(box.dicom.port, first) == 0x0000
         _first_lookup_misses(box, monkeypatch)
-        assert _send(box.dicom.port, second) == 0x0000
+        assert store_one(box.dicom.port, second) == 0x0000
         held = box.index.find_instance(UID)
         assert held is not None and held.path == box.spool.instance_path("1.2.3.1", UID)
         assert [box.spool.root / held.path] == _objects(box)  # no second name in objects/
@@ -107,11 +96,11 @@ def test_an_index_row_that_fails_takes_the_name_away(
         return real_add(header, *args, **kwargs)
 
     monkeypatch.setattr(box.index, "add_instance", add)
-    assert _send(box.dicom.port, path) == 0xA700
+    assert store_one(box.dicom.port, path) == 0xA700
     assert failures == [UID]
     assert _objects(box) == []
     assert box.index.find_instance(UID) is None
-    assert _send(box.dicom.port, path) == 0x0000
+    assert store_one(box.dicom.port, path) == 0x0000
     held = box.index.find_instance(UID)
     assert held is not None and [box.spool.root / held.path] == _objects(box)
     assert box.index.studies()[0].instance_count == 1
@@ -126,10 +115,10 @@ def test_start_up_keeps_an_unindexed_file_whose_uid_is_held_elsewhere_as_a_confl
     data = tmp_path / "box"
     first = make_instance(tmp_path / "a.dcm", sop_instance_uid=UID, study_uid="1.2.3.1")
     with _running(data, clock) as box:
-        assert _send(box.dicom.port, first) == 0x0000
+        assert store_one(box.dicom.port, first) == 0x0000
     other = make_box(tmp_path / "other")
     second = make_instance(tmp_path / "b.dcm", sop_instance_uid=UID, study_uid="1.2.3.2")
-    assert _send(other.dicom.port, second) == 0x0000
+    assert store_one(other.dicom.port, second) == 0x0000
     rel = box.spool.instance_path("1.2.3.2", UID)
     stray = box.spool.absolute(rel)
     box.spool.ensure_dir(stray.parent)
@@ -162,7 +151,7 @@ def test_start_up_goes_on_when_one_file_cannot_be_indexed(
     ]
     with _running(data, clock) as box:
         for path in paths:
-            assert _send(box.dicom.port, path) == 0x0000
+            assert store_one(box.dicom.port, path) == 0x0000
     for p in data.glob("index.sqlite*"):
         p.unlink()
     real_add = Index.add_instance
@@ -214,7 +203,7 @@ def test_a_row_recorded_though_its_call_failed_is_stored(
         raise StorageError("the main process is gone")
 
     monkeypatch.setattr(box.index, "add_instance", add)
-    assert _send(box.dicom.port, path) == 0x0000
+    assert store_one(box.dicom.port, path) == 0x0000
     held = box.index.find_instance(UID)
     assert held is not None and [box.spool.root / held.path] == _objects(box)
 
@@ -233,7 +222,7 @@ def test_a_call_without_an_answer_leaves_the_file_for_its_commit(
             raise StorageError("the main process is gone")
 
         monkeypatch.setattr(box.index, "add_instance", add)
-        assert _send(box.dicom.port, path) == 0xA700
+        assert store_one(box.dicom.port, path) == 0xA700
         assert box.index.find_instance(UID) is None
         assert len(_objects(box)) == 1
     with _running(data, clock) as again:
@@ -251,14 +240,14 @@ def test_a_conflict_that_cannot_be_kept_leaves_no_name(
     box = make_box()
     first = make_instance(tmp_path / "a.dcm", sop_instance_uid=UID, study_uid="1.2.3.1")
     second = make_instance(tmp_path / "b.dcm", sop_instance_uid=UID, study_uid="1.2.3.2")
-    assert _send(box.dicom.port, first) == 0x0000
+    assert store_one(box.dicom.port, first) == 0x0000
     _first_lookup_misses(box, monkeypatch)
 
     def keep_conflict(*args: Any) -> str:
         raise StorageError("cannot make conflicts/x.dcm durable: No space left on device")
 
     monkeypatch.setattr(box.spool, "keep_conflict", keep_conflict)
-    assert _send(box.dicom.port, second) == 0xA700
+    assert store_one(box.dicom.port, second) == 0xA700
     held = box.index.find_instance(UID)
     assert held is not None and [box.spool.root / held.path] == _objects(box)
     assert box.index.conflicts() == []

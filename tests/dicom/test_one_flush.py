@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE
 
 from afra.dicom import receive as receive_module
 from afra.dicom import spool as spool_module
@@ -29,7 +28,7 @@ from afra.errors import StorageError
 from afra.store.index import StoredInstance
 from medix.durable import fsync_file
 from tests.conftest import BoxFactory
-from tests.dicom.conftest import LOOPBACK
+from tests.dicom.conftest import LOOPBACK, store_one
 from tests.dicomgen import dataset_bytes_hash, make_ct_series, make_instance
 from tests.disks import tmpfs
 from tests.peers import storescu
@@ -332,17 +331,6 @@ def test_one_flush_false_keeps_the_folder_flush(make_box: BoxFactory) -> None:
 # -- a name another process holds ------------------------------------------------------------
 
 
-def _send(box_port: int, path: Path) -> int:
-    ae = AE(ae_title="RACE")
-    ae.add_requested_context(dcmread(path, stop_before_pixels=True).SOPClassUID)
-    assoc = ae.associate(LOOPBACK, box_port, ae_title="AFRA")
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(dcmread(path)).Status)
-    finally:
-        assoc.release()
-
-
 def _left_unindexed(make_box: BoxFactory, tmp_path: Path) -> tuple[Path, Any, Any, Any, str, Path]:
     """An instance and a box whose spool holds a copy of it under its name, unindexed, as a
     process that died between its link and its index commit leaves it (the copy written by
@@ -350,7 +338,7 @@ def _left_unindexed(make_box: BoxFactory, tmp_path: Path) -> tuple[Path, Any, An
     (path,) = make_ct_series(tmp_path / "ct", n=1, rows=32, cols=32)
     ds = dcmread(path, stop_before_pixels=True)
     other = make_box(tmp_path / "other")
-    assert _send(other.dicom.port, path) == 0x0000
+    assert store_one(other.dicom.port, path) == 0x0000
     box = make_box()
     rel = box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
     held = box.spool.absolute(rel)
@@ -378,11 +366,11 @@ def test_the_same_copy_held_but_never_indexed_is_made_durable_and_indexed(
     # While the process that linked it holds its lock, it is still at it: not now.
     with held.open("rb") as alive:
         fcntl.flock(alive.fileno(), fcntl.LOCK_EX)
-        assert _send(box.dicom.port, path) == 0xA700
+        assert store_one(box.dicom.port, path) == 0xA700
     assert box.index.find_instance(ds.SOPInstanceUID) is None
     assert held not in flushed
     # It has stopped (its descriptor closed): the copy is made durable and indexed here.
-    assert _send(box.dicom.port, path) == 0x0000
+    assert store_one(box.dicom.port, path) == 0x0000
     found = box.index.find_instance(ds.SOPInstanceUID)
     assert found is not None and found.path == rel
     assert box.index.studies()[0].instance_count == 1
@@ -404,7 +392,7 @@ def test_a_different_copy_held_but_never_indexed_is_refused_for_now(
     held = box.spool.absolute(box.spool.instance_path("1.2.3.98", "1.2.3.99"))
     box.spool.ensure_dir(held.parent)
     shutil.copyfile(theirs, held)
-    assert _send(box.dicom.port, sent) == 0xA700
+    assert store_one(box.dicom.port, sent) == 0xA700
     assert box.index.find_instance("1.2.3.99") is None
     assert box.index.studies() == []
     assert held.read_bytes() == theirs.read_bytes()
@@ -417,7 +405,7 @@ def test_a_name_another_process_indexes_while_the_store_waits_is_a_duplicate(
     the link finds the name taken, and the other process's row arrives: one copy, success."""
     box = make_box()
     (path,) = make_ct_series(tmp_path / "ct", n=1, rows=32, cols=32)
-    assert _send(box.dicom.port, path) == 0x0000  # "the other process": stored and indexed
+    assert store_one(box.dicom.port, path) == 0x0000  # "the other process": stored and indexed
     real_find = box.index.find_instance
     lookups: list[str] = []
 
@@ -438,7 +426,7 @@ def test_a_name_another_process_indexes_while_the_store_waits_is_a_duplicate(
     held = box.spool.absolute(box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID))
     with held.open("rb") as alive:  # the other process is still at it, as it commits
         fcntl.flock(alive.fileno(), fcntl.LOCK_EX)
-        assert _send(box.dicom.port, path) == 0x0000
+        assert store_one(box.dicom.port, path) == 0x0000
     assert len(lookups) >= 2  # it waited for the index, it did not trust the name alone
     assert added == []  # the other process's row, not one of its own
     assert box.index.studies()[0].instance_count == 1
@@ -468,7 +456,7 @@ def test_a_name_taken_again_while_the_store_looks_is_not_adopted(
 
     monkeypatch.setattr(receive_module.fcntl, "flock", flock)
     try:
-        assert _send(box.dicom.port, path) == 0xA700
+        assert store_one(box.dicom.port, path) == 0xA700
     finally:
         for f in holders:
             f.close()

@@ -162,8 +162,8 @@ class Spool:
         self.root = root
         # Whether received objects are written with O_DIRECT; None: found out on first use.
         self._direct_io = direct_io
-        # Whether one fsync of a linked file makes its name durable too (ext4, see
-        # fsync_covers_new_names); None: found out on first use. False: POSIX's order.
+        # Whether one fsync of a linked file makes its name durable too (ext4 with a journal,
+        # see fsync_covers_new_names); None: found out on first use. False: POSIX's order.
         self._one_flush = one_flush
         # The storage device's free space; a seam so tests can stand in a disk that fills.
         self._free_bytes = free_bytes or (lambda: shutil.disk_usage(self.root).free)
