@@ -378,24 +378,35 @@ def test_the_same_copy_held_but_never_indexed_is_made_durable_and_indexed(
     assert held in flushed and held.parent in flushed
 
 
-def test_a_different_copy_held_but_never_indexed_is_refused_for_now(
+def test_a_different_copy_held_but_never_indexed_gives_way_to_the_copy_sent(
     make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A different data set under the name, unindexed: it is nobody's acknowledged copy the
-    box knows of, and not this sender's either; refused (0xA700), both left as they are."""
+    """A different data set under the name, unindexed, its lock free: nobody's acknowledged
+    copy, and nobody is storing it (start-up left it, or a store died before its row). It is
+    kept in conflicts/ for review and the sender's copy is stored under the name; before,
+    every copy sent again was refused (0xA700) until someone removed the file by hand."""
     monkeypatch.setattr(receive_module, "INDEXED_WAIT_S", 0.05)
     box = make_box()
     sent = make_instance(tmp_path / "a.dcm", sop_instance_uid="1.2.3.99", study_uid="1.2.3.98")
     theirs = make_instance(
         tmp_path / "b.dcm", sop_instance_uid="1.2.3.99", study_uid="1.2.3.98", seed=2
     )
-    held = box.spool.absolute(box.spool.instance_path("1.2.3.98", "1.2.3.99"))
+    rel = box.spool.instance_path("1.2.3.98", "1.2.3.99")
+    held = box.spool.absolute(rel)
     box.spool.ensure_dir(held.parent)
     shutil.copyfile(theirs, held)
-    assert store_one(box.dicom.port, sent) == 0xA700
+    with held.open("rb") as alive:  # while someone holds its lock, it is still theirs
+        fcntl.flock(alive.fileno(), fcntl.LOCK_EX)
+        assert store_one(box.dicom.port, sent) == 0xA700
     assert box.index.find_instance("1.2.3.99") is None
-    assert box.index.studies() == []
     assert held.read_bytes() == theirs.read_bytes()
+    assert store_one(box.dicom.port, sent) == 0x0000
+    found = box.index.find_instance("1.2.3.99")
+    assert found is not None and found.path == rel
+    assert dcmread(held).PixelData == dcmread(sent).PixelData
+    (conflict,) = box.index.conflicts()
+    assert box.spool.absolute(conflict.path).read_bytes() == theirs.read_bytes()
+    assert box.index.studies()[0].instance_count == 1
 
 
 def test_a_name_another_process_indexes_while_the_store_waits_is_a_duplicate(

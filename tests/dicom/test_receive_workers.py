@@ -250,3 +250,30 @@ def test_stopping_mid_object_in_a_worker_aborts_and_leaves_tmp_clean(make_box: B
         assert workers.served_here == 0 and box.dicom.open_associations == 0
     finally:
         peer.close()
+
+
+def test_a_worker_puts_back_a_file_gone_from_the_device(
+    make_box: BoxFactory, tmp_path: Path, held: list[Association]
+) -> None:
+    """The copy sent again of an instance whose file had gone, through a worker: the main
+    process records the copy (its restore is one of the index calls a worker may make), and
+    the row takes the copy's size."""
+    box = make_box(dicom={"receive_processes": 2})
+    path = make_instance(tmp_path / "a.dcm")
+    ds = dcmread(path)
+    rel = box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
+    assoc = associate(box.dicom.port, "FIRST")
+    held.append(assoc)
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    first = dataset_bytes_hash(box.spool.absolute(rel))
+    box.spool.absolute(rel).unlink()  # gone from the device
+    again = in_a_worker(box, held, "SECOND-SENDER")  # another AE: the file meta is longer
+    assert again.send_c_store(ds).Status == 0x0000
+    restored = box.spool.absolute(rel)
+    assert dataset_bytes_hash(restored) == first
+    found = box.index.find_instance(ds.SOPInstanceUID)
+    assert found is not None and found.size == restored.stat().st_size
+    assert box.index.studies()[0].instance_count == 1
+    assert box.index.studies()[0].bytes == restored.stat().st_size
+    assert box.index.conflicts() == []

@@ -38,6 +38,7 @@ from afra.dicom.header import (
     header_from_head,
     parse_head,
     read_header,
+    source_ae_title,
 )
 from afra.dicom.spool import AlreadyStored, Spool
 from afra.errors import InvalidInstanceError, StorageError
@@ -68,6 +69,10 @@ class ReceiveIndex(Protocol):
     def add_instance(
         self, header: InstanceHeader, rel_path: str, size: int, now: float, calling_ae: str
     ) -> AddedInstance: ...
+
+    def restore_instance(
+        self, header: InstanceHeader, rel_path: str, size: int, now: float, calling_ae: str
+    ) -> bool: ...
 
     def add_conflict(
         self, sop_instance_uid: str, rel_path: str, size: int, now: float, calling_ae: str
@@ -339,9 +344,11 @@ class Receiver:
             header, held = found
             sop_uid = header.sop_instance_uid
             now = self.clock.time()
-            if held is not None:
-                return self._duplicate(tmp, request, sender, held.path, now)
             rel = self.spool.instance_path(header.study_uid, sop_uid)
+            if held is not None:
+                if held.path == rel and self._gone(rel, sop_uid):
+                    return self._restore(tmp, request, sender, header, rel, now, fd)
+                return self._duplicate(tmp, request, sender, held.path, now)
             # The file is locked (flock) from before its link until this store has indexed it
             # or taken the name away (the descriptor's close, after the response): another
             # process that finds the name taken adopts it only once the lock is free.
@@ -372,7 +379,7 @@ class Receiver:
             # this moment. Its copy counts once the index has it: only then are its file and
             # name durable (its flush may yet fail, and take the name away).
             if not self._indexed_soon(sop_uid):
-                return self._adopt(tmp, request, sender, header, rel, now)
+                return self._adopt(tmp, request, sender, header, rel, now, fd, one_flush)
             return self._duplicate(tmp, request, sender, rel, now)
         size = (os.fstat(fd) if fd is not None else self.spool.absolute(rel).stat()).st_size
         try:
@@ -394,6 +401,52 @@ class Receiver:
                 added.revision,
                 sender,
             )
+        return STATUS_SUCCESS
+
+    def _gone(self, rel: str, sop_uid: str) -> bool:
+        """The index holds the instance under `rel`, and no file is there (start-up reports
+        it missing), while its study still waits to be delivered or was delivered and kept."""
+        return not self.spool.absolute(rel).exists() and not self.index.delivered_and_purged(
+            sop_uid
+        )
+
+    def _restore(
+        self,
+        tmp: Path,
+        request: StoreRequest,
+        sender: str,
+        header: InstanceHeader,
+        rel: str,
+        now: float,
+        fd: int | None,
+    ) -> int:
+        """This copy takes the place of the instance's missing file, in the same study: the
+        technician's remedy, sending the study again from the PACS. The row is there already,
+        so the file is durable before its name exists (POSIX's order on every filesystem:
+        no store that finds the name may compare against pages not yet written), then the
+        row takes the copy's size (`Index.restore_instance`)."""
+        uid = header.sop_instance_uid
+        if self.spool.one_flush:
+            self.spool.fsync_received(tmp, fd)  # the POSIX path flushed it already
+        try:
+            self.spool.commit(tmp, rel, synced=True)
+        except AlreadyStored:  # another store brought it back a moment ago
+            return self._duplicate(tmp, request, sender, rel, now)
+        size = self.spool.absolute(rel).stat().st_size
+        try:
+            restored = self.index.restore_instance(header, rel, size, now, request.calling_ae)
+        except Exception as exc:
+            self.spool.withdraw(rel)  # missing again, as the row was left: a later copy mends
+            raise StorageError(f"the index could not record the restored copy ({exc})") from exc
+        if not restored:  # its row went meanwhile (a purge): judged afresh when sent again
+            self.spool.withdraw(rel)
+            return self._not_now(uid, sender, "its index row changed meanwhile")
+        LOG.warning(
+            "instance %s from %s: its file had gone from the storage device; this copy "
+            "takes its place in its study",
+            uid,
+            sender,
+        )
         return STATUS_SUCCESS
 
     def _not_indexed(
@@ -497,12 +550,15 @@ class Receiver:
         header: InstanceHeader,
         rel: str,
         now: float,
+        fd: int | None,
+        one_flush: bool,
     ) -> int:
         """A name nobody indexed within INDEXED_WAIT_S. While the process that linked it still
         holds its lock, it is still at it: refused for now (0xA700). Once free (that process
-        died between its link and its index commit, or is done), the same data set is made
-        durable here and indexed, as the copy this store would have made; a different one,
-        or a name gone meanwhile, is refused for now."""
+        died between its link and its index commit, or is done, or start-up left the file
+        unindexed), the same data set is made durable here and indexed, as the copy this
+        store would have made; a different one is moved to conflicts/ and this copy stored
+        in its place; a name gone or taken meanwhile is refused for now."""
         uid = header.sop_instance_uid
         try:
             held = os.open(self.spool.absolute(rel), os.O_RDONLY)
@@ -527,7 +583,11 @@ class Receiver:
             if (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino):
                 return self._not_now(uid, sender, "another copy took its name meanwhile")
             if not self.spool.same_content(tmp, rel):
-                return self._not_now(uid, sender, "another copy holds its name, unindexed")
+                # Nobody's acknowledged copy: no row, and nobody storing it (its lock is free).
+                # Kept for review; unless it goes, that instance is refused for good (a file
+                # start-up could not read under its name blocked every copy sent again).
+                self._set_aside(rel, uid, os.fstat(held).st_size, sender, now)
+                return self._commit_and_index(tmp, request, sender, header, rel, now, fd, one_flush)
             self.spool.make_durable(rel)
             size = os.fstat(held).st_size
             try:
@@ -544,6 +604,22 @@ class Receiver:
             sender,
         )
         return STATUS_SUCCESS
+
+    def _set_aside(self, rel: str, uid: str, size: int, sender: str, now: float) -> None:
+        """Move an unindexed file nobody stores out of the instance's name, into conflicts/."""
+        kept = self.spool.keep_conflict(self.spool.absolute(rel), uid)
+        try:
+            held_from = source_ae_title(self.spool.absolute(kept))  # who sent that one
+            self.index.add_conflict(uid, kept, size, now, held_from)
+        except Exception:
+            LOG.exception("moved %s to %s, but it could not be listed there", rel, kept)
+        LOG.warning(
+            "instance %s from %s: its name held a different data set, unindexed and stored by "
+            "nobody; that file is kept as %s for review (afra conflicts), this copy stored",
+            uid,
+            sender,
+            kept,
+        )
 
     @staticmethod
     def _not_now(uid: str, sender: str, why: str) -> int:

@@ -82,7 +82,7 @@ MAX_AUTO_PROCESSES = 4
 STOP_JOIN_S = 5.0  # how long a stopping worker waits for its aborted associations to end
 # The index calls a worker may make (Receiver's writes), with the position of their `now`:
 # the index's times are the main process's clock (the box's clock seam), set when it writes.
-INDEX_CALLS = {"add_instance": 3, "add_conflict": 3, "add_quarantine": 1}
+INDEX_CALLS = {"add_instance": 3, "restore_instance": 3, "add_conflict": 3, "add_quarantine": 1}
 
 
 def process_count(setting: int) -> int:
@@ -532,6 +532,14 @@ class _WorkerIndex:
             "add_instance", header, rel_path, size, now, calling_ae
         )
         return result
+
+    def restore_instance(
+        self, header: InstanceHeader, rel_path: str, size: int, now: float, calling_ae: str
+    ) -> bool:
+        restored: bool = self._parent.call(
+            "restore_instance", header, rel_path, size, now, calling_ae
+        )
+        return restored
 
     def add_conflict(
         self, sop_instance_uid: str, rel_path: str, size: int, now: float, calling_ae: str

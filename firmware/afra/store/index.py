@@ -211,6 +211,13 @@ UPDATE studies SET instance_count = instance_count + 1, bytes = bytes + ?,
     last_received_at = MAX(last_received_at, ?)
 WHERE id = ?
 """
+SQL_RESTORED_OF = "SELECT size, study_id FROM instances WHERE sop_instance_uid = ? AND path = ?"
+SQL_RESTORE_INSTANCE = """
+UPDATE instances SET series_uid = ?, sop_class_uid = ?, transfer_syntax = ?, modality = ?,
+    size = ?, sha256 = NULL, received_at = ?, calling_ae = ?
+WHERE sop_instance_uid = ?
+"""
+SQL_RESTORE_STUDY = "UPDATE studies SET bytes = bytes + ?, stream_sha256 = NULL WHERE id = ?"
 SQL_INSERT_CONFLICT = """
 INSERT INTO conflicts (sop_instance_uid, path, size, received_at, calling_ae)
 VALUES (?, ?, ?, ?, ?)
@@ -613,6 +620,35 @@ class Index(SqliteStore):
             return AddedInstance(study_id=study_id, revision=revision, new_study_row=new_row)
 
         return self._grouped(work, flush=False)
+
+    def restore_instance(
+        self, header: Header, rel_path: str, size: int, now: float, calling_ae: str
+    ) -> bool:
+        """A copy sent again of an instance whose file had gone from the device, now durable
+        under the row's own path: the row takes the copy's attributes, size and sender, and
+        its hash and its study's stream hash are cleared (the uplink computes them again
+        before it registers the study). False when the row no longer names that path."""
+        uid = header.sop_instance_uid
+        with self._transaction() as db:
+            row = db.execute(SQL_RESTORED_OF, (uid, rel_path)).fetchone()
+            if row is None:
+                return False
+            old_size, study_id = int(row[0]), int(row[1])
+            db.execute(
+                SQL_RESTORE_INSTANCE,
+                (
+                    header.series_uid,
+                    header.sop_class_uid,
+                    header.transfer_syntax,
+                    header.modality,
+                    size,
+                    now,
+                    calling_ae,
+                    uid,
+                ),
+            )
+            db.execute(SQL_RESTORE_STUDY, (size - old_size, study_id))
+        return True
 
     def add_conflict(
         self, sop_instance_uid: str, rel_path: str, size: int, now: float, calling_ae: str
