@@ -33,6 +33,8 @@ from afra.health import (
     DiskUsage,
     Health,
     HealthMonitor,
+    StartupFiles,
+    StartupFilesProbe,
     StatusPart,
     appliance_probes,
     disk_usage,
@@ -80,6 +82,9 @@ class StartupReport:
     # Files of delivered, purged studies whose removal a stop interrupted: removed.
     purged_leftovers: int = 0
     missing_files: list[str] = field(default_factory=list)
+    # The unreadable, misplaced or refused files counted in unreadable_orphans, left in
+    # objects/ unindexed: with missing_files, health's files_need_review until each is resolved.
+    left_in_place: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -114,6 +119,8 @@ class Appliance:
     restart_requested: threading.Event = field(default_factory=threading.Event)
     on_restart: list[Callable[[], None]] = field(default_factory=list)
     startup: StartupReport = field(default_factory=StartupReport)
+    # What of `startup` is still to review (health's files_need_review, the diagnostics).
+    startup_files: StartupFilesProbe | None = None
     _started: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -385,6 +392,7 @@ class Appliance:
             min_free_bytes=self.config.storage.min_free_mb * 2**20,
             cert_warning_days=self.config.health.cert_warning_days,
             queue=self.index,
+            files_to_review=self.startup_files.unresolved if self.startup_files else list,
         )
         return diagnostics.collect(sources, self.log_ring)
 
@@ -409,11 +417,11 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
         try:
             header = read_header(spool.absolute(rel))
         except InvalidInstanceError as exc:
-            report.unreadable_orphans += 1
+            _left_in_place(report, rel)
             LOG.error("stored file %s cannot be read (%s); left in place for review", rel, exc)
             continue
         if rel != spool.instance_path(header.study_uid, header.sop_instance_uid):
-            report.unreadable_orphans += 1
+            _left_in_place(report, rel)
             LOG.error("stored file %s does not belong at its path; left for review", rel)
             continue
         path = spool.absolute(rel)
@@ -438,13 +446,21 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
                 continue
             index.add_instance(header, rel, size, clock.time(), calling_ae=calling_ae)
         except Exception:  # one file never stops the start: the rest is indexed, the box runs
-            report.unreadable_orphans += 1
-            LOG.exception("stored file %s could not be indexed; left in place for review", rel)
+            _left_in_place(report, rel)
+            LOG.exception(
+                "stored file %s could not be indexed; left in place for review (sending its "
+                "study again indexes it)",
+                rel,
+            )
             continue
         report.indexed_orphans += 1
     report.missing_files = sorted(known - on_disk)
     for rel in report.missing_files:
-        LOG.error("indexed instance file %s is missing from the storage device", rel)
+        LOG.error(
+            "indexed instance file %s is missing from the storage device; its study cannot be "
+            "delivered until it is sent again from the PACS",
+            rel,
+        )
     if report.removed_partial or report.indexed_orphans:
         LOG.info(
             "start-up: removed %d partial receive(s), indexed %d instance(s) found on disk",
@@ -452,6 +468,11 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
             report.indexed_orphans,
         )
     return report
+
+
+def _left_in_place(report: StartupReport, rel: str) -> None:
+    report.unreadable_orphans += 1
+    report.left_in_place.append(rel)
 
 
 def _orphan_held_elsewhere(
@@ -718,6 +739,12 @@ def build_appliance(
     parts: dict[str, StatusPart] = {"panel": panel} if panel is not None else {}
     if mdns is not None:
         parts["mdns"] = mdns
+    box.startup_files = StartupFilesProbe(
+        lambda: StartupFiles(box.startup.missing_files, box.startup.left_in_place),
+        exists=lambda rel: spool.absolute(rel).exists(),
+        indexed_paths=index.all_paths,
+        interval=config.health.check_interval,
+    )
     box.monitor = HealthMonitor(
         health,
         appliance_probes(
@@ -731,6 +758,7 @@ def build_appliance(
             clock=clock,
             usage=usage,
             room_check=lambda free: box.dicom.recheck(free),
+            startup_files=box.startup_files,
         ),
         clock=clock,
         status_path=layout.status,

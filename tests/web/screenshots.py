@@ -263,6 +263,12 @@ def _physician_signs_in(tab: Tab, site: Site) -> None:
     _submit(tab, "button[type=submit]")
 
 
+def _files_to_review(tab: Tab, site: Site) -> None:
+    """Start-up left files for review (health's files_need_review): the dashboard says so."""
+    site.main.box.health.set("files_need_review", True)
+    tab.reload()
+
+
 def _patient_opens(tab: Tab, site: Site) -> None:
     lang = tab.evaluate("document.documentElement.lang")
     # A Persian reader types the Solar Hijri date, in Persian digits (medix.l10n).
@@ -366,6 +372,14 @@ VIEWS = (
     View("settings", "main", "/settings", ("dl.facts", "#f-reopen_password", "#update")),
     View("update", "image", "/settings#update", ("#update", "#f-bundle", "#f-update_password")),
     View("error", "main", "/no-such-page", ("h1", "p.error")),
+    # Last of the main box's views: the condition it raises stays for the rest of the run.
+    View(
+        "dashboard-review",
+        "main",
+        "/dashboard",
+        ('[data-bind-list="health.reasons"] li', "[data-leds]"),
+        then=_files_to_review,
+    ),
     View("hub-patient", "hub", "/patient", ("h1", "#code", "#birth_date", "button")),
     View("hub-slip-link", "hub", "", ("#code", "#birth_date", "button"), path_of=slip_link),
     View(

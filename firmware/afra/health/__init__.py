@@ -17,7 +17,8 @@ for a limited time (`for_seconds`): the setup window and locate end by themselve
     model.py     the model as data: STATES (with their ranks), CONDITIONS, Reason
     state.py     Health: conditions in (per source, timed or not), one state and reasons out
     checks.py    the probes (storage, uplink and queue age, PACS C-ECHO, enrolment and
-                 certificate), the certificate rule, the list a box runs
+                 certificate, the files start-up left for review), the certificate rule,
+                 the list a box runs
     monitor.py   HealthMonitor: runs the probes on its own thread, keeps the status file
     status.py    the status file (`<data_dir>/status.json`) as `afra status` reads it
 
@@ -33,6 +34,8 @@ from afra.health.checks import (
     PacsProbe,
     Probe,
     QueueView,
+    StartupFiles,
+    StartupFilesProbe,
     StorageProbe,
     UplinkProbe,
     UplinkView,
@@ -72,6 +75,8 @@ __all__ = [
     "Probe",
     "QueueView",
     "Reason",
+    "StartupFiles",
+    "StartupFilesProbe",
     "State",
     "StatusPart",
     "StorageProbe",

@@ -5,15 +5,16 @@ its conditions: `StorageProbe` (free space against the floor and the warning lev
 write), `UplinkProbe` (the hub link as the uplink last saw it, the age of the oldest
 undelivered study), `PacsProbe` (C-ECHO), `IdentityProbe` (enrolment, the node certificate's
 expiry). `certificate_expiry` is the certificate rule, shared with the diagnostics bundle.
-`appliance_probes` is the list a box runs, with the intervals from `[health]`. The checks read
-the rest of the box through small views (`UplinkView`, `QueueView`, `IdentityView`).
+`StartupFilesProbe` (the files start-up left for review) and `appliance_probes` is the list a
+box runs, with the intervals from `[health]`. The checks read the rest of the box through
+small views (`UplinkView`, `QueueView`, `IdentityView`) and callables.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -262,6 +263,54 @@ class IdentityProbe:
         )
 
 
+class StartupFiles(NamedTuple):
+    """What start-up left for review (`afra.app.StartupReport`), as paths under the spool."""
+
+    missing: Sequence[str]  # indexed, but no file on the device
+    left_in_place: Sequence[str]  # in objects/, unindexed: unreadable, misplaced or refused
+
+
+class StartupFilesProbe:
+    """`files_need_review` while a file start-up reported is unresolved: an indexed file still
+    missing (resolved when the study sent again brings it back, or its row goes), or a stored
+    file still unindexed (resolved when it is indexed, by a copy sent again, or removed).
+    The log names each file; the condition stays until the last one is resolved."""
+
+    name = "startup_files"
+
+    def __init__(
+        self,
+        report: Callable[[], StartupFiles],
+        *,
+        exists: Callable[[str], bool],
+        indexed_paths: Callable[[], set[str]],
+        interval: float = 60.0,
+    ) -> None:
+        self.report = report
+        self.exists = exists
+        self.indexed_paths = indexed_paths
+        self.interval = interval
+
+    def unresolved(self) -> list[dict[str, str]]:
+        """The files still to review, each as {"path", "problem"} (the diagnostics bundle's)."""
+        files = self.report()
+        if not files.missing and not files.left_in_place:
+            return []
+        known = self.indexed_paths()
+        return [
+            {"path": r, "problem": "indexed, missing from the storage device"}
+            for r in files.missing
+            if r in known and not self.exists(r)
+        ] + [
+            {"path": r, "problem": "stored, not indexed (see the log of the start)"}
+            for r in files.left_in_place
+            if r not in known and self.exists(r)
+        ]
+
+    def check(self, health: Health) -> None:
+        health.set("files_need_review", bool(self.unresolved()))
+
+
 def appliance_probes(
     config: Config,
     *,
@@ -274,6 +323,7 @@ def appliance_probes(
     clock: Clock,
     usage: Callable[[Path], DiskUsage] = disk_usage,
     room_check: Callable[[int], None] | None = None,
+    startup_files: StartupFilesProbe | None = None,
 ) -> list[Probe]:
     """The checks a box runs, with their intervals from `[health]`."""
     h = config.health
@@ -294,4 +344,6 @@ def appliance_probes(
         ),
     ]
     probes.append(PacsProbe(pacs, interval=h.pacs_echo_interval))
+    if startup_files is not None:
+        probes.append(startup_files)
     return probes

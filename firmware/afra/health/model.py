@@ -57,6 +57,11 @@ CONDITIONS: dict[str, Condition] = {
         Condition("disk_warning", "degraded", "the storage device is nearly full"),
         Condition("pacs_unreachable", "degraded", "the PACS does not answer C-ECHO"),
         Condition("cert_expiring", "degraded", "the node certificate expires soon"),
+        Condition(
+            "files_need_review",
+            "degraded",
+            "stored files need review (see the diagnostics bundle): send their studies again",
+        ),
         Condition("disk_floor", "failed", "free space is below the floor: new studies refused"),
         Condition("storage_unwritable", "failed", "the storage device cannot be written"),
         Condition("cert_expired", "failed", "the node certificate has expired"),

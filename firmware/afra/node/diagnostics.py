@@ -106,6 +106,8 @@ class Sources:
     min_free_bytes: int  # the storage floor (storage.min_free_mb)
     cert_warning_days: int  # [health] cert_warning_days
     queue: QueueView
+    # The files start-up left for review and not yet resolved, as {"path", "problem"}.
+    files_to_review: Callable[[], list[dict[str, str]]] = list
 
 
 def collect(box: Sources, ring: LogRing | None = None) -> dict[str, Any]:
@@ -196,5 +198,9 @@ def collect(box: Sources, ring: LogRing | None = None) -> dict[str, Any]:
         bundle["hub"] = {"ok": False, "error": "not enrolled with a hub"}
     bundle["disk"] = _timed(disk)
     bundle["queue"] = _timed(queue)
+    try:
+        bundle["files_to_review"] = box.files_to_review()
+    except Exception as exc:  # the index may be what failed: the bundle still comes
+        bundle["files_to_review"] = {"ok": False, "error": str(exc)}
     bundle["recent_log"] = ring.recent() if ring is not None else []
     return bundle
