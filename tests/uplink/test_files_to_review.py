@@ -15,6 +15,7 @@ from afra.dicom import receive as receive_module
 from medix.hub.server import HubServer
 from tests.conftest import BoxFactory
 from tests.fakes import FakeClock
+from tests.peers import storescu
 from tests.uplink.conftest import (
     LOOPBACK,
     assert_hub_holds,
@@ -22,7 +23,6 @@ from tests.uplink.conftest import (
     send_study,
     the_study,
 )
-from tests.peers import storescu
 
 
 def _rel(box: Appliance, path: Path) -> str:
