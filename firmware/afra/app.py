@@ -83,8 +83,9 @@ class StartupReport:
     purged_leftovers: int = 0
     missing_files: list[str] = field(default_factory=list)
     # The unreadable, misplaced or refused files counted in unreadable_orphans, left in
-    # objects/ unindexed: with missing_files, health's files_need_review until each is resolved.
-    left_in_place: list[str] = field(default_factory=list)
+    # objects/ unindexed, each with what a technician can do: with missing_files, health's
+    # files_need_review until each is resolved.
+    left_in_place: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -392,7 +393,10 @@ class Appliance:
             min_free_bytes=self.config.storage.min_free_mb * 2**20,
             cert_warning_days=self.config.health.cert_warning_days,
             queue=self.index,
-            files_to_review=self.startup_files.unresolved if self.startup_files else list,
+            # Only the running box knows what its start left (`afra node diagnostics` is not it).
+            files_to_review=self.startup_files.unresolved
+            if self.startup_files is not None and self._started
+            else None,
         )
         return diagnostics.collect(sources, self.log_ring)
 
@@ -417,12 +421,21 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
         try:
             header = read_header(spool.absolute(rel))
         except InvalidInstanceError as exc:
-            _left_in_place(report, rel)
-            LOG.error("stored file %s cannot be read (%s); left in place for review", rel, exc)
+            _left_in_place(report, rel, UNREADABLE)
+            LOG.error(
+                "stored file %s cannot be read (%s); left in place for review (a copy of its "
+                "instance sent again moves it to conflicts/)",
+                rel,
+                exc,
+            )
             continue
         if rel != spool.instance_path(header.study_uid, header.sop_instance_uid):
-            _left_in_place(report, rel)
-            LOG.error("stored file %s does not belong at its path; left for review", rel)
+            _left_in_place(report, rel, MISPLACED)
+            LOG.error(
+                "stored file %s does not belong at its path; left for review (move it out of "
+                "objects/)",
+                rel,
+            )
             continue
         path = spool.absolute(rel)
         size = path.stat().st_size
@@ -446,7 +459,7 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
                 continue
             index.add_instance(header, rel, size, clock.time(), calling_ae=calling_ae)
         except Exception:  # one file never stops the start: the rest is indexed, the box runs
-            _left_in_place(report, rel)
+            _left_in_place(report, rel, NOT_INDEXED)
             LOG.exception(
                 "stored file %s could not be indexed; left in place for review (sending its "
                 "study again indexes it)",
@@ -470,9 +483,15 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
     return report
 
 
-def _left_in_place(report: StartupReport, rel: str) -> None:
+# What a file start-up leaves unindexed is, and what mends it (the diagnostics bundle's).
+UNREADABLE = "stored, cannot be read: a copy of its instance sent again sets it aside"
+MISPLACED = "stored where it does not belong: move it out of objects/ for review"
+NOT_INDEXED = "stored, the index refused it: sending its study again indexes it"
+
+
+def _left_in_place(report: StartupReport, rel: str, problem: str) -> None:
     report.unreadable_orphans += 1
-    report.left_in_place.append(rel)
+    report.left_in_place.append((rel, problem))
 
 
 def _orphan_held_elsewhere(
@@ -742,7 +761,7 @@ def build_appliance(
     box.startup_files = StartupFilesProbe(
         lambda: StartupFiles(box.startup.missing_files, box.startup.left_in_place),
         exists=lambda rel: spool.absolute(rel).exists(),
-        indexed_paths=index.all_paths,
+        indexed_among=index.indexed_among,
         interval=config.health.check_interval,
     )
     box.monitor = HealthMonitor(

@@ -378,13 +378,13 @@ def test_the_same_copy_held_but_never_indexed_is_made_durable_and_indexed(
     assert held in flushed and held.parent in flushed
 
 
-def test_a_different_copy_held_but_never_indexed_gives_way_to_the_copy_sent(
+def test_a_different_copy_held_but_never_indexed_is_indexed_as_the_first(
     make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A different data set under the name, unindexed, its lock free: nobody's acknowledged
-    copy, and nobody is storing it (start-up left it, or a store died before its row). It is
-    kept in conflicts/ for review and the sender's copy is stored under the name; before,
-    every copy sent again was refused (0xA700) until someone removed the file by hand."""
+    """A different, whole copy of the instance under its name, unindexed, its lock free: it
+    may have been acknowledged (a power cut undid its row, and start-up could not index it
+    again), so it stays in the study as start-up would have had it, and the copy sent now is
+    one sent again: kept in conflicts/ for review. Before, every copy was refused (0xA700)."""
     monkeypatch.setattr(receive_module, "INDEXED_WAIT_S", 0.05)
     box = make_box()
     sent = make_instance(tmp_path / "a.dcm", sop_instance_uid="1.2.3.99", study_uid="1.2.3.98")
@@ -399,14 +399,46 @@ def test_a_different_copy_held_but_never_indexed_gives_way_to_the_copy_sent(
         fcntl.flock(alive.fileno(), fcntl.LOCK_EX)
         assert store_one(box.dicom.port, sent) == 0xA700
     assert box.index.find_instance("1.2.3.99") is None
-    assert held.read_bytes() == theirs.read_bytes()
     assert store_one(box.dicom.port, sent) == 0x0000
     found = box.index.find_instance("1.2.3.99")
     assert found is not None and found.path == rel
+    assert held.read_bytes() == theirs.read_bytes()  # the first copy stays
+    (conflict,) = box.index.conflicts()
+    kept = dcmread(box.spool.absolute(conflict.path))
+    assert kept.PixelData == dcmread(sent).PixelData
+    assert box.index.studies()[0].instance_count == 1
+
+
+def test_an_unreadable_file_under_the_name_gives_way_to_the_copy_sent(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Garbage under the instance's name, unindexed (start-up could not read it): nobody's
+    copy. It is moved to conflicts/, its old name's folder flushed (after a power cut the
+    name stays gone), and the copy sent is stored there; before, every copy of that
+    instance was refused (0xA700) until someone removed the file by hand."""
+    monkeypatch.setattr(receive_module, "INDEXED_WAIT_S", 0.05)
+    box = make_box()
+    sent = make_instance(tmp_path / "a.dcm", sop_instance_uid="1.2.3.97", study_uid="1.2.3.96")
+    rel = box.spool.instance_path("1.2.3.96", "1.2.3.97")
+    held = box.spool.absolute(rel)
+    box.spool.ensure_dir(held.parent)
+    held.write_bytes(b"\0" * 4096)
+    events: list[str] = []
+    real_dir = spool_module.fsync_dir
+
+    def fsync_dir(folder: Path) -> None:
+        if Path(folder) == held.parent:
+            events.append("folder, named" if held.exists() else "folder, unnamed")
+        real_dir(folder)
+
+    monkeypatch.setattr(spool_module, "fsync_dir", fsync_dir)
+    assert store_one(box.dicom.port, sent) == 0x0000
+    assert events[0] == "folder, unnamed"  # the move out flushed before the new link
+    found = box.index.find_instance("1.2.3.97")
+    assert found is not None and found.path == rel
     assert dcmread(held).PixelData == dcmread(sent).PixelData
     (conflict,) = box.index.conflicts()
-    assert box.spool.absolute(conflict.path).read_bytes() == theirs.read_bytes()
-    assert box.index.studies()[0].instance_count == 1
+    assert box.spool.absolute(conflict.path).read_bytes() == b"\0" * 4096
 
 
 def test_a_name_another_process_indexes_while_the_store_waits_is_a_duplicate(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,8 @@ from afra.health import (
     Health,
     HealthMonitor,
     IdentityProbe,
+    StartupFiles,
+    StartupFilesProbe,
     StorageProbe,
     UnknownCondition,
     read_status,
@@ -241,3 +243,41 @@ def test_the_monitor_runs_each_check_on_its_own_interval_and_keeps_the_status_fi
     assert status is not None and status["health"] == health.snapshot()
     monitor.stop()
     assert read_status(tmp_path) is None  # a stopped box leaves no status that looks alive
+
+
+def test_what_start_up_left_is_reviewed_until_each_file_is_resolved(
+    health: Health, tmp_path: Path
+) -> None:
+    """Each file the start left is resolved its own way: a missing one when it is back or no
+    longer indexed, a left one when it is indexed or gone; resolved ones are not looked at
+    again, and with none left the index is not read at all."""
+    on_disk = {"objects/left-a", "objects/left-b"}
+    indexed = {"objects/gone-a", "objects/gone-b"}
+    asked: list[list[str]] = []
+
+    def indexed_among(paths: Sequence[str]) -> set[str]:
+        asked.append(sorted(paths))
+        return indexed & set(paths)
+
+    probe = StartupFilesProbe(
+        lambda: StartupFiles(
+            ["objects/gone-a", "objects/gone-b"],
+            [("objects/left-a", "unreadable"), ("objects/left-b", "refused")],
+        ),
+        exists=lambda rel: rel in on_disk,
+        indexed_among=indexed_among,
+    )
+    probe.check(health)
+    assert health.is_active("files_need_review")
+    assert [f["path"] for f in probe.unresolved()] == sorted(indexed | on_disk)
+    on_disk.add("objects/gone-a")  # put back by a copy sent again
+    indexed.discard("objects/gone-b")  # its row went (its study removed)
+    indexed.add("objects/left-a")  # indexed by a copy sent again
+    on_disk.discard("objects/left-b")  # moved away by hand
+    probe.check(health)
+    assert not health.is_active("files_need_review")
+    assert probe.unresolved() == []
+    asked.clear()
+    on_disk.discard("objects/gone-a")  # gone again: not the start's report any more
+    probe.check(health)
+    assert asked == [] and not health.is_active("files_need_review")

@@ -12,8 +12,9 @@ from pydicom import dcmread
 from afra.app import Appliance
 from afra.datadir import DataDir
 from afra.dicom import receive as receive_module
+from afra.uplink.client import HubUnavailable
 from medix.hub.server import HubServer
-from tests.conftest import BoxFactory
+from tests.conftest import BoxFactory, wait_for
 from tests.fakes import FakeClock
 from tests.peers import storescu
 from tests.uplink.conftest import (
@@ -92,12 +93,12 @@ def test_a_file_start_up_could_not_read_gives_way_to_the_copy_sent_again(
     box.spool.absolute(torn).write_bytes(garbage)
 
     box = enrolled_box(hub)
-    assert box.startup.left_in_place == [torn]
+    assert [rel for rel, _ in box.startup.left_in_place] == [torn]
     assert box.startup_files is not None  # its check, run here: the study is not complete yet
     box.startup_files.check(box.health)
     assert "files_need_review" in {r.condition for r in box.health.reasons}
     listed = box.diagnostics()["files_to_review"]
-    assert [f["path"] for f in listed] == [torn] and "not indexed" in listed[0]["problem"]
+    assert [f["path"] for f in listed] == [torn] and "cannot be read" in listed[0]["problem"]
 
     monkeypatch.setattr(receive_module, "INDEXED_WAIT_S", 0.05)  # no other process stores it
     storescu(LOOPBACK, box.dicom.port, files[:1])
@@ -110,3 +111,66 @@ def test_a_file_start_up_could_not_read_gives_way_to_the_copy_sent_again(
     study = complete_and_deliver(box, clock, files)
     assert_hub_holds(hub, box, study, files)
     assert the_study(box, files).instance_count == 2  # type: ignore[attr-defined]
+
+
+def _review(box: Appliance) -> set[str]:
+    assert box.startup_files is not None
+    box.startup_files.check(box.health)
+    return {r.condition for r in box.health.reasons}
+
+
+def test_a_study_the_hub_has_begun_takes_back_only_the_bytes_it_was_told_of(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The study was registered with the hub, its parts sent, and the commit had not come
+    when a file went. The hub was told of that file's bytes, and the box writes who sent an
+    object into its file meta: a copy from another AE differs, and taking it would leave the
+    upload refused for ever (409 or 422) while health said all was well. Such a copy is kept
+    for review and the file stays missing (health still says so); the copy from the first
+    sender is byte for byte the one registered, puts the file back, and the study goes."""
+    box = enrolled_box(hub)
+    files = send_study(box, tmp_path, "BEGUN", n=3)  # from STORESCU
+
+    def cut(*_args: object, **_kwargs: object) -> None:
+        raise HubUnavailable("cut before the commit")
+
+    assert box.uplink.client is not None
+    box.uplink.client.commit = cut  # type: ignore[method-assign]
+    clock.advance(10)
+    wait_for(lambda: the_study(box, files).attempts >= 1, what="a commit that failed")  # type: ignore[attr-defined]
+    assert the_study(box, files).state == "uploading"  # type: ignore[attr-defined]
+    gone = _rel(box, files[1])
+    box.close()
+    box.spool.absolute(gone).unlink()
+
+    box = enrolled_box(hub)
+    storescu(LOOPBACK, box.dicom.port, files, aet="PACS2")
+    assert not box.spool.absolute(gone).exists()
+    (conflict,) = box.index.conflicts()
+    assert conflict.calling_ae == "PACS2"
+    assert "files_need_review" in _review(box)
+
+    storescu(LOOPBACK, box.dicom.port, files[1:2])  # from the first sender
+    assert box.spool.absolute(gone).exists()
+    assert "files_need_review" not in _review(box)
+    wait_for(
+        lambda: the_study(box, files).state == "delivered",  # type: ignore[attr-defined]
+        what="the study delivered",
+        tick=lambda: clock.advance(5),
+    )
+    assert_hub_holds(hub, box, the_study(box, files), files)
+
+
+def test_a_purged_study_is_not_filled_again_by_a_copy_sent_again(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Delivered and purged: its files are gone on purpose. The study sent again is answered
+    stored and nothing is put back on the device."""
+    box = enrolled_box(hub)
+    files = send_study(box, tmp_path, "PURGED", n=2)
+    study = complete_and_deliver(box, clock, files)
+    clock.advance(box.policy.current.retention_days * 86400 + 1)
+    assert box.uplink.purge_delivered() == 1
+    storescu(LOOPBACK, box.dicom.port, files)
+    assert list((box.spool.root / "objects").rglob("*.dcm")) == []
+    assert the_study(box, files).id == study.id  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ the receiver holds health's `disk_floor` (the box shows failed), and it logs at 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import math
 import os
@@ -52,6 +53,12 @@ REFUSAL_LOG_EVERY_S = 60.0
 INDEXED_WAIT_S = 2.0
 
 
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, as the uplink hashes an instance for the hub (afra.uplink.stream)."""
+    with path.open("rb") as fp:
+        return hashlib.file_digest(fp, "sha256").hexdigest()
+
+
 class HealthSink(Protocol):
     """Where the receiver raises and clears its condition (afra.health.Health)."""
 
@@ -70,8 +77,16 @@ class ReceiveIndex(Protocol):
         self, header: InstanceHeader, rel_path: str, size: int, now: float, calling_ae: str
     ) -> AddedInstance: ...
 
+    def held_copy(self, sop_instance_uid: str) -> tuple[str | None, str] | None: ...
+
     def restore_instance(
-        self, header: InstanceHeader, rel_path: str, size: int, now: float, calling_ae: str
+        self,
+        header: InstanceHeader,
+        rel_path: str,
+        size: int,
+        now: float,
+        calling_ae: str,
+        sha256: str | None,
     ) -> bool: ...
 
     def add_conflict(
@@ -346,15 +361,24 @@ class Receiver:
             now = self.clock.time()
             rel = self.spool.instance_path(header.study_uid, sop_uid)
             if held is not None:
-                if held.path == rel and self._gone(rel, sop_uid):
-                    return self._restore(tmp, request, sender, header, rel, now, fd)
-                return self._duplicate(tmp, request, sender, held.path, now)
+                if held.path != rel:
+                    return self._duplicate(tmp, request, sender, held.path, now)
+                # Under this very name: judged only once no store holds the name's lock, or
+                # a copy another process is restoring (its row there already) could be
+                # answered for before that process has finished, or taken it away again.
+                there = self._settled(rel)
+                if there is None:
+                    return self._not_now(sop_uid, sender, "another store is at it")
+                if there or self.index.delivered_and_purged(sop_uid):
+                    return self._duplicate(tmp, request, sender, rel, now)
             # The file is locked (flock) from before its link until this store has indexed it
             # or taken the name away (the descriptor's close, after the response): another
             # process that finds the name taken adopts it only once the lock is free.
             owner = fd if fd is not None else os.open(tmp, os.O_RDONLY)
             try:
                 fcntl.flock(owner, fcntl.LOCK_EX)
+                if held is not None:  # indexed here, its file gone from the device
+                    return self._restore(tmp, request, sender, header, rel, now, fd)
                 return self._commit_and_index(tmp, request, sender, header, rel, now, fd, one_flush)
             finally:
                 if owner != fd:
@@ -403,12 +427,35 @@ class Receiver:
             )
         return STATUS_SUCCESS
 
-    def _gone(self, rel: str, sop_uid: str) -> bool:
-        """The index holds the instance under `rel`, and no file is there (start-up reports
-        it missing), while its study still waits to be delivered or was delivered and kept."""
-        return not self.spool.absolute(rel).exists() and not self.index.delivered_and_purged(
-            sop_uid
-        )
+    def _settled(self, rel: str) -> bool | None:
+        """Whether a file is under `rel` that no store holds the lock of (True), or no file
+        is (False); None when a store still holds it after INDEXED_WAIT_S."""
+        path = self.spool.absolute(rel)
+        deadline = time.monotonic() + INDEXED_WAIT_S
+        while True:
+            try:
+                named = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                return False
+            try:
+                try:
+                    fcntl.flock(named, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass
+                else:
+                    try:
+                        now_there = os.stat(path)
+                    except FileNotFoundError:
+                        return False
+                    mine = os.fstat(named)
+                    if (now_there.st_dev, now_there.st_ino) == (mine.st_dev, mine.st_ino):
+                        return True
+                    continue  # the name changed hands meanwhile: look at the new file
+            finally:
+                os.close(named)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.005)
 
     def _restore(
         self,
@@ -421,24 +468,47 @@ class Receiver:
         fd: int | None,
     ) -> int:
         """This copy takes the place of the instance's missing file, in the same study: the
-        technician's remedy, sending the study again from the PACS. The row is there already,
-        so the file is durable before its name exists (POSIX's order on every filesystem:
-        no store that finds the name may compare against pages not yet written), then the
-        row takes the copy's size (`Index.restore_instance`)."""
+        technician's remedy, sending the study again from the PACS. Where the uplink has
+        hashed the study for the hub, only the same bytes can (the hub was told of them: the
+        same sender, the same transfer syntax); another copy is kept in conflicts/ and the
+        file stays missing. The row is there already, so the file is durable before its name
+        exists (POSIX's order on every filesystem), and the name is locked (the caller's
+        flock) until the row has the copy (`Index.restore_instance`)."""
         uid = header.sop_instance_uid
+        copy = self.index.held_copy(uid)
+        if copy is None:  # its row went meanwhile
+            return self._not_now(uid, sender, "its index row changed meanwhile")
+        expected, first_sender = copy
+        if expected is not None and file_sha256(tmp) != expected:
+            LOG.warning(
+                "instance %s from %s: its file had gone from the storage device, but its study "
+                "went to the hub with the copy %r sent, and this copy differs (another sender "
+                "or transfer syntax); kept for review, the file is still missing: send it "
+                "again from %r",
+                uid,
+                sender,
+                first_sender,
+                first_sender,
+            )
+            return self._duplicate(tmp, request, sender, rel, now)
         if self.spool.one_flush:
             self.spool.fsync_received(tmp, fd)  # the POSIX path flushed it already
         try:
             self.spool.commit(tmp, rel, synced=True)
         except AlreadyStored:  # another store brought it back a moment ago
+            there = self._settled(rel)
+            if not there:
+                return self._not_now(uid, sender, "another store is at it")
             return self._duplicate(tmp, request, sender, rel, now)
         size = self.spool.absolute(rel).stat().st_size
         try:
-            restored = self.index.restore_instance(header, rel, size, now, request.calling_ae)
+            restored = self.index.restore_instance(
+                header, rel, size, now, request.calling_ae, expected
+            )
         except Exception as exc:
             self.spool.withdraw(rel)  # missing again, as the row was left: a later copy mends
             raise StorageError(f"the index could not record the restored copy ({exc})") from exc
-        if not restored:  # its row went meanwhile (a purge): judged afresh when sent again
+        if not restored:  # its row changed meanwhile (its study purged): judged afresh
             self.spool.withdraw(rel)
             return self._not_now(uid, sender, "its index row changed meanwhile")
         LOG.warning(
@@ -557,8 +627,10 @@ class Receiver:
         holds its lock, it is still at it: refused for now (0xA700). Once free (that process
         died between its link and its index commit, or is done, or start-up left the file
         unindexed), the same data set is made durable here and indexed, as the copy this
-        store would have made; a different one is moved to conflicts/ and this copy stored
-        in its place; a name gone or taken meanwhile is refused for now."""
+        store would have made; a different, readable copy of this instance is indexed as the
+        first copy and this one judged as sent again; anything else there is moved to
+        conflicts/ and this copy stored in its place; a name gone or taken meanwhile is
+        refused for now."""
         uid = header.sop_instance_uid
         try:
             held = os.open(self.spool.absolute(rel), os.O_RDONLY)
@@ -583,9 +655,16 @@ class Receiver:
             if (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino):
                 return self._not_now(uid, sender, "another copy took its name meanwhile")
             if not self.spool.same_content(tmp, rel):
-                # Nobody's acknowledged copy: no row, and nobody storing it (its lock is free).
-                # Kept for review; unless it goes, that instance is refused for good (a file
-                # start-up could not read under its name blocked every copy sent again).
+                # No row, and nobody storing it (its lock is free). A whole instance that
+                # belongs under this name may have been acknowledged (a power cut undid its
+                # row, and start-up could not index it again): the first copy stays, as
+                # start-up would have indexed it, and this one is a copy sent again. Anything
+                # else there is nobody's copy: kept for review, and this one takes the name
+                # (else a file start-up could not read blocked every copy sent again).
+                theirs = self._belongs(rel, uid)
+                if theirs is not None:
+                    self._index_held(theirs, rel, os.fstat(held).st_size, now)
+                    return self._duplicate(tmp, request, sender, rel, now)
                 self._set_aside(rel, uid, os.fstat(held).st_size, sender, now)
                 return self._commit_and_index(tmp, request, sender, header, rel, now, fd, one_flush)
             self.spool.make_durable(rel)
@@ -605,9 +684,36 @@ class Receiver:
         )
         return STATUS_SUCCESS
 
+    def _belongs(self, rel: str, uid: str) -> InstanceHeader | None:
+        """The header of the file under `rel` when it is a readable instance of `uid` whose
+        path is `rel`; None for anything else (unreadable, another instance)."""
+        try:
+            theirs = read_header(self.spool.absolute(rel))
+        except InvalidInstanceError:
+            return None
+        here = self.spool.instance_path(theirs.study_uid, theirs.sop_instance_uid)
+        return theirs if theirs.sop_instance_uid == uid and here == rel else None
+
+    def _index_held(self, theirs: InstanceHeader, rel: str, size: int, now: float) -> None:
+        """Make the unindexed file under `rel` durable and index it, from its own header."""
+        self.spool.make_durable(rel)
+        sent_by = source_ae_title(self.spool.absolute(rel))
+        try:
+            self.index.add_instance(theirs, rel, size, now, sent_by)
+        except Exception:
+            if self.index.find_instance(theirs.sop_instance_uid) is None:
+                raise
+        LOG.warning(
+            "instance %s: its name held a copy nobody had indexed (from %r); indexed as the "
+            "first copy",
+            theirs.sop_instance_uid,
+            sent_by,
+        )
+
     def _set_aside(self, rel: str, uid: str, size: int, sender: str, now: float) -> None:
         """Move an unindexed file nobody stores out of the instance's name, into conflicts/."""
         kept = self.spool.keep_conflict(self.spool.absolute(rel), uid)
+        self.spool.withdraw(rel)  # its folder flushed: after a power cut the name stays gone
         try:
             held_from = source_ae_title(self.spool.absolute(kept))  # who sent that one
             self.index.add_conflict(uid, kept, size, now, held_from)

@@ -533,11 +533,20 @@ class _WorkerIndex:
         )
         return result
 
+    def held_copy(self, sop_instance_uid: str) -> tuple[str | None, str] | None:
+        return self._index.held_copy(sop_instance_uid)
+
     def restore_instance(
-        self, header: InstanceHeader, rel_path: str, size: int, now: float, calling_ae: str
+        self,
+        header: InstanceHeader,
+        rel_path: str,
+        size: int,
+        now: float,
+        calling_ae: str,
+        sha256: str | None,
     ) -> bool:
         restored: bool = self._parent.call(
-            "restore_instance", header, rel_path, size, now, calling_ae
+            "restore_instance", header, rel_path, size, now, calling_ae, sha256
         )
         return restored
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -267,14 +268,18 @@ class StartupFiles(NamedTuple):
     """What start-up left for review (`afra.app.StartupReport`), as paths under the spool."""
 
     missing: Sequence[str]  # indexed, but no file on the device
-    left_in_place: Sequence[str]  # in objects/, unindexed: unreadable, misplaced or refused
+    left_in_place: Sequence[tuple[str, str]]  # (path, problem): in objects/, unindexed
+
+
+MISSING = "indexed, missing from the storage device: sending its study again restores it"
 
 
 class StartupFilesProbe:
     """`files_need_review` while a file start-up reported is unresolved: an indexed file still
     missing (resolved when the study sent again brings it back, or its row goes), or a stored
     file still unindexed (resolved when it is indexed, by a copy sent again, or removed).
-    The log names each file; the condition stays until the last one is resolved."""
+    The log names each file; the condition stays until the last one is resolved. What is
+    resolved is not looked at again: once none is left, a check costs nothing."""
 
     name = "startup_files"
 
@@ -283,29 +288,32 @@ class StartupFilesProbe:
         report: Callable[[], StartupFiles],
         *,
         exists: Callable[[str], bool],
-        indexed_paths: Callable[[], set[str]],
+        indexed_among: Callable[[Sequence[str]], set[str]],
         interval: float = 60.0,
     ) -> None:
         self.report = report
         self.exists = exists
-        self.indexed_paths = indexed_paths
+        self.indexed_among = indexed_among
         self.interval = interval
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, str, bool]] | None = None  # (path, problem, missing)
 
     def unresolved(self) -> list[dict[str, str]]:
         """The files still to review, each as {"path", "problem"} (the diagnostics bundle's)."""
-        files = self.report()
-        if not files.missing and not files.left_in_place:
-            return []
-        known = self.indexed_paths()
-        return [
-            {"path": r, "problem": "indexed, missing from the storage device"}
-            for r in files.missing
-            if r in known and not self.exists(r)
-        ] + [
-            {"path": r, "problem": "stored, not indexed (see the log of the start)"}
-            for r in files.left_in_place
-            if r not in known and self.exists(r)
-        ]
+        with self._lock:
+            if self._pending is None:
+                files = self.report()
+                self._pending = [(r, MISSING, True) for r in files.missing] + [
+                    (r, problem, False) for r, problem in files.left_in_place
+                ]
+            if self._pending:
+                known = self.indexed_among([p for p, _, _ in self._pending])
+                self._pending = [
+                    (path, problem, missing)
+                    for path, problem, missing in self._pending
+                    if (path in known) is missing and self.exists(path) is not missing
+                ]
+            return [{"path": p, "problem": problem} for p, problem, _ in self._pending]
 
     def check(self, health: Health) -> None:
         health.set("files_need_review", bool(self.unresolved()))

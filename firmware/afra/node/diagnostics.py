@@ -106,8 +106,9 @@ class Sources:
     min_free_bytes: int  # the storage floor (storage.min_free_mb)
     cert_warning_days: int  # [health] cert_warning_days
     queue: QueueView
-    # The files start-up left for review and not yet resolved, as {"path", "problem"}.
-    files_to_review: Callable[[], list[dict[str, str]]] = list
+    # The files start-up left for review and not yet resolved, as {"path", "problem"};
+    # None where that is not known (a bundle made outside the running box).
+    files_to_review: Callable[[], list[dict[str, str]]] | None = None
 
 
 def collect(box: Sources, ring: LogRing | None = None) -> dict[str, Any]:
@@ -198,9 +199,12 @@ def collect(box: Sources, ring: LogRing | None = None) -> dict[str, Any]:
         bundle["hub"] = {"ok": False, "error": "not enrolled with a hub"}
     bundle["disk"] = _timed(disk)
     bundle["queue"] = _timed(queue)
-    try:
-        bundle["files_to_review"] = box.files_to_review()
-    except Exception as exc:  # the index may be what failed: the bundle still comes
-        bundle["files_to_review"] = {"ok": False, "error": str(exc)}
+    if box.files_to_review is None:
+        bundle["files_to_review"] = {"ok": False, "error": "known to the running box only"}
+    else:
+        try:
+            bundle["files_to_review"] = box.files_to_review()
+        except Exception as exc:  # the index may be what failed: the bundle still comes
+            bundle["files_to_review"] = {"ok": False, "error": str(exc)}
     bundle["recent_log"] = ring.recent() if ring is not None else []
     return bundle

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,13 +212,21 @@ UPDATE studies SET instance_count = instance_count + 1, bytes = bytes + ?,
     last_received_at = MAX(last_received_at, ?)
 WHERE id = ?
 """
-SQL_RESTORED_OF = "SELECT size, study_id FROM instances WHERE sop_instance_uid = ? AND path = ?"
+SQL_HELD_COPY = "SELECT sha256, calling_ae FROM instances WHERE sop_instance_uid = ?"
+SQL_RESTORED_OF = """
+SELECT i.size, i.study_id FROM instances i JOIN studies s ON s.id = i.study_id
+WHERE i.sop_instance_uid = ? AND i.path = ? AND i.sha256 IS ? AND s.purged_at IS NULL
+"""
 SQL_RESTORE_INSTANCE = """
 UPDATE instances SET series_uid = ?, sop_class_uid = ?, transfer_syntax = ?, modality = ?,
-    size = ?, sha256 = NULL, received_at = ?, calling_ae = ?
+    size = ?, received_at = ?, calling_ae = ?
 WHERE sop_instance_uid = ?
 """
-SQL_RESTORE_STUDY = "UPDATE studies SET bytes = bytes + ?, stream_sha256 = NULL WHERE id = ?"
+SQL_RESTORE_STUDY = "UPDATE studies SET bytes = bytes + ? WHERE id = ?"
+SQL_INDEXED_AMONG = """
+SELECT i.path FROM instances i JOIN studies s ON s.id = i.study_id
+WHERE s.purged_at IS NULL AND i.path IN ({})
+"""
 SQL_INSERT_CONFLICT = """
 INSERT INTO conflicts (sop_instance_uid, path, size, received_at, calling_ae)
 VALUES (?, ?, ?, ?, ?)
@@ -621,18 +630,34 @@ class Index(SqliteStore):
 
         return self._grouped(work, flush=False)
 
+    def held_copy(self, sop_instance_uid: str) -> tuple[str | None, str] | None:
+        """The held instance's file hash (None until the uplink hashed it for the hub) and
+        who sent it; None when the UID is not indexed."""
+        row = self._read_one(SQL_HELD_COPY, (sop_instance_uid,))
+        return None if row is None else (row[0], str(row[1]))
+
     def restore_instance(
-        self, header: Header, rel_path: str, size: int, now: float, calling_ae: str
+        self,
+        header: Header,
+        rel_path: str,
+        size: int,
+        now: float,
+        calling_ae: str,
+        sha256: str | None,
     ) -> bool:
         """A copy sent again of an instance whose file had gone from the device, now durable
-        under the row's own path: the row takes the copy's attributes, size and sender, and
-        its hash and its study's stream hash are cleared (the uplink computes them again
-        before it registers the study). False when the row no longer names that path."""
+        under the row's own path. A row not hashed yet (`sha256` None: its study never went
+        to the hub, and the uplink hashes it before it does) takes the copy's attributes,
+        size and sender; a hashed row was matched by the copy's bytes (`sha256`, the same
+        file the hub was told of) and stays as it is. False when the row no longer names
+        that path with that hash, or its study was purged meanwhile."""
         uid = header.sop_instance_uid
         with self._transaction() as db:
-            row = db.execute(SQL_RESTORED_OF, (uid, rel_path)).fetchone()
+            row = db.execute(SQL_RESTORED_OF, (uid, rel_path, sha256)).fetchone()
             if row is None:
                 return False
+            if sha256 is not None:
+                return True
             old_size, study_id = int(row[0]), int(row[1])
             db.execute(
                 SQL_RESTORE_INSTANCE,
@@ -749,6 +774,27 @@ class Index(SqliteStore):
     def all_paths(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self._db.execute(SQL_ALL_PATHS)}
+
+    def indexed_among(self, paths: Sequence[str]) -> set[str]:
+        """Which of `paths` the index holds (studies not purged). On a connection of its own:
+        the scan (the path has no index) holds up neither writers nor the receive path's
+        lookups."""
+        found: set[str] = set()
+        chunks = [paths[i : i + 500] for i in range(0, len(paths), 500)]
+        if self.exclusive:  # a second connection would find the file locked
+            with self._lock:
+                for chunk in chunks:
+                    sql = SQL_INDEXED_AMONG.format(",".join("?" * len(chunk)))
+                    found.update(r[0] for r in self._db.execute(sql, tuple(chunk)))
+            return found
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=self._timeout)
+        try:
+            for chunk in chunks:
+                sql = SQL_INDEXED_AMONG.format(",".join("?" * len(chunk)))
+                found.update(r[0] for r in db.execute(sql, tuple(chunk)))
+        finally:
+            db.close()
+        return found
 
     def quarantine(self, limit: int = 100) -> list[QuarantineRow]:
         with self._lock:

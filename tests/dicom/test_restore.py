@@ -1,0 +1,126 @@
+"""A copy sent again of an instance whose file had gone from the device (docs/conformance.md,
+"Files start-up leaves for review"): put back in its study once, durable before its name, and
+never answered for by another store before it is."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+
+from afra.app import Appliance
+from afra.dicom import receive as receive_module
+from afra.dicom import spool as spool_module
+from afra.dicom.receive import Receiver, StoreRequest
+from afra.dicom.spool import Spool
+from tests.conftest import BoxFactory
+from tests.dicomgen import make_ct_series
+
+OUT_OF_RESOURCES = 0xA700
+
+
+def _one(tmp_path: Path) -> tuple[Path, Any]:
+    (path,) = make_ct_series(tmp_path / "ct", n=1, rows=32, cols=32)
+    return path, dcmread(path, stop_before_pixels=True)
+
+
+def _store(box: Appliance, path: Path, name: str, receiver: Receiver | None = None) -> int:
+    """A received copy of `path` handed to the receiver, as the acceptor does at its end."""
+    ds = dcmread(path, stop_before_pixels=True)
+    tmp = box.spool.tmp_dir / name
+    shutil.copyfile(path, tmp)
+    request = StoreRequest(ds.SOPClassUID, ds.SOPInstanceUID, ds.SOPClassUID, "M", "127.0.0.1")
+    return (receiver or box.receiver).store(tmp, request)
+
+
+def _gone(box: Appliance, tmp_path: Path) -> tuple[Path, Path]:
+    """An instance stored and indexed, then its file gone from the device."""
+    path, ds = _one(tmp_path)
+    assert _store(box, path, "first") == 0x0000
+    named = box.spool.absolute(box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID))
+    named.unlink()
+    return path, named
+
+
+@pytest.mark.parametrize("one_flush", [True, False], ids=["journaled ext4", "elsewhere"])
+def test_the_copy_is_flushed_before_its_name_exists(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_flush: bool
+) -> None:
+    """The row is there already: a store elsewhere that finds the name compares against it,
+    so the file is durable before the link on every filesystem, then its folder."""
+    box = make_box(one_flush=lambda _tmp: one_flush)
+    assert box.spool.one_flush is one_flush
+    path, named = _gone(box, tmp_path)
+    flushes: list[str] = []
+    real_fsync, real_dir = Spool.fsync_received, spool_module.fsync_dir
+
+    def fsync(file: Path, fd: int | None) -> None:
+        flushes.append("file, named" if named.exists() else "file")
+        real_fsync(file, fd)
+
+    def fsync_dir(folder: Path) -> None:
+        if Path(folder) == named.parent:
+            flushes.append("folder, named" if named.exists() else "folder")
+        real_dir(folder)
+
+    monkeypatch.setattr(Spool, "fsync_received", staticmethod(fsync))
+    monkeypatch.setattr(spool_module, "fsync_dir", fsync_dir)
+    assert _store(box, path, "again") == 0x0000
+    assert flushes == ["file", "folder, named"]
+    assert named.exists()
+
+
+def test_another_store_waits_for_the_restore_and_answers_nothing_it_then_loses(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes (two receivers: their UID locks are their own) get the same copy while
+    its file is gone. The first has linked its copy when the second looks: the second must
+    not answer stored for it, because the first's index call may fail and take the name away
+    again (found by review: it did, and the second's sender was told stored)."""
+    monkeypatch.setattr(receive_module, "INDEXED_WAIT_S", 0.05)
+    box = make_box()
+    path, named = _gone(box, tmp_path)
+    second = Receiver(box.spool, box.index, min_free_bytes=0, clock=box.clock)
+    answers: dict[str, int] = {}
+
+    def fails(*_args: Any, **_kwargs: Any) -> bool:
+        assert named.exists()  # the first has linked
+        answers["second"] = _store(box, path, "second", second)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(box.index, "restore_instance", fails)
+    answers["first"] = _store(box, path, "first-again")
+    assert answers == {"second": OUT_OF_RESOURCES, "first": OUT_OF_RESOURCES}
+    assert not named.exists()  # the first took it away again: nobody was told stored
+    monkeypatch.undo()
+    assert _store(box, path, "third", second) == 0x0000  # sent again later: put back
+    assert named.exists()
+
+
+def test_a_study_purged_meanwhile_gets_nothing_back(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its study delivered and kept, then purged between the look and the restore: the copy
+    is not put back in a purged study, where retention would never remove it."""
+    box = make_box()
+    path, named = _gone(box, tmp_path)
+    [study] = box.index.studies()
+    assert box.index.mark_complete(study.id, box.clock.time(), None)
+    assert box.index.set_medis_code(study.id, "ABCDEFGHJKMN")  # queued
+    assert box.index.mark_delivered(study.id, "{}", box.clock.time())  # the hub held it
+    real = box.index.restore_instance
+
+    def purged_first(*args: Any, **kwargs: Any) -> bool:
+        box.index.mark_purged(study.id, box.clock.time())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(box.index, "restore_instance", purged_first)
+    assert _store(box, path, "again") == OUT_OF_RESOURCES
+    assert not named.exists()
+    monkeypatch.undo()
+    assert _store(box, path, "later") == 0x0000  # reached the hub: nothing to keep
+    assert not named.exists()
