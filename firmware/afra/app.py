@@ -123,6 +123,7 @@ class Appliance:
     # What of `startup` is still to review (health's files_need_review, the diagnostics).
     startup_files: StartupFilesProbe | None = None
     _started: bool = False
+    _recovered: bool = False  # `startup` is this start's (diagnostics may come before _started)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
@@ -131,6 +132,7 @@ class Appliance:
                 return
             logging.getLogger("afra").addHandler(self.log_ring)
             self.startup = recover(self.spool, self.index, self.clock)
+            self._recovered = True
             self.identity.ensure_key()
             ensure_box_id(self.spool.root, self.identity.key_path)  # kept for the host name
             if self.audit is not None:
@@ -395,7 +397,7 @@ class Appliance:
             queue=self.index,
             # Only the running box knows what its start left (`afra node diagnostics` is not it).
             files_to_review=self.startup_files.unresolved
-            if self.startup_files is not None and self._started
+            if self.startup_files is not None and self._recovered
             else None,
         )
         return diagnostics.collect(sources, self.log_ring)

@@ -23,6 +23,7 @@ from pydicom import dcmread
 
 from afra.dicom import receive as receive_module
 from afra.dicom import spool as spool_module
+from afra.dicom.receive import Receiver, StoreRequest
 from afra.dicom.spool import DIRECT_ALIGN, O_DIRECT, Spool, fsync_covers_new_names
 from afra.errors import StorageError
 from afra.store.index import StoredInstance
@@ -386,23 +387,33 @@ def test_a_different_copy_held_but_never_indexed_is_indexed_as_the_first(
     again), so it stays in the study as start-up would have had it, and the copy sent now is
     one sent again: kept in conflicts/ for review. Before, every copy was refused (0xA700)."""
     monkeypatch.setattr(receive_module, "INDEXED_WAIT_S", 0.05)
-    box = make_box()
     sent = make_instance(tmp_path / "a.dcm", sop_instance_uid="1.2.3.99", study_uid="1.2.3.98")
     theirs = make_instance(
         tmp_path / "b.dcm", sop_instance_uid="1.2.3.99", study_uid="1.2.3.98", seed=2
     )
+    other = make_box(tmp_path / "other")  # the copy as a box stored it, from THEIRS
+    assert store_one(other.dicom.port, theirs, calling="THEIRS") == 0x0000
+    box = make_box()
     rel = box.spool.instance_path("1.2.3.98", "1.2.3.99")
     held = box.spool.absolute(rel)
     box.spool.ensure_dir(held.parent)
-    shutil.copyfile(theirs, held)
+    shutil.copyfile(other.spool.absolute(rel), held)
+    first = held.read_bytes()
     with held.open("rb") as alive:  # while someone holds its lock, it is still theirs
         fcntl.flock(alive.fileno(), fcntl.LOCK_EX)
         assert store_one(box.dicom.port, sent) == 0xA700
     assert box.index.find_instance("1.2.3.99") is None
+    flushed: list[Path] = []
+    real_file = spool_module.fsync_file
+    monkeypatch.setattr(
+        spool_module, "fsync_file", lambda p: (flushed.append(Path(p)), real_file(p))[1]
+    )
     assert store_one(box.dicom.port, sent) == 0x0000
     found = box.index.find_instance("1.2.3.99")
     assert found is not None and found.path == rel
-    assert held.read_bytes() == theirs.read_bytes()  # the first copy stays
+    assert held.read_bytes() == first  # the first copy stays
+    assert held in flushed  # made durable before its row
+    assert box.index.held_copy("1.2.3.99") == (None, "THEIRS")  # who sent it, from its meta
     (conflict,) = box.index.conflicts()
     kept = dcmread(box.spool.absolute(conflict.path))
     assert kept.PixelData == dcmread(sent).PixelData
@@ -439,6 +450,49 @@ def test_an_unreadable_file_under_the_name_gives_way_to_the_copy_sent(
     assert dcmread(held).PixelData == dcmread(sent).PixelData
     (conflict,) = box.index.conflicts()
     assert box.spool.absolute(conflict.path).read_bytes() == b"\0" * 4096
+
+
+def test_a_copy_stored_elsewhere_while_an_unreadable_file_is_set_aside_is_kept(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The set-aside frees the name; another process (its own receiver) stores its copy
+    there at that moment and answers stored. That copy stays, with its row, and the first
+    store's copy is the one sent again (found by review: the name was removed a second
+    time, and the other process's acknowledged copy went with it)."""
+    monkeypatch.setattr(receive_module, "INDEXED_WAIT_S", 0.05)
+    box = make_box()
+    a = make_instance(tmp_path / "a.dcm", sop_instance_uid="1.2.3.93", study_uid="1.2.3.92")
+    b = make_instance(tmp_path / "b.dcm", sop_instance_uid="1.2.3.93", study_uid="1.2.3.92", seed=2)
+    rel = box.spool.instance_path("1.2.3.92", "1.2.3.93")
+    named = box.spool.absolute(rel)
+    box.spool.ensure_dir(named.parent)
+    named.write_bytes(b"\0" * 4096)  # what start-up left: unreadable, unindexed
+    second = Receiver(box.spool, box.index, min_free_bytes=0, clock=box.clock)
+    answers: dict[str, int] = {}
+
+    def handed(path: Path, name: str, receiver: Receiver) -> int:
+        ds = dcmread(path, stop_before_pixels=True)
+        tmp = box.spool.tmp_dir / name
+        shutil.copyfile(path, tmp)
+        request = StoreRequest(ds.SOPClassUID, ds.SOPInstanceUID, ds.SOPClassUID, name, LOOPBACK)
+        return receiver.store(tmp, request)
+
+    real_keep = box.spool.keep_conflict
+
+    def keep_then_another_stores(src: Path, uid: str) -> str:
+        kept = real_keep(src, uid)
+        if "B" not in answers:
+            answers["B"] = handed(b, "B", second)
+        return kept
+
+    monkeypatch.setattr(box.spool, "keep_conflict", keep_then_another_stores)
+    answers["A"] = handed(a, "A", box.receiver)
+    assert answers == {"B": 0x0000, "A": 0x0000}
+    found = box.index.find_instance("1.2.3.93")
+    assert found is not None and found.size == named.stat().st_size
+    assert dcmread(named).PixelData == dcmread(b).PixelData  # B's, acknowledged, kept
+    kept = {box.spool.absolute(c.path).read_bytes()[:4] for c in box.index.conflicts()}
+    assert len(box.index.conflicts()) == 2 and b"\0\0\0\0" in kept  # garbage and A's copy
 
 
 def test_a_name_another_process_indexes_while_the_store_waits_is_a_duplicate(

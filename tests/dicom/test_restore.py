@@ -4,8 +4,8 @@ never answered for by another store before it is."""
 
 from __future__ import annotations
 
+import errno
 import shutil
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from afra.dicom import spool as spool_module
 from afra.dicom.receive import Receiver, StoreRequest
 from afra.dicom.spool import Spool
 from tests.conftest import BoxFactory
-from tests.dicomgen import make_ct_series
+from tests.dicomgen import make_ct_series, make_instance
 
 OUT_OF_RESOURCES = 0xA700
 
@@ -78,27 +78,67 @@ def test_another_store_waits_for_the_restore_and_answers_nothing_it_then_loses(
     make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two processes (two receivers: their UID locks are their own) get the same copy while
-    its file is gone. The first has linked its copy when the second looks: the second must
-    not answer stored for it, because the first's index call may fail and take the name away
-    again (found by review: it did, and the second's sender was told stored)."""
+    its file is gone. The first has linked its copy when the second looks, and then the
+    device refuses the first's folder flush, so the name goes again: the second must not
+    have answered stored for it (found by review: it did)."""
     monkeypatch.setattr(receive_module, "INDEXED_WAIT_S", 0.05)
     box = make_box()
     path, named = _gone(box, tmp_path)
     second = Receiver(box.spool, box.index, min_free_bytes=0, clock=box.clock)
     answers: dict[str, int] = {}
+    real_dir = spool_module.fsync_dir
 
-    def fails(*_args: Any, **_kwargs: Any) -> bool:
-        assert named.exists()  # the first has linked
-        answers["second"] = _store(box, path, "second", second)
-        raise sqlite3.OperationalError("database or disk is full")
+    def refused_after_the_link(folder: Path) -> None:
+        if Path(folder) == named.parent and named.exists() and "second" not in answers:
+            answers["second"] = _store(box, path, "second", second)
+            raise OSError(errno.EIO, "Input/output error")
+        real_dir(folder)
 
-    monkeypatch.setattr(box.index, "restore_instance", fails)
+    monkeypatch.setattr(spool_module, "fsync_dir", refused_after_the_link)
     answers["first"] = _store(box, path, "first-again")
     assert answers == {"second": OUT_OF_RESOURCES, "first": OUT_OF_RESOURCES}
     assert not named.exists()  # the first took it away again: nobody was told stored
     monkeypatch.undo()
     assert _store(box, path, "third", second) == 0x0000  # sent again later: put back
     assert named.exists()
+
+
+def test_the_row_takes_the_copy_before_its_name_exists(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The uplink may hash the study at any moment: while the row still has the lost copy's
+    size, no file may be under the name, or the hash of this copy would be paired with that
+    size and the upload refused for ever (found by review)."""
+    box = make_box()
+    path, named = _gone(box, tmp_path)
+    real = box.index.restore_instance
+    seen: list[bool] = []
+
+    def restore(*args: Any, **kwargs: Any) -> bool:
+        seen.append(named.exists())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(box.index, "restore_instance", restore)
+    assert _store(box, path, "again") == 0x0000
+    assert seen == [False]
+    found = box.index.find_instance(dcmread(path).SOPInstanceUID)
+    assert found is not None and found.size == named.stat().st_size
+
+
+def test_a_study_folder_removed_while_running_is_made_again(
+    make_box: BoxFactory, tmp_path: Path
+) -> None:
+    """Someone removed a study's folder while the box ran: its copies sent again restore it
+    (the spool had it as made and used to refuse every one, 0xA700, with the box failed)."""
+    box = make_box()
+    path, named = _gone(box, tmp_path)
+    shutil.rmtree(named.parent)
+    study = dcmread(path, stop_before_pixels=True).StudyInstanceUID
+    later = make_instance(tmp_path / "later.dcm", sop_instance_uid="1.2.3.95", study_uid=study)
+    assert _store(box, later, "later") == 0x0000  # a new object of that study
+    assert _store(box, path, "again") == 0x0000  # and the lost one
+    assert named.exists() and box.spool.absolute(box.index.find_instance("1.2.3.95").path).exists()  # type: ignore[union-attr]
+    assert box.health.state != "failed"
 
 
 def test_a_study_purged_meanwhile_gets_nothing_back(

@@ -82,6 +82,9 @@ def test_a_box_restarted_on_a_full_disk_starts_reports_it_and_keeps_its_studies(
         box = started(config, clock, boxes)  # raised "disk I/O error" before the fix
         assert disk_problems(box, clock)
         assert [s.study_uid for s in box.index.studies()] == [STUDY]
+        assert box.index.exclusive
+        paths = box.index.all_paths()  # what start-up's review asks, on the one connection
+        assert box.index.indexed_among([*paths, "objects/no/such.dcm"]) == paths != set()
         echoscu(LOOPBACK, box.dicom.port)  # raises unless the C-ECHO succeeds
         new = make_instance(tmp_path / "new.dcm", seed=2)
         assert send_raw(box.dicom.port, new) == 0xA700

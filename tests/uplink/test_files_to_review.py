@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from afra.app import Appliance
+from afra.app import Appliance, build_appliance
 from afra.datadir import DataDir
 from afra.dicom import receive as receive_module
 from afra.uplink.client import HubUnavailable
 from medix.hub.server import HubServer
-from tests.conftest import BoxFactory, wait_for
+from tests.conftest import BoxFactory, make_config, wait_for
 from tests.fakes import FakeClock
 from tests.peers import storescu
 from tests.uplink.conftest import (
@@ -174,3 +174,18 @@ def test_a_purged_study_is_not_filled_again_by_a_copy_sent_again(
     storescu(LOOPBACK, box.dicom.port, files)
     assert list((box.spool.root / "objects").rglob("*.dcm")) == []
     assert the_study(box, files).id == study.id  # type: ignore[attr-defined]
+
+
+def test_a_bundle_made_outside_the_running_box_does_not_pretend_to_know(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """`afra node diagnostics` builds the box without starting it: what the running box's
+    start left is not known there, and the bundle says so instead of an empty list."""
+    box = build_appliance(make_config(tmp_path / "box"), clock=clock)
+    try:
+        assert box.diagnostics()["files_to_review"] == {
+            "ok": False,
+            "error": "known to the running box only",
+        }
+    finally:
+        box.close()

@@ -469,11 +469,15 @@ class Receiver:
     ) -> int:
         """This copy takes the place of the instance's missing file, in the same study: the
         technician's remedy, sending the study again from the PACS. Where the uplink has
-        hashed the study for the hub, only the same bytes can (the hub was told of them: the
-        same sender, the same transfer syntax); another copy is kept in conflicts/ and the
-        file stays missing. The row is there already, so the file is durable before its name
-        exists (POSIX's order on every filesystem), and the name is locked (the caller's
-        flock) until the row has the copy (`Index.restore_instance`)."""
+        hashed the study for the hub, only the same bytes can (the hub was told of them);
+        another copy is kept in conflicts/ and the file stays missing.
+
+        Restores of one study run one at a time, across processes (the study folder's flock).
+        The file is durable before its name exists (POSIX's order on every filesystem: the
+        row is there already), and the row takes the copy's size before the name exists, so
+        the uplink hashing the study meanwhile fails on the missing file instead of pairing
+        this copy with the lost one's size; the name stays locked (the caller's flock) until
+        the response is sent, and a store that finds it waits for that lock."""
         uid = header.sop_instance_uid
         copy = self.index.held_copy(uid)
         if copy is None:  # its row went meanwhile
@@ -481,36 +485,36 @@ class Receiver:
         expected, first_sender = copy
         if expected is not None and file_sha256(tmp) != expected:
             LOG.warning(
-                "instance %s from %s: its file had gone from the storage device, but its study "
-                "went to the hub with the copy %r sent, and this copy differs (another sender "
-                "or transfer syntax); kept for review, the file is still missing: send it "
-                "again from %r",
+                "instance %s from %s: its file had gone from the storage device after its "
+                "study was hashed for the hub, and this copy's bytes are not the ones the hub "
+                "was told of (another sender than %r, another transfer syntax, or another "
+                "firmware version: the box writes both into the file); kept for review (afra "
+                "conflicts), the file is still missing and the study cannot be completed",
                 uid,
                 sender,
-                first_sender,
                 first_sender,
             )
             return self._duplicate(tmp, request, sender, rel, now)
         if self.spool.one_flush:
             self.spool.fsync_received(tmp, fd)  # the POSIX path flushed it already
-        try:
-            self.spool.commit(tmp, rel, synced=True)
-        except AlreadyStored:  # another store brought it back a moment ago
-            there = self._settled(rel)
-            if not there:
-                return self._not_now(uid, sender, "another store is at it")
-            return self._duplicate(tmp, request, sender, rel, now)
-        size = self.spool.absolute(rel).stat().st_size
-        try:
-            restored = self.index.restore_instance(
-                header, rel, size, now, request.calling_ae, expected
-            )
-        except Exception as exc:
-            self.spool.withdraw(rel)  # missing again, as the row was left: a later copy mends
-            raise StorageError(f"the index could not record the restored copy ({exc})") from exc
-        if not restored:  # its row changed meanwhile (its study purged): judged afresh
-            self.spool.withdraw(rel)
-            return self._not_now(uid, sender, "its index row changed meanwhile")
+        size = (os.fstat(fd) if fd is not None else tmp.stat()).st_size
+        with self.spool.folder_locked(rel):
+            if self.spool.absolute(rel).exists():  # another process restored it meanwhile
+                if not self._settled(rel):
+                    return self._not_now(uid, sender, "another store is at it")
+                return self._duplicate(tmp, request, sender, rel, now)
+            try:
+                restored = self.index.restore_instance(
+                    header, rel, size, now, request.calling_ae, expected
+                )
+            except Exception as exc:
+                raise StorageError(f"the index could not record the copy ({exc})") from exc
+            if not restored:  # its row changed meanwhile (its study purged): judged afresh
+                return self._not_now(uid, sender, "its index row changed meanwhile")
+            try:
+                self.spool.commit(tmp, rel, synced=True)
+            except AlreadyStored:  # nobody links an indexed name but a restore: not expected
+                return self._not_now(uid, sender, "another copy took its name meanwhile")
         LOG.warning(
             "instance %s from %s: its file had gone from the storage device; this copy "
             "takes its place in its study",
@@ -713,7 +717,9 @@ class Receiver:
     def _set_aside(self, rel: str, uid: str, size: int, sender: str, now: float) -> None:
         """Move an unindexed file nobody stores out of the instance's name, into conflicts/."""
         kept = self.spool.keep_conflict(self.spool.absolute(rel), uid)
-        self.spool.withdraw(rel)  # its folder flushed: after a power cut the name stays gone
+        # Its old folder flushed: after a power cut the name stays gone. Only flushed: the name
+        # is free now, and another process may already have stored its own copy there.
+        self.spool.flush_folder(rel)
         try:
             held_from = source_ae_title(self.spool.absolute(kept))  # who sent that one
             self.index.add_conflict(uid, kept, size, now, held_from)

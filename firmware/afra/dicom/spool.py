@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import hashlib
 import itertools
 import logging
@@ -262,7 +263,17 @@ class Spool:
                 self.fsync_received(src, fd)
             self.ensure_dir(dst.parent)
             try:
-                os.link(src, dst)  # rename(2) would silently replace; link(2) refuses
+                try:
+                    os.link(src, dst)  # rename(2) would silently replace; link(2) refuses
+                except FileNotFoundError:
+                    if not src.exists():
+                        raise
+                    # Its folder was removed while the box ran (by hand, a cleanup): made
+                    # again, once, instead of refusing every object of that study until a
+                    # restart.
+                    self._forget_dirs(dst.parent)
+                    self.ensure_dir(dst.parent)
+                    os.link(src, dst)
             except FileExistsError:
                 raise AlreadyStored(rel_path) from None
             try:
@@ -290,6 +301,39 @@ class Spool:
             fsync_dir(path.parent)
         except OSError as exc:
             raise StorageError(f"cannot make {rel_path} durable: {exc}") from exc
+
+    def flush_folder(self, rel_path: str) -> None:
+        """Make the folder of `rel_path` durable (a name moved out of it stays gone)."""
+        try:
+            fsync_dir((self.root / rel_path).parent)
+        except OSError as exc:
+            raise StorageError(f"cannot flush the folder of {rel_path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def folder_locked(self, rel_path: str) -> Iterator[None]:
+        """Hold the flock of the folder `rel_path` goes into (made if missing), across
+        processes: what must not interleave in one study's folder (a restore)."""
+        folder = (self.root / rel_path).parent
+        self.ensure_dir(folder)
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:  # removed behind the spool's back: made again
+            self._forget_dirs(folder)
+            self.ensure_dir(folder)
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _forget_dirs(self, path: Path) -> None:
+        """Folders from `path` up to the root are no longer known to exist (one was removed
+        while the box ran): the next ensure_dir makes and flushes what is missing."""
+        p = path
+        while p != self.root and p.is_relative_to(self.root):
+            self._known_dirs.discard(p)
+            p = p.parent
 
     def withdraw(self, rel_path: str) -> None:
         """Take a stored name away again, as far as the device lets: the name removed (if

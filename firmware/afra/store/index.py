@@ -223,10 +223,6 @@ UPDATE instances SET series_uid = ?, sop_class_uid = ?, transfer_syntax = ?, mod
 WHERE sop_instance_uid = ?
 """
 SQL_RESTORE_STUDY = "UPDATE studies SET bytes = bytes + ? WHERE id = ?"
-SQL_INDEXED_AMONG = """
-SELECT i.path FROM instances i JOIN studies s ON s.id = i.study_id
-WHERE s.purged_at IS NULL AND i.path IN ({})
-"""
 SQL_INSERT_CONFLICT = """
 INSERT INTO conflicts (sop_instance_uid, path, size, received_at, calling_ae)
 VALUES (?, ?, ?, ?, ?)
@@ -776,25 +772,21 @@ class Index(SqliteStore):
             return {r[0] for r in self._db.execute(SQL_ALL_PATHS)}
 
     def indexed_among(self, paths: Sequence[str]) -> set[str]:
-        """Which of `paths` the index holds (studies not purged). On a connection of its own:
-        the scan (the path has no index) holds up neither writers nor the receive path's
-        lookups."""
-        found: set[str] = set()
-        chunks = [paths[i : i + 500] for i in range(0, len(paths), 500)]
+        """Which of `paths` the index holds (studies not purged): one pass over the paths
+        (they have no index of their own), on a connection of its own so that it holds up
+        neither writers nor the receive path's lookups (in the exclusive-lock fallback, one
+        connection is all there is: under the index's lock)."""
+        wanted = set(paths)
+        if not wanted:
+            return set()
         if self.exclusive:  # a second connection would find the file locked
             with self._lock:
-                for chunk in chunks:
-                    sql = SQL_INDEXED_AMONG.format(",".join("?" * len(chunk)))
-                    found.update(r[0] for r in self._db.execute(sql, tuple(chunk)))
-            return found
+                return {r[0] for r in self._db.execute(SQL_ALL_PATHS) if r[0] in wanted}
         db = sqlite3.connect(self.path, isolation_level=None, timeout=self._timeout)
         try:
-            for chunk in chunks:
-                sql = SQL_INDEXED_AMONG.format(",".join("?" * len(chunk)))
-                found.update(r[0] for r in db.execute(sql, tuple(chunk)))
+            return {r[0] for r in db.execute(SQL_ALL_PATHS) if r[0] in wanted}
         finally:
             db.close()
-        return found
 
     def quarantine(self, limit: int = 100) -> list[QuarantineRow]:
         with self._lock:
