@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import errno
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pynetdicom import AE
 
 from afra.app import Appliance
 from afra.dicom import receive as receive_module
@@ -18,9 +20,11 @@ from afra.dicom import spool as spool_module
 from afra.dicom.receive import Receiver, StoreRequest
 from afra.dicom.spool import Spool
 from tests.conftest import BoxFactory
+from tests.dicom.conftest import LOOPBACK
 from tests.dicomgen import make_ct_series, make_instance
 
 OUT_OF_RESOURCES = 0xA700
+CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _one(tmp_path: Path) -> tuple[Path, Any]:
@@ -164,3 +168,72 @@ def test_a_study_purged_meanwhile_gets_nothing_back(
     monkeypatch.undo()
     assert _store(box, path, "later") == 0x0000  # reached the hub: nothing to keep
     assert not named.exists()
+
+
+def test_a_purge_between_the_row_and_the_link_leaves_no_file_behind(
+    make_box: BoxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention purges the delivered study after the restore's row and before its link (the
+    purge found no file to remove): the copy does not stay on the device, unindexed, until
+    the next start (found by review)."""
+    box = make_box()
+    path, named = _gone(box, tmp_path)
+    [study] = box.index.studies()
+    assert box.index.mark_complete(study.id, box.clock.time(), None)
+    assert box.index.set_medis_code(study.id, "ABCDEFGHJKMN")
+    assert box.index.mark_delivered(study.id, "{}", box.clock.time())
+    real = box.spool.commit
+
+    def purged_first(*args: Any, **kwargs: Any) -> None:
+        box.index.mark_purged(study.id, box.clock.time())
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(box.spool, "commit", purged_first)
+    assert _store(box, path, "again") == 0x0000  # the hub has it
+    assert not named.exists()
+
+
+def test_four_senders_restoring_one_study_at_once_leave_every_row_true(
+    make_box: BoxFactory, tmp_path: Path
+) -> None:
+    """A third of a study's files gone, then four PACS nodes (AE titles of four lengths, so
+    four sizes of each file) send it again at once, over two receiving processes. One
+    restore per study at a time, across processes (the study folder's lock): every copy is
+    answered stored, each file back once, and each row's size is its file's (found by
+    review: without the lock a row took one copy's size and the name another's)."""
+    box = make_box(dicom={"receive_processes": 2})
+    files = make_ct_series(tmp_path / "ct", n=60, rows=64, cols=64)
+    sets = [dcmread(f) for f in files]
+    assert _send(box.dicom.port, "FIRST", sets) == [0x0000] * 60
+    for ds in sets[::3]:
+        box.spool.absolute(box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)).unlink()
+    answers: dict[str, list[int]] = {}
+    senders = [
+        threading.Thread(target=lambda a=aet: answers.setdefault(a, _send(box.dicom.port, a, sets)))
+        for aet in ("P", "PACS22", "PACSPACS333", "LONGPACSNAME4")
+    ]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join()
+    assert all(got == [0x0000] * 60 for got in answers.values()), answers
+    total = 0
+    for ds in sets:
+        row = box.index.find_instance(ds.SOPInstanceUID)
+        assert row is not None
+        assert box.spool.absolute(row.path).stat().st_size == row.size
+        total += row.size
+    assert box.index.studies()[0].bytes == total
+    assert box.index.conflicts() == []  # the same data sets: duplicates, kept once
+
+
+def _send(port: int, aet: str, sets: list[Any]) -> list[int]:
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(CT)
+    ae.dimse_timeout = 60
+    assoc = ae.associate(LOOPBACK, port, ae_title="AFRA")
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in sets]
+    finally:
+        assoc.release()

@@ -515,6 +515,11 @@ class Receiver:
                 self.spool.commit(tmp, rel, synced=True)
             except AlreadyStored:  # nobody links an indexed name but a restore: not expected
                 return self._not_now(uid, sender, "another copy took its name meanwhile")
+            if self.index.delivered_and_purged(uid):
+                # Retention purged the delivered study between the row and the link (it
+                # found no file to remove): the hub has it, nothing is kept here.
+                self.spool.withdraw(rel)
+                return STATUS_SUCCESS
         LOG.warning(
             "instance %s from %s: its file had gone from the storage device; this copy "
             "takes its place in its study",
