@@ -76,16 +76,18 @@ LOG = logging.getLogger("afra")
 class StartupReport:
     removed_partial: int = 0
     indexed_orphans: int = 0
-    unreadable_orphans: int = 0
     # Unindexed files whose UID the index holds under another study: kept in conflicts/.
     conflicting_orphans: int = 0
     # Files of delivered, purged studies whose removal a stop interrupted: removed.
     purged_leftovers: int = 0
     missing_files: list[str] = field(default_factory=list)
-    # The unreadable, misplaced or refused files counted in unreadable_orphans, left in
-    # objects/ unindexed, each with what a technician can do: with missing_files, health's
-    # files_need_review until each is resolved.
+    # The unreadable, misplaced or refused files left in objects/ unindexed, each with what a
+    # technician can do: with missing_files, health's files_need_review until each is resolved.
     left_in_place: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def unreadable_orphans(self) -> int:
+        return len(self.left_in_place)
 
 
 @dataclass
@@ -423,7 +425,7 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
         try:
             header = read_header(spool.absolute(rel))
         except InvalidInstanceError as exc:
-            _left_in_place(report, rel, UNREADABLE)
+            report.left_in_place.append((rel, UNREADABLE))
             LOG.error(
                 "stored file %s cannot be read (%s); left in place for review (a copy of its "
                 "instance sent again moves it to conflicts/)",
@@ -432,7 +434,7 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
             )
             continue
         if rel != spool.instance_path(header.study_uid, header.sop_instance_uid):
-            _left_in_place(report, rel, MISPLACED)
+            report.left_in_place.append((rel, MISPLACED))
             LOG.error(
                 "stored file %s does not belong at its path; left for review (move it out of "
                 "objects/)",
@@ -461,7 +463,7 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
                 continue
             index.add_instance(header, rel, size, clock.time(), calling_ae=calling_ae)
         except Exception:  # one file never stops the start: the rest is indexed, the box runs
-            _left_in_place(report, rel, NOT_INDEXED)
+            report.left_in_place.append((rel, NOT_INDEXED))
             LOG.exception(
                 "stored file %s could not be indexed; left in place for review (sending its "
                 "study again indexes it)",
@@ -489,11 +491,6 @@ def recover(spool: Spool, index: Index, clock: Clock) -> StartupReport:
 UNREADABLE = "stored, cannot be read: a copy of its instance sent again sets it aside"
 MISPLACED = "stored where it does not belong: move it out of objects/ for review"
 NOT_INDEXED = "stored, the index refused it: sending its study again indexes it"
-
-
-def _left_in_place(report: StartupReport, rel: str, problem: str) -> None:
-    report.unreadable_orphans += 1
-    report.left_in_place.append((rel, problem))
 
 
 def _orphan_held_elsewhere(

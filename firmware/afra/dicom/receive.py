@@ -672,17 +672,18 @@ class Receiver:
                 # (else a file start-up could not read blocked every copy sent again).
                 theirs = self._belongs(rel, uid)
                 if theirs is not None:
-                    self._index_held(theirs, rel, os.fstat(held).st_size, now)
+                    sent_by = source_ae_title(self.spool.absolute(rel))
+                    self._index_held(theirs, rel, os.fstat(held).st_size, now, sent_by)
+                    LOG.warning(
+                        "instance %s: its name held a copy nobody had indexed (from %r); "
+                        "indexed as the first copy",
+                        uid,
+                        sent_by,
+                    )
                     return self._duplicate(tmp, request, sender, rel, now)
                 self._set_aside(rel, uid, os.fstat(held).st_size, sender, now)
                 return self._commit_and_index(tmp, request, sender, header, rel, now, fd, one_flush)
-            self.spool.make_durable(rel)
-            size = os.fstat(held).st_size
-            try:
-                self.index.add_instance(header, rel, size, now, request.calling_ae)
-            except Exception:
-                if self.index.find_instance(uid) is None:
-                    raise
+            self._index_held(header, rel, os.fstat(held).st_size, now, request.calling_ae)
         finally:
             os.close(held)
         LOG.warning(
@@ -703,21 +704,17 @@ class Receiver:
         here = self.spool.instance_path(theirs.study_uid, theirs.sop_instance_uid)
         return theirs if theirs.sop_instance_uid == uid and here == rel else None
 
-    def _index_held(self, theirs: InstanceHeader, rel: str, size: int, now: float) -> None:
-        """Make the unindexed file under `rel` durable and index it, from its own header."""
+    def _index_held(
+        self, header: InstanceHeader, rel: str, size: int, now: float, calling_ae: str
+    ) -> None:
+        """Make the unindexed file under `rel` durable (file and folder) and index it; a row
+        that came meanwhile (its UID indexed by another process) is as good."""
         self.spool.make_durable(rel)
-        sent_by = source_ae_title(self.spool.absolute(rel))
         try:
-            self.index.add_instance(theirs, rel, size, now, sent_by)
+            self.index.add_instance(header, rel, size, now, calling_ae)
         except Exception:
-            if self.index.find_instance(theirs.sop_instance_uid) is None:
+            if self.index.find_instance(header.sop_instance_uid) is None:
                 raise
-        LOG.warning(
-            "instance %s: its name held a copy nobody had indexed (from %r); indexed as the "
-            "first copy",
-            theirs.sop_instance_uid,
-            sent_by,
-        )
 
     def _set_aside(self, rel: str, uid: str, size: int, sender: str, now: float) -> None:
         """Move an unindexed file nobody stores out of the instance's name, into conflicts/."""

@@ -779,12 +779,16 @@ class Index(SqliteStore):
         wanted = set(paths)
         if not wanted:
             return set()
+
+        def among(db: sqlite3.Connection) -> set[str]:
+            return {r[0] for r in db.execute(SQL_ALL_PATHS) if r[0] in wanted}
+
         if self.exclusive:  # a second connection would find the file locked
             with self._lock:
-                return {r[0] for r in self._db.execute(SQL_ALL_PATHS) if r[0] in wanted}
+                return among(self._db)
         db = sqlite3.connect(self.path, isolation_level=None, timeout=self._timeout)
         try:
-            return {r[0] for r in db.execute(SQL_ALL_PATHS) if r[0] in wanted}
+            return among(db)
         finally:
             db.close()
 
