@@ -103,7 +103,7 @@ label: $(STAMP)
 	  $(if $(SETTINGS),--settings "$(SETTINGS)") $(if $(YES),--yes)
 
 bench-ingest: system-deps $(STAMP)
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ingest.py $(INGEST_ARGS)
 
 bench-memory: system-deps $(STAMP)
 	$(BIN)/python bench/memory.py

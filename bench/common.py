@@ -90,6 +90,18 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine, every CPU summed, from /proc/stat.
+
+    Busy is user, nice, system, irq and softirq time: what the receiver, the senders and the
+    kernel serving them used. Idle, iowait and steal (the hypervisor's) are the rest. Over a
+    run, busy / all says how close the machine was to having no CPU left.
+    """
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + t.irq + t.softirq
+    return busy, busy + t.idle + t.iowait + t.steal
+
+
 def tree_rss_bytes(pid: int) -> int:
     """Sum of RSS over ``pid`` and its descendants."""
     total = 0
@@ -366,6 +378,8 @@ class RunResult:
     wall_s: float
     cpu_s: float
     peak_rss_bytes: int
+    # The whole machine's busy share over the run (see machine_cpu_seconds), all CPUs.
+    machine_busy: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -380,12 +394,13 @@ class Summary:
     mb_per_s: float
     cpu_ms_per_instance: float
     peak_rss_mb: float
+    machine_busy: float = 0.0
 
     def line(self, label: str | None = None) -> str:
         return (
             f"receiver={label or self.receiver} instances_per_s={self.instances_per_s:.1f} "
             f"mb_per_s={self.mb_per_s:.1f} cpu_ms_per_instance={self.cpu_ms_per_instance:.2f} "
-            f"peak_rss_mb={self.peak_rss_mb:.1f}"
+            f"peak_rss_mb={self.peak_rss_mb:.1f} machine_busy={self.machine_busy:.2f}"
         )
 
 
@@ -404,6 +419,7 @@ def summarize(results: Sequence[RunResult]) -> Summary:
         mb_per_s=first.payload_bytes / MIB / wall,
         cpu_ms_per_instance=cpu * 1000.0 / first.instances,
         peak_rss_mb=max(r.peak_rss_bytes for r in results) / MIB,
+        machine_busy=statistics.median(r.machine_busy for r in results),
     )
 
 
@@ -460,7 +476,8 @@ def measure_send(
     """Send each batch with its own storescu (one association each), all at once.
 
     Wall time runs from just before the first storescu starts to the exit of the last one.
-    CPU is the receiver tree's user+sys delta over that window; RSS is sampled every 50 ms.
+    CPU is the receiver tree's user+sys delta over that window; RSS is sampled every 50 ms;
+    the machine's busy share is taken over the same window (senders and kernel included).
     Afterwards the receiver must hold ``expected_stored`` instances (default: all files sent).
     """
     files = [f for batch in batches for f in batch]
@@ -483,6 +500,7 @@ def measure_send(
         logs = [stack.enter_context(tempfile.TemporaryFile()) for _ in cmds]
         stack.callback(_kill_all, procs)
         cpu0 = tree_cpu_seconds(pid)
+        busy0, all0 = machine_cpu_seconds()
         with RssSampler(pid) as sampler:
             t0 = time.perf_counter()
             for cmd, out in zip(cmds, logs, strict=True):
@@ -503,6 +521,7 @@ def measure_send(
             finally:
                 watchdog.cancel()
             wall = time.perf_counter() - t0
+            busy1, all1 = machine_cpu_seconds()
             if late.is_set():
                 raise BenchError(f"storescu to {receiver.name} still running after {timeout:.0f}s")
         cpu = tree_cpu_seconds(pid) - cpu0
@@ -522,6 +541,7 @@ def measure_send(
         wall_s=wall,
         cpu_s=cpu,
         peak_rss_bytes=sampler.peak_bytes,
+        machine_busy=(busy1 - busy0) / (all1 - all0) if all1 > all0 else 0.0,
     )
 
 

@@ -13,15 +13,20 @@ stdout carries only result lines; progress goes to stderr. Last lines:
 ``ingest_vs_orthanc=``, ``ingest_vs_storescp=``, ``ingest4_vs_orthanc=``,
 ``ingest4_vs_storescp=`` (box / other, instances per second) and
 ``box_cpu_ms_per_instance=`` (one association: the CPU of all the box's processes, median
-over the runs, per instance). Exit status 1 if any run fails (after printing what was
-measured). ``--receive-processes N`` sets the box's dicom.receive_processes (default: the
-box's own default).
+over the runs, per instance). Before them, ``machine_cpus=`` (the CPUs the runs shared), and
+each receiver's line ends with ``machine_busy=``: the whole machine's busy share during its
+runs (receiver, senders and kernel; 1.00 is every CPU busy), which says whether a receiver
+was bound by the CPUs it shared with its senders. Exit status 1 if any run fails (after
+printing what was measured). ``--receive-processes N`` sets the box's
+dicom.receive_processes (default: the box's own default; ``make bench-ingest
+INGEST_ARGS="--receive-processes 0"`` gives one process per core, as on a Pi 4).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -142,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"FAILED {what}: {msg}", file=sys.stderr)
         return 1
     if all(value is not None for _, value in lines):
+        print(f"machine_cpus={os.cpu_count()}", flush=True)
         for key, value in lines:
             print(f"{key}={value}", flush=True)
     else:
