@@ -118,3 +118,45 @@ def test_every_state_has_its_moves_and_no_other_move_is_written() -> None:
     assert where(StudyState.QUEUED, StudyState.UPLOADING) == "state IN ('queued', 'uploading')"
     with pytest.raises(ValueError):
         where("delivered")  # type: ignore[arg-type]  # a bare string is not a state
+
+
+@pytest.mark.parametrize("state", [s for s in StudyState if s is not StudyState.UPLOADING])
+def test_only_a_revision_being_uploaded_is_registered_afresh(
+    tmp_path: Path, state: StudyState
+) -> None:
+    """uplink/lost.py's way out for a revision the hub cannot complete: only one being
+    uploaded has an old key at the hub to leave (a revision not registered yet has none, a
+    delivered one is the hub's), and only under the number the uplink read. The new number
+    is above every revision of the study, and what the hub was told is forgotten."""
+    path = tmp_path / "index.sqlite"
+    index = Index(path)
+    db = sqlite3.connect(path)
+    try:
+        for sid, revision, st in ((1, 0, state.value), (2, 1, "received")):
+            db.execute(
+                "INSERT INTO studies (id, study_uid, revision, state, first_received_at, "
+                "last_received_at, medis_code, upload_id, stream_sha256, part_size) "
+                "VALUES (?, '1.2.3', ?, ?, 1, 2, 'CODE', 'U0', 'H', 2097152)",
+                (sid, revision, st),
+            )
+            db.execute(
+                "INSERT INTO instances (sop_instance_uid, study_id, series_uid, sop_class_uid, "
+                "transfer_syntax, path, size, received_at, sha256) VALUES (?, ?, '1.9', '1.2', "
+                "'1.2.840.10008.1.2.1', ?, 10, 1, 'h')",
+                (f"1.2.3.{sid}", sid, f"objects/{sid}.dcm"),
+            )
+        db.commit()
+        assert index.register_afresh(1, 0) is None
+        db.execute("UPDATE studies SET state = 'uploading' WHERE id = 1")
+        db.commit()
+        assert index.register_afresh(1, 1) is None  # not the number the uplink read
+        assert index.register_afresh(1, 0) == 2
+        assert db.execute(
+            "SELECT revision, state, upload_id, stream_sha256, part_size, medis_code "
+            "FROM studies WHERE id = 1"
+        ).fetchone() == (2, "queued", None, None, None, "CODE")
+        hashes = db.execute("SELECT study_id, sha256 FROM instances ORDER BY study_id").fetchall()
+        assert hashes == [(1, None), (2, "h")]  # the other revision keeps its own
+    finally:
+        db.close()
+        index.close()

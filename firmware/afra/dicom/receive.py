@@ -470,7 +470,8 @@ class Receiver:
         """This copy takes the place of the instance's missing file, in the same study: the
         technician's remedy, sending the study again from the PACS. Where the uplink has
         hashed the study for the hub, only the same bytes can (the hub was told of them);
-        another copy is kept in conflicts/ and the file stays missing.
+        another copy is kept in conflicts/, and the uplink takes it from there if the hub
+        turns out to lack that file's part (it registers the study afresh: uplink/lost.py).
 
         Restores of one study run one at a time, across processes (the study folder's flock).
         The file is durable before its name exists (POSIX's order on every filesystem: the
@@ -488,8 +489,9 @@ class Receiver:
                 "instance %s from %s: its file had gone from the storage device after its "
                 "study was hashed for the hub, and this copy's bytes are not the ones the hub "
                 "was told of (another sender than %r, another transfer syntax, or another "
-                "firmware version: the box writes both into the file); kept for review (afra "
-                "conflicts), the file is still missing and the study cannot be completed",
+                "firmware version: the box writes both into the file); kept in conflicts/ "
+                "until the uplink's next try: if the hub lacks that file's part, the study is "
+                "registered afresh with this copy",
                 uid,
                 sender,
                 first_sender,

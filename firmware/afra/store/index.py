@@ -187,6 +187,7 @@ _COMPLETE = move((RECEIVED,), COMPLETE)
 _QUEUE = move((COMPLETE,), QUEUED)
 _UPLOADING = move(UPLOADABLE, UPLOADING)
 _DELIVERED = move(UPLOADABLE, DELIVERED)
+_AFRESH = move((UPLOADING,), QUEUED)
 
 SQL_SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 SQL_GET_META = "SELECT value FROM meta WHERE key = ?"
@@ -308,6 +309,17 @@ SQL_SET_UPLOADING = f"""
 UPDATE studies SET {_UPLOADING[0]}, upload_id = ?
 WHERE id = ? AND {_UPLOADING[1]}
 """
+SQL_REGISTER_AFRESH = f"""
+UPDATE studies SET {_AFRESH[0]}, revision = ?, upload_id = NULL, stream_sha256 = NULL,
+    part_size = NULL
+WHERE id = ? AND revision = ? AND {_AFRESH[1]}
+"""
+SQL_FORGET_HASHES = "UPDATE instances SET sha256 = NULL WHERE study_id = ?"
+SQL_CONFLICTS_OF = """
+SELECT id, sop_instance_uid, path, size, received_at, calling_ae FROM conflicts
+WHERE sop_instance_uid = ? ORDER BY id DESC
+"""
+SQL_FORGET_CONFLICT = "DELETE FROM conflicts WHERE id = ?"
 SQL_RECORD_FAILURE = """
 UPDATE studies SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?
 """
@@ -886,6 +898,33 @@ class Index(SqliteStore):
     def set_uploading(self, study_id: int, upload_id: str) -> None:
         with self._transaction() as db:
             db.execute(SQL_SET_UPLOADING, (upload_id, study_id))
+
+    def register_afresh(self, study_id: int, revision: int) -> int | None:
+        """Give a revision the hub cannot complete (a file lost before the hub held its part)
+        the study's next revision number, to be registered and uploaded afresh: the hub keys
+        an upload by study and revision, and the old key's stream can no longer be made. Its
+        instances are hashed again before the new registration (a copy sent again may differ
+        from the lost file). The new number, or None when the row is no longer that revision
+        being uploaded."""
+        with self._transaction() as db:
+            row = db.execute("SELECT study_uid FROM studies WHERE id = ?", (study_id,)).fetchone()
+            if row is None:
+                return None
+            new = int(db.execute(SQL_NEXT_REVISION, (row[0],)).fetchone()[0])
+            if db.execute(SQL_REGISTER_AFRESH, (new, study_id, revision)).rowcount != 1:
+                return None
+            db.execute(SQL_FORGET_HASHES, (study_id,))
+        return new
+
+    def conflicts_of(self, sop_instance_uid: str) -> list[ConflictRow]:
+        """The copies of an instance kept in conflicts/, the latest first."""
+        with self._lock:
+            rows = self._db.execute(SQL_CONFLICTS_OF, (sop_instance_uid,)).fetchall()
+        return [ConflictRow(*r) for r in rows]
+
+    def forget_conflict(self, conflict_id: int) -> None:
+        with self._transaction() as db:
+            db.execute(SQL_FORGET_CONFLICT, (conflict_id,))
 
     def record_failure(self, study_id: int, next_attempt_at: float, error: str) -> None:
         with self._transaction() as db:

@@ -45,6 +45,10 @@ TRANSITIONS: dict[StudyState, dict[StudyState, str]] = {
     StudyState.UPLOADING: {
         StudyState.UPLOADING: "registered again (the hub forgot the upload)",
         StudyState.DELIVERED: "committed: the hub's receipt stored",
+        StudyState.QUEUED: (
+            "to be registered afresh under a new revision number: a file was lost before "
+            "the hub held its part (uplink/lost.py)"
+        ),
     },
     StudyState.DELIVERED: {},  # purged_at set by retention (uplink/worker.py: purge)
 }

@@ -25,8 +25,8 @@ from afra.clock import Clock
 from afra.dicom.spool import Spool
 from afra.medis.codes import CodeIssuer
 from afra.retry import Backoff
-from afra.store.index import Index, UploadStudy
-from afra.uplink import stream
+from afra.store.index import Index, UploadInstance, UploadStudy
+from afra.uplink import lost, stream
 from afra.uplink.client import HubClient, HubError, HubRefused, HubUnavailable
 from afra.uplink.parts import PARTS_IN_FLIGHT, PartUploader
 from afra.uplink.policy import PolicyStore, in_window
@@ -209,6 +209,12 @@ class Uplink:
             receipt = self._deliver(study)
         except Stopping:
             return False  # not a failure: the box is shutting down, resume next start
+        except lost.FilesLost as exc:
+            if not exc.mended:
+                self._failed(study, exc)
+            # Mended: due as it was, so the next pass tries it again (one conflict copy fewer
+            # each time: this cannot go round for ever).
+            return False
         except Exception as exc:  # every failure is recorded and backed off, none blocks the queue
             self._failed(study, exc)
             return False
@@ -228,7 +234,12 @@ class Uplink:
         instances = self.index.upload_instances(study.id)
         stream_hash = self.index.stream_sha256(study.id)
         if stream_hash is None or any(i.sha256 is None for i in instances):
-            hashes, stream_hash = stream.hash_files(self.spool, instances)
+            try:
+                hashes, stream_hash = stream.hash_files(self.spool, instances)
+            except FileNotFoundError as exc:
+                if (gone := self._lost(study, instances, registered=False)) is None:
+                    raise
+                raise gone from exc
             self.index.set_hashes(study.id, hashes, stream_hash)
             instances = self.index.upload_instances(study.id)
         # The part size is fixed at first registration: the hub refuses a changed one.
@@ -261,9 +272,16 @@ class Uplink:
         self.index.set_uploading(study.id, registration.upload_id)
         # A few parts in flight keep the link busy while the hub stores the previous ones;
         # each is read and compressed only when a sender is free (memory stays bounded).
-        self._parts(registration.upload_id, plan, registration.received_parts).send_all(
-            range(plan.parts)
-        )
+        try:
+            self._parts(registration.upload_id, plan, registration.received_parts).send_all(
+                range(plan.parts)
+            )
+        except FileNotFoundError as exc:
+            # A part the hub lacks needs a file that is gone (the hub holding every such part
+            # would have made this read unnecessary).
+            if (gone := self._lost(study, instances, registered=True)) is None:
+                raise
+            raise gone from exc
         manifest = CommitRequest(
             instances=tuple(
                 ManifestEntry(
@@ -280,6 +298,50 @@ class Uplink:
         )
         receipt = self.client.commit(registration.upload_id, manifest)
         return self._verified(receipt, study, stream_hash, len(instances))
+
+    def _lost(
+        self,
+        study: UploadStudy,
+        instances: Sequence[UploadInstance],
+        *,
+        registered: bool,
+    ) -> lost.FilesLost | None:
+        """Files of the revision are gone (uplink/lost.py): a registered revision is given a
+        new revision number to be registered afresh, and copies kept in conflicts/ take the
+        lost files' places. What to raise, or None when every file is back (restored
+        meanwhile: an ordinary failure, tried again later)."""
+        gone = lost.missing(self.spool, instances)
+        if not gone:
+            return None
+        if registered:
+            revision = self.index.register_afresh(study.id, study.revision)
+            if revision is not None:
+                why = (
+                    f"{len(gone)} file(s) gone from the storage device before the hub held "
+                    f"their parts: to be registered afresh as revision {revision}"
+                )
+                LOG.warning(
+                    "study %s revision %d cannot be completed: %s (the hub's upload of revision "
+                    "%d is left uncommitted)",
+                    study.study_uid,
+                    study.revision,
+                    why,
+                    study.revision,
+                )
+                self._audit_upload(study, MINOR_FAILURE, why)
+        now = self.clock.time()
+        back = [
+            i for i in gone if lost.adopt_conflict(self.index, self.spool, study.study_uid, i, now)
+        ]
+        if len(back) == len(gone):
+            return lost.FilesLost(
+                f"{len(gone)} lost file(s) taken from copies sent again", mended=True
+            )
+        return lost.FilesLost(
+            f"{len(gone) - len(back)} file(s) of the study are gone from the storage device "
+            "(send the study again from the PACS)",
+            mended=False,
+        )
 
     def _parts(self, upload_id: str, plan: stream.StreamPlan, held: Sequence[int]) -> PartUploader:
         """The study's stream in parts to its upload: read from the spool a part at a time,

@@ -1,0 +1,191 @@
+"""A study revision the hub cannot complete because a file went before the hub held its part
+(afra/uplink/lost.py): it is registered afresh under the study's next revision number, and a
+copy sent again takes the lost file's place, also one kept in conflicts/ meanwhile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from afra.app import Appliance
+from afra.dicom.header import source_ae_title
+from afra.uplink.client import HubUnavailable
+from medix.hub.server import HubServer
+from tests.conftest import BoxFactory, wait_for
+from tests.fakes import FakeClock
+from tests.peers import storescu
+from tests.uplink.conftest import LOOPBACK, send_study, the_study
+
+
+def _rel(box: Appliance, path: Path) -> str:
+    ds = dcmread(path, stop_before_pixels=True)
+    return box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
+
+
+def _registered_without_parts(box: Appliance, clock: FakeClock, files: list[Path]) -> None:
+    """The study completed, coded and registered with the hub, and none of its parts taken
+    (the link went down after the registration)."""
+
+    def down(*_args: object, **_kwargs: object) -> None:
+        raise HubUnavailable("the link went down")
+
+    assert box.uplink.client is not None
+    box.uplink.client.put_part = down  # type: ignore[method-assign]
+    clock.advance(10)
+    wait_for(lambda: the_study(box, files).attempts >= 1, what="an upload that failed")  # type: ignore[attr-defined]
+    assert the_study(box, files).state == "uploading"  # type: ignore[attr-defined]
+
+
+def _uploads(hub: HubServer, study: Any) -> dict[int, dict[str, Any]]:
+    return {u["revision"]: u for u in hub.studies() if u["study_uid"] == study.study_uid}
+
+
+def _delivered(box: Appliance, clock: FakeClock, files: list[Path]) -> Any:
+    wait_for(
+        lambda: the_study(box, files).state == "delivered",  # type: ignore[attr-defined]
+        what="the study delivered",
+        tick=lambda: clock.advance(5),
+    )
+    return the_study(box, files)
+
+
+def _assert_hub_holds_once(hub: HubServer, box: Appliance, study: Any, files: list[Path]) -> None:
+    """Revision 0's upload left uncommitted, revision 1 committed with what the box holds,
+    byte for byte: the study is at the hub once."""
+    uploads = _uploads(hub, study)
+    assert sorted(uploads) == [0, 1]
+    assert uploads[0]["committed_at"] is None
+    assert uploads[1]["committed_at"] is not None
+    assert uploads[1]["stored_instances"] == len(files)
+    assert uploads[1]["medis_code"] == uploads[0]["medis_code"] == study.medis_code
+    for sent in files:
+        ds = dcmread(sent, stop_before_pixels=True)
+        kept = box.spool.absolute(_rel(box, sent)).read_bytes()
+        assert hub.instance_bytes(uploads[1]["upload_id"], ds.SOPInstanceUID) == kept
+
+
+def test_a_copy_kept_in_conflicts_completes_a_study_the_hub_lacks_a_part_of(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Registered, no part at the hub yet, and a file gone. The copy the PACS sends again
+    comes from another AE, so its bytes are not the ones hashed for the hub: it is kept in
+    conflicts/ and the study stays missing a file. Before, that study was stuck for ever.
+    Now the uplink's next try finds the hub lacks the part, gives the study its next
+    revision number, takes the kept copy into the file's place and delivers it whole."""
+    box = enrolled_box(hub)
+    files = send_study(box, tmp_path, "LOSTC", n=3)  # from STORESCU
+    _registered_without_parts(box, clock, files)
+    gone = _rel(box, files[1])
+    box.close()
+    box.spool.absolute(gone).unlink()
+
+    box = enrolled_box(hub)
+    storescu(LOOPBACK, box.dicom.port, files, aet="PACS2")
+    assert not box.spool.absolute(gone).exists()  # the study is hashed: kept aside
+    (kept,) = box.index.conflicts()
+    assert kept.calling_ae == "PACS2"
+
+    study = _delivered(box, clock, files)
+    assert study.revision == 1
+    assert box.index.conflicts() == []
+    assert not box.spool.absolute(kept.path).exists()  # moved into its place, not copied
+    assert source_ae_title(box.spool.absolute(gone)) == "PACS2"
+    assert study.instance_count == 3
+    _assert_hub_holds_once(hub, box, study, files)
+
+
+def test_a_lost_file_with_no_copy_yet_is_taken_from_any_sender_once_registered_afresh(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The uplink finds the file gone before any copy came: the study is registered afresh
+    (its hashes forgotten) and keeps failing, saying to send it again, until a copy comes;
+    that copy, from any sender, then takes the file's place directly (no conflict)."""
+    box = enrolled_box(hub)
+    files = send_study(box, tmp_path, "LOSTN", n=3)
+    _registered_without_parts(box, clock, files)
+    gone = _rel(box, files[2])
+    box.close()
+    box.spool.absolute(gone).unlink()
+
+    box = enrolled_box(hub)
+    before = the_study(box, files).attempts  # type: ignore[attr-defined]
+    wait_for(
+        lambda: the_study(box, files).attempts > before + 1,  # type: ignore[attr-defined]
+        what="two tries after the loss",
+        tick=lambda: clock.advance(5),
+    )
+    study = the_study(box, files)
+    assert study.revision == 1 and study.state == "queued"  # type: ignore[attr-defined]
+    assert "send the study again" in study.last_error  # type: ignore[attr-defined]
+    assert sorted(_uploads(hub, study)) == [0]  # nothing registered under 1 without the file
+
+    storescu(LOOPBACK, box.dicom.port, files[2:], aet="PACS3")
+    assert box.index.conflicts() == []
+    assert source_ae_title(box.spool.absolute(gone)) == "PACS3"
+    study = _delivered(box, clock, files)
+    assert study.revision == 1
+    _assert_hub_holds_once(hub, box, study, files)
+
+
+def test_a_study_the_hub_holds_every_part_of_completes_without_the_lost_file(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Every part at the hub and only the commit missing: nothing needs the lost file, so the
+    revision is committed as registered and keeps its number (no second upload)."""
+    box = enrolled_box(hub)
+    files = send_study(box, tmp_path, "LOSTH", n=3)
+
+    def cut(*_args: object, **_kwargs: object) -> None:
+        raise HubUnavailable("cut before the commit")
+
+    assert box.uplink.client is not None
+    box.uplink.client.commit = cut  # type: ignore[method-assign]
+    clock.advance(10)
+    wait_for(lambda: the_study(box, files).attempts >= 1, what="a commit that failed")  # type: ignore[attr-defined]
+    gone = _rel(box, files[0])
+    box.close()
+    box.spool.absolute(gone).unlink()
+
+    box = enrolled_box(hub)
+    study = _delivered(box, clock, files)
+    assert study.revision == 0
+    assert sorted(_uploads(hub, study)) == [0]
+
+
+def test_a_kept_copy_of_another_study_does_not_fill_the_lost_file(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    """conflicts/ also holds what a PACS sent under a held UID in another study (a UID
+    clash). Such a copy is not this study's instance: the lost file waits for a copy of its
+    own, and the clash stays kept for review."""
+    box = enrolled_box(hub)
+    files = send_study(box, tmp_path, "LOSTX", n=2)
+    _registered_without_parts(box, clock, files)
+    gone = _rel(box, files[0])
+    box.close()
+    box.spool.absolute(gone).unlink()
+
+    box = enrolled_box(hub)
+    clash = dcmread(files[0])
+    clash.StudyInstanceUID = generate_uid()
+    clashing = tmp_path / "clash.dcm"
+    clash.save_as(clashing)
+    storescu(LOOPBACK, box.dicom.port, [clashing], aet="OTHER")
+    (kept,) = box.index.conflicts()
+    before = the_study(box, files).attempts  # type: ignore[attr-defined]
+    wait_for(
+        lambda: the_study(box, files).attempts > before + 1,  # type: ignore[attr-defined]
+        what="two tries after the loss",
+        tick=lambda: clock.advance(5),
+    )
+    assert not box.spool.absolute(gone).exists()
+    assert box.index.conflicts() == [kept]
+    assert the_study(box, files).revision == 1  # type: ignore[attr-defined]
+
+    storescu(LOOPBACK, box.dicom.port, files[:1], aet="PACS2")
+    study = _delivered(box, clock, files)
+    _assert_hub_holds_once(hub, box, study, files)
+    assert box.index.conflicts() == [kept]
