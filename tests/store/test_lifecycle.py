@@ -150,6 +150,8 @@ def test_only_a_revision_being_uploaded_is_registered_afresh(
         db.execute("UPDATE studies SET state = 'uploading' WHERE id = 1")
         db.commit()
         assert index.register_afresh(1, 1) is None  # not the number the uplink read
+        unchanged = db.execute("SELECT sha256 FROM instances ORDER BY study_id").fetchall()
+        assert unchanged == [("h",), ("h",)]  # a refusal forgets nothing
         assert index.register_afresh(1, 0) == 2
         assert db.execute(
             "SELECT revision, state, upload_id, stream_sha256, part_size, medis_code "

@@ -4,14 +4,19 @@ copy sent again takes the lost file's place, also one kept in conflicts/ meanwhi
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from afra.app import Appliance
+from afra.datadir import DataDir
 from afra.dicom.header import source_ae_title
+from afra.store.index import Index, UploadInstance
+from afra.uplink import lost, stream
 from afra.uplink.client import HubUnavailable
 from medix.hub.server import HubServer
 from tests.conftest import BoxFactory, wait_for
@@ -86,14 +91,123 @@ def test_a_copy_kept_in_conflicts_completes_a_study_the_hub_lacks_a_part_of(
     storescu(LOOPBACK, box.dicom.port, files, aet="PACS2")
     assert not box.spool.absolute(gone).exists()  # the study is hashed: kept aside
     (kept,) = box.index.conflicts()
-    assert kept.calling_ae == "PACS2"
+    assert kept.calling_ae == "PACS2" and box.spool.kept_for_lost(kept.path)
 
-    study = _delivered(box, clock, files)
-    assert study.revision == 1
+    clock.advance(5)  # the next try is due; from here on it goes without waiting
+    wait_for(lambda: the_study(box, files).state == "delivered", what="the study delivered")  # type: ignore[attr-defined]
+    study = the_study(box, files)
+    assert study.revision == 1  # type: ignore[attr-defined]
     assert box.index.conflicts() == []
     assert not box.spool.absolute(kept.path).exists()  # moved into its place, not copied
     assert source_ae_title(box.spool.absolute(gone)) == "PACS2"
-    assert study.instance_count == 3
+    assert study.instance_count == 3  # type: ignore[attr-defined]
+    _assert_hub_holds_once(hub, box, study, files)
+
+
+def test_a_copy_kept_for_review_before_the_loss_is_not_taken_for_the_lost_file(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    """conflicts/ also keeps a second copy that differed while the first was there (another
+    patient name: an edit at the PACS). Kept for a person to review, it is never put in the
+    study's place when the first copy's file is lost later: the study waits for a copy sent
+    to replace it, and the edited one stays in conflicts/."""
+    box = enrolled_box(hub)
+    files = send_study(box, tmp_path, "LOSTE", n=2)
+    edited = dcmread(files[0])
+    edited.PatientName = "Other^Edited"
+    edit = tmp_path / "edited.dcm"
+    edited.save_as(edit)
+    storescu(LOOPBACK, box.dicom.port, [edit], aet="PACS2")
+    (review,) = box.index.conflicts()
+    assert not box.spool.kept_for_lost(review.path)
+    _registered_without_parts(box, clock, files)
+    gone = _rel(box, files[0])
+    box.close()
+    box.spool.absolute(gone).unlink()
+
+    box = enrolled_box(hub)
+    before = the_study(box, files).attempts  # type: ignore[attr-defined]
+    wait_for(
+        lambda: the_study(box, files).attempts > before + 1,  # type: ignore[attr-defined]
+        what="two tries after the loss",
+        tick=lambda: clock.advance(5),
+    )
+    assert not box.spool.absolute(gone).exists()
+    assert box.index.conflicts() == [review]
+
+    storescu(LOOPBACK, box.dicom.port, files[:1], aet="PACS3")
+    study = _delivered(box, clock, files)
+    _assert_hub_holds_once(hub, box, study, files)
+    assert dcmread(box.spool.absolute(gone)).PatientName == dcmread(files[0]).PatientName
+    assert box.index.conflicts() == [review]
+
+
+def test_a_kill_after_the_new_number_leaves_the_kept_copy_to_the_next_try(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The box stopped between giving the revision its new number and taking the kept copy
+    (a power cut): the next try, now hashing an unregistered revision, takes the copy."""
+    box = enrolled_box(hub)
+    files = send_study(box, tmp_path, "LOSTK", n=2)
+    _registered_without_parts(box, clock, files)
+    gone = _rel(box, files[1])
+    box.close()
+    box.spool.absolute(gone).unlink()
+    box = enrolled_box(hub)
+    storescu(LOOPBACK, box.dicom.port, files[1:], aet="PACS2")
+    (kept,) = box.index.conflicts()
+    assert box.spool.kept_for_lost(kept.path)  # kept to replace the lost file
+    study_id = the_study(box, files).id  # type: ignore[attr-defined]
+    box.close()
+    index = Index(DataDir(box.spool.root).index)
+    try:
+        assert index.register_afresh(study_id, 0) == 1  # what the stopped uplink had done
+    finally:
+        index.close()
+
+    box = enrolled_box(hub)
+    study = _delivered(box, clock, files)
+    assert study.revision == 1
+    assert box.index.conflicts() == []
+    assert source_ae_title(box.spool.absolute(gone)) == "PACS2"
+    _assert_hub_holds_once(hub, box, study, files)
+
+
+def test_an_index_that_refuses_the_taken_copy_leaves_it_for_the_next_try(
+    hub: HubServer,
+    enrolled_box: BoxFactory,
+    clock: FakeClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The row is made the copy's before its name exists: an index that refuses that row
+    leaves the copy in conflicts/ and the file missing, and the next try takes it. (The other
+    way round, the name would hold the copy with the lost file's size in its row, and every
+    later stream would be refused by the hub.)"""
+    box = enrolled_box(hub)
+    files = send_study(box, tmp_path, "LOSTR", n=2)
+    _registered_without_parts(box, clock, files)
+    gone = _rel(box, files[0])
+    box.close()
+    box.spool.absolute(gone).unlink()
+
+    box = enrolled_box(hub)
+    storescu(LOOPBACK, box.dicom.port, files[:1], aet="PACS2")
+    real = box.index.restore_instance
+    refusals: list[str] = []
+
+    def refuse_once(*args: object, **kwargs: object) -> bool:
+        if not refusals:
+            refusals.append("refused")
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(box.index, "restore_instance", refuse_once)
+    clock.advance(5)
+    wait_for(lambda: bool(refusals), what="the refused row")
+    study = _delivered(box, clock, files)
+    assert study.revision == 1
+    assert box.index.conflicts() == []
     _assert_hub_holds_once(hub, box, study, files)
 
 
@@ -189,3 +303,19 @@ def test_a_kept_copy_of_another_study_does_not_fill_the_lost_file(
     study = _delivered(box, clock, files)
     _assert_hub_holds_once(hub, box, study, files)
     assert box.index.conflicts() == [kept]
+
+
+def test_only_a_part_the_hub_lacks_makes_a_lost_file_a_new_revision() -> None:
+    """The read of one part failed and a file is gone: the revision is renumbered only if a
+    part the hub does not hold needs a lost file. A lost file all of whose parts the hub
+    holds needs nothing more from the box (the failed read was of a file back meanwhile)."""
+
+    def instance(uid: str, size: int) -> UploadInstance:
+        return UploadInstance(uid, "1.9", "1.2", "CT", f"objects/{uid}.dcm", size, None)
+
+    a, b, c = instance("1.1", 5), instance("1.2", 10), instance("1.3", 5)
+    plan = stream.plan([a, b, c], part_size=4)  # a: parts 0-1, b: 1-3, c: 3-4
+    assert not lost.needs_lost_part(plan, [0, 1, 2, 3], [b])
+    assert lost.needs_lost_part(plan, [0, 1, 3], [b])
+    assert not lost.needs_lost_part(plan, [0, 1], [a])
+    assert lost.needs_lost_part(plan, [0, 1, 2, 3], [c])

@@ -489,14 +489,15 @@ class Receiver:
                 "instance %s from %s: its file had gone from the storage device after its "
                 "study was hashed for the hub, and this copy's bytes are not the ones the hub "
                 "was told of (another sender than %r, another transfer syntax, or another "
-                "firmware version: the box writes both into the file); kept in conflicts/ "
-                "until the uplink's next try: if the hub lacks that file's part, the study is "
-                "registered afresh with this copy",
+                "firmware version: the box writes both into the file); kept in conflicts/: "
+                "if the hub turns out to lack that file's part, the uplink registers the "
+                "study afresh with this copy, else the study is delivered from what the hub "
+                "holds and the file stays missing here",
                 uid,
                 sender,
                 first_sender,
             )
-            return self._duplicate(tmp, request, sender, rel, now)
+            return self._duplicate(tmp, request, sender, rel, now, for_lost=True)
         if self.spool.one_flush:
             self.spool.fsync_received(tmp, fd)  # the POSIX path flushed it already
         size = (os.fstat(fd) if fd is not None else tmp.stat()).st_size
@@ -748,7 +749,14 @@ class Receiver:
         return STATUS_OUT_OF_RESOURCES
 
     def _duplicate(
-        self, tmp: Path, request: StoreRequest, sender: str, held_path: str, now: float
+        self,
+        tmp: Path,
+        request: StoreRequest,
+        sender: str,
+        held_path: str,
+        now: float,
+        *,
+        for_lost: bool = False,
     ) -> int:
         uid = request.sop_instance_uid
         if self.index.delivered_and_purged(uid):
@@ -757,9 +765,11 @@ class Receiver:
         if self.spool.same_content(tmp, held_path):
             LOG.info("duplicate instance %s from %s: already held, kept one copy", uid, sender)
             return STATUS_SUCCESS
-        rel = self.spool.keep_conflict(tmp, uid)
+        rel = self.spool.keep_conflict(tmp, uid, for_lost=for_lost)
         size = self.spool.absolute(rel).stat().st_size
         self.index.add_conflict(uid, rel, size, now, request.calling_ae)
+        if for_lost:
+            return STATUS_SUCCESS  # the caller said why
         LOG.warning(
             "conflict: %s sent instance %s again with different content; the first copy stays "
             "in the study, the new one is kept as %s for review",

@@ -34,6 +34,8 @@ from medix.durable import fsync_dir, fsync_file
 
 LOG = logging.getLogger("afra.spool")
 
+# In a conflicts/ name: a copy sent to replace a lost file (Spool.kept_for_lost).
+LOST_MARK = "-lost"
 SUFFIX = ".dcm"
 
 
@@ -353,11 +355,22 @@ class Spool:
         else:
             fsync_file(path)
 
-    def keep_conflict(self, src: Path, sop_instance_uid: str) -> str:
+    def keep_conflict(self, src: Path, sop_instance_uid: str, *, for_lost: bool = False) -> str:
+        """Keep a copy that differs from the one held, under conflicts/. `for_lost`: sent to
+        replace a file gone from the device, and refused only because the study was hashed
+        for the hub (its name says so: `kept_for_lost`; uplink/lost.py may take it)."""
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        rel = f"{CONFLICTS}/{uid_hash(sop_instance_uid)}-{stamp}-{secrets.token_hex(4)}{SUFFIX}"
+        mark = LOST_MARK if for_lost else ""
+        rel = (
+            f"{CONFLICTS}/{uid_hash(sop_instance_uid)}{mark}-{stamp}-{secrets.token_hex(4)}{SUFFIX}"
+        )
         self.commit(src, rel)
         return rel
+
+    @staticmethod
+    def kept_for_lost(rel_path: str) -> bool:
+        """A conflicts/ copy kept with `for_lost` (the name: <uid hash>-lost-<stamp>-...)."""
+        return Path(rel_path).name.split("-")[1:2] == [LOST_MARK.strip("-")]
 
     def quarantine(self, src: Path) -> str:
         stamp = time.strftime("%Y%m%dT%H%M%S")

@@ -5,7 +5,8 @@ waiting for the disk, because its file and name are durable before it and `app.r
 indexes again, at start-up, any instance file a power cut left the index without.
 
 A study revision's state is a column, its moves the table in store/lifecycle.py (received ->
-complete -> queued -> uploading -> delivered, purged), held by CHECK constraints. An instance
+complete -> queued -> uploading -> delivered, purged; uploading -> queued when registered
+afresh under a new number: uplink/lost.py), held by CHECK constraints. An instance
 that arrives for a study already complete opens a new revision of that study, which holds
 only the new instances, so nothing is sent twice. Every statement is a named constant with
 `?` parameters; those that read or move a state are written with lifecycle's `where`/`move`.

@@ -7,7 +7,9 @@ Every step is idempotent on the hub's side, so after a cut or a restart the work
 hub which parts it holds and sends only the rest (the parts go through
 `afra.uplink.parts.PartUploader`, as a download's do). A failing study waits with the node's
 backoff (`afra.retry`: capped, exponential, with jitter; its attempts are kept in the index, so
-restarts do not reset it) and shows its attempts and last error; nothing is dropped.
+restarts do not reset it) and shows its attempts and last error; nothing is dropped. A
+revision whose file is gone before the hub held its part is registered afresh under the
+study's next revision number (`afra.uplink.lost`).
 """
 
 from __future__ import annotations
@@ -210,10 +212,12 @@ class Uplink:
         except Stopping:
             return False  # not a failure: the box is shutting down, resume next start
         except lost.FilesLost as exc:
+            # The row may carry a new revision number now: logs and audit name that one.
+            now_study = self.index.upload_study(study.id) or study
             if not exc.mended:
-                self._failed(study, exc)
-            # Mended: due as it was, so the next pass tries it again (one conflict copy fewer
-            # each time: this cannot go round for ever).
+                self._failed(now_study, exc)
+            # Mended: due as it was, so the next pass tries it again at once. Each mended pass
+            # took a kept copy (then removed from conflicts/) or found the file back.
             return False
         except Exception as exc:  # every failure is recorded and backed off, none blocks the queue
             self._failed(study, exc)
@@ -237,7 +241,7 @@ class Uplink:
             try:
                 hashes, stream_hash = stream.hash_files(self.spool, instances)
             except FileNotFoundError as exc:
-                if (gone := self._lost(study, instances, registered=False)) is None:
+                if (gone := self._lost(study, instances)) is None:
                     raise
                 raise gone from exc
             self.index.set_hashes(study.id, hashes, stream_hash)
@@ -279,7 +283,8 @@ class Uplink:
         except FileNotFoundError as exc:
             # A part the hub lacks needs a file that is gone (the hub holding every such part
             # would have made this read unnecessary).
-            if (gone := self._lost(study, instances, registered=True)) is None:
+            held = registration.received_parts
+            if (gone := self._lost(study, instances, (plan, held))) is None:
                 raise
             raise gone from exc
         manifest = CommitRequest(
@@ -303,17 +308,18 @@ class Uplink:
         self,
         study: UploadStudy,
         instances: Sequence[UploadInstance],
-        *,
-        registered: bool,
+        registered: tuple[stream.StreamPlan, Sequence[int]] | None = None,
     ) -> lost.FilesLost | None:
-        """Files of the revision are gone (uplink/lost.py): a registered revision is given a
-        new revision number to be registered afresh, and copies kept in conflicts/ take the
-        lost files' places. What to raise, or None when every file is back (restored
-        meanwhile: an ordinary failure, tried again later)."""
+        """Files of the revision are gone (uplink/lost.py). `registered`: its stream and the
+        parts the hub held, when the read of a part failed; if a part the hub lacks needs a
+        lost file, the revision is given a new revision number to be registered afresh. Then
+        copies kept for the lost files take their places. What to raise, or None when no
+        file the delivery needs is gone (restored meanwhile: an ordinary failure, tried
+        again later)."""
         gone = lost.missing(self.spool, instances)
-        if not gone:
+        if not gone or (registered is not None and not lost.needs_lost_part(*registered, gone)):
             return None
-        if registered:
+        if registered is not None:
             revision = self.index.register_afresh(study.id, study.revision)
             if revision is not None:
                 why = (
@@ -330,15 +336,23 @@ class Uplink:
                 )
                 self._audit_upload(study, MINOR_FAILURE, why)
         now = self.clock.time()
-        back = [
-            i for i in gone if lost.adopt_conflict(self.index, self.spool, study.study_uid, i, now)
-        ]
-        if len(back) == len(gone):
-            return lost.FilesLost(
-                f"{len(gone)} lost file(s) taken from copies sent again", mended=True
-            )
+        back = 0
+        for instance in gone:
+            sender = lost.adopt_conflict(self.index, self.spool, study, instance, now)
+            if sender is None:
+                continue
+            back += 1
+            if sender:
+                self._audit_upload(
+                    study,
+                    MINOR_FAILURE,
+                    f"instance {instance.sop_instance_uid}: its file was lost; the copy "
+                    f"{sender} sent again takes its place",
+                )
+        if back == len(gone):
+            return lost.FilesLost(f"{back} lost file(s) back from copies sent again", mended=True)
         return lost.FilesLost(
-            f"{len(gone) - len(back)} file(s) of the study are gone from the storage device "
+            f"{len(gone) - back} file(s) of the study are gone from the storage device "
             "(send the study again from the PACS)",
             mended=False,
         )
