@@ -243,7 +243,7 @@ def test_a_conflict_that_cannot_be_kept_leaves_no_name(
     assert store_one(box.dicom.port, first) == 0x0000
     _first_lookup_misses(box, monkeypatch)
 
-    def keep_conflict(*args: Any) -> str:
+    def keep_conflict(*args: Any, **kwargs: Any) -> str:
         raise StorageError("cannot make conflicts/x.dcm durable: No space left on device")
 
     monkeypatch.setattr(box.spool, "keep_conflict", keep_conflict)

@@ -479,8 +479,8 @@ def test_a_copy_stored_elsewhere_while_an_unreadable_file_is_set_aside_is_kept(
 
     real_keep = box.spool.keep_conflict
 
-    def keep_then_another_stores(src: Path, uid: str) -> str:
-        kept = real_keep(src, uid)
+    def keep_then_another_stores(src: Path, uid: str, **kwargs: bool) -> str:
+        kept = real_keep(src, uid, **kwargs)
         if "B" not in answers:
             answers["B"] = handed(b, "B", second)
         return kept

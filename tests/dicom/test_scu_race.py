@@ -565,7 +565,13 @@ def test_the_box_notices_when_pynetdicom_drops_a_response(
         for n in range(1, 1001):
             wire = scu._Wire()
             assoc.bind(evt.EVT_DIMSE_RECV, wire.received)
-            found, lost = scu._find_on(assoc, wire, query, "StudyInstanceUID", 100, msg_id=n)
+            try:
+                found, lost = scu._find_on(assoc, wire, query, "StudyInstanceUID", 100, msg_id=n)
+            except AssociationFailedError:
+                # The race took the final status too (seen on a loaded machine): the box gave
+                # no result at all, which is saying so; the association is spent.
+                dropped += 1
+                break
             assoc.unbind(evt.EVT_DIMSE_RECV, wire.received)
             disagreements += lost != len(matches) - len(found)
             if lost:
