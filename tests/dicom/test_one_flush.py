@@ -413,7 +413,9 @@ def test_a_different_copy_held_but_never_indexed_is_indexed_as_the_first(
     assert found is not None and found.path == rel
     assert held.read_bytes() == first  # the first copy stays
     assert held in flushed  # made durable before its row
-    assert box.index.held_copy("1.2.3.99") == (None, "THEIRS")  # who sent it, from its meta
+    held_copy = box.index.held_copy("1.2.3.99")
+    assert held_copy is not None
+    assert (held_copy.sha256, held_copy.calling_ae) == (None, "THEIRS")  # sender from its meta
     (conflict,) = box.index.conflicts()
     kept = dcmread(box.spool.absolute(conflict.path))
     assert kept.PixelData == dcmread(sent).PixelData

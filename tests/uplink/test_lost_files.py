@@ -319,3 +319,81 @@ def test_only_a_part_the_hub_lacks_makes_a_lost_file_a_new_revision() -> None:
     assert lost.needs_lost_part(plan, [0, 1, 3], [b])
     assert not lost.needs_lost_part(plan, [0, 1], [a])
     assert lost.needs_lost_part(plan, [0, 1, 2, 3], [c])
+
+
+def test_a_copy_naming_another_patient_never_takes_the_lost_files_place(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The PACS sends the lost instance again under another patient (an edit, a merge):
+    put in the file's place it would make the study name two patients, and give the hub
+    another patient's image for this one's account. It is kept for review, unmarked, both
+    while the study is hashed and after it was registered afresh; a copy for the study's
+    own patient then completes it."""
+    box = enrolled_box(hub)
+    files = send_study(box, tmp_path, "LOSTP", n=2)
+    _registered_without_parts(box, clock, files)
+    gone = _rel(box, files[0])
+    box.close()
+    box.spool.absolute(gone).unlink()
+
+    box = enrolled_box(hub)
+    other = dcmread(files[0])
+    other.PatientID, other.PatientName = "SOMEONE-ELSE", "Else^Someone"
+    elsewhere = tmp_path / "else.dcm"
+    other.save_as(elsewhere)
+    storescu(LOOPBACK, box.dicom.port, [elsewhere], aet="PACS2")  # while hashed
+    before = the_study(box, files).attempts  # type: ignore[attr-defined]
+    wait_for(
+        lambda: the_study(box, files).attempts > before + 1,  # type: ignore[attr-defined]
+        what="two tries after the loss",
+        tick=lambda: clock.advance(5),
+    )
+    assert the_study(box, files).revision == 1  # type: ignore[attr-defined]
+    storescu(LOOPBACK, box.dicom.port, [elsewhere], aet="PACS2")  # and once unhashed
+    assert not box.spool.absolute(gone).exists()
+    kept = box.index.conflicts()
+    assert len(kept) == 2 and not any(box.spool.kept_for_lost(c.path) for c in kept)
+
+    storescu(LOOPBACK, box.dicom.port, files[:1], aet="PACS3")
+    study = _delivered(box, clock, files)
+    _assert_hub_holds_once(hub, box, study, files)
+    assert dcmread(box.spool.absolute(gone)).PatientID == "LOSTP"
+
+
+def test_the_latest_kept_copy_is_taken_and_a_file_back_meanwhile_is_left_as_it_is(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Two copies kept for the lost file: the later one is taken (the older stays for
+    review). And a file a copy sent again restored while the uplink looked is left as the
+    receiver made it, its row with it (else the row would take the kept copy's size over
+    the receiver's file, and the hub would refuse every stream)."""
+    box = enrolled_box(hub)
+    files = send_study(box, tmp_path, "LOSTL", n=2)
+    _registered_without_parts(box, clock, files)
+    gone = _rel(box, files[0])
+    box.close()
+    box.spool.absolute(gone).unlink()
+
+    box = enrolled_box(hub)
+    storescu(LOOPBACK, box.dicom.port, files[:1], aet="PACS2")
+    storescu(LOOPBACK, box.dicom.port, files[:1], aet="PACS3")
+    older, latest = sorted(box.index.conflicts(), key=lambda c: c.id)
+    assert latest.calling_ae == "PACS3"
+    study = _delivered(box, clock, files)
+    assert source_ae_title(box.spool.absolute(gone)) == "PACS3"
+    assert box.index.conflicts() == [older]
+    _assert_hub_holds_once(hub, box, study, files)
+
+    # The file is back (as a restore leaves it): a kept copy is not put over it.
+    (instance,) = [
+        i
+        for i in box.index.upload_instances(study.id)
+        if i.path == gone  # type: ignore[attr-defined]
+    ]
+    upload = box.index.upload_study(study.id)  # type: ignore[attr-defined]
+    assert upload is not None
+    assert lost.adopt_conflict(box.index, box.spool, upload, instance, clock.time()) == ""
+    (again,) = [i for i in box.index.upload_instances(study.id) if i.path == gone]  # type: ignore[attr-defined]
+    assert again.size == box.spool.absolute(gone).stat().st_size
+    assert source_ae_title(box.spool.absolute(gone)) == "PACS3"
+    assert box.index.conflicts() == [older]

@@ -43,7 +43,7 @@ from afra.dicom.header import (
 )
 from afra.dicom.spool import AlreadyStored, Spool
 from afra.errors import InvalidInstanceError, StorageError
-from afra.store.index import AddedInstance, StoredInstance
+from afra.store.index import AddedInstance, HeldCopy, StoredInstance
 
 LOG = logging.getLogger("afra.receive")
 
@@ -77,7 +77,7 @@ class ReceiveIndex(Protocol):
         self, header: InstanceHeader, rel_path: str, size: int, now: float, calling_ae: str
     ) -> AddedInstance: ...
 
-    def held_copy(self, sop_instance_uid: str) -> tuple[str | None, str] | None: ...
+    def held_copy(self, sop_instance_uid: str) -> HeldCopy | None: ...
 
     def restore_instance(
         self,
@@ -483,7 +483,20 @@ class Receiver:
         copy = self.index.held_copy(uid)
         if copy is None:  # its row went meanwhile
             return self._not_now(uid, sender, "its index row changed meanwhile")
-        expected, first_sender = copy
+        expected, first_sender = copy.sha256, copy.calling_ae
+        if not header.demographics().same_patient(
+            copy.patient_id, copy.patient_name, copy.patient_birth_date
+        ):
+            # Put in the file's place, it would make the study name two patients (and, once
+            # the hub has the study, give another patient's image to this one's account).
+            LOG.warning(
+                "instance %s from %s: its file had gone from the storage device, and this copy "
+                "names another patient than its study; kept for review (afra conflicts), the "
+                "file is still missing",
+                uid,
+                sender,
+            )
+            return self._duplicate(tmp, request, sender, rel, now)
         if expected is not None and file_sha256(tmp) != expected:
             LOG.warning(
                 "instance %s from %s: its file had gone from the storage device after its "

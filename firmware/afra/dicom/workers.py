@@ -58,7 +58,7 @@ from afra.dicom.receive import HealthSink, Receiver
 from afra.dicom.sightings import PeerSightings
 from afra.dicom.spool import Spool
 from afra.errors import StorageError
-from afra.store.index import AddedInstance, Index, StoredInstance
+from afra.store.index import AddedInstance, HeldCopy, Index, StoredInstance
 
 if TYPE_CHECKING:
     from afra.config import DicomSettings
@@ -533,7 +533,7 @@ class _WorkerIndex:
         )
         return result
 
-    def held_copy(self, sop_instance_uid: str) -> tuple[str | None, str] | None:
+    def held_copy(self, sop_instance_uid: str) -> HeldCopy | None:
         return self._index.held_copy(sop_instance_uid)
 
     def restore_instance(

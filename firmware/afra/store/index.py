@@ -214,7 +214,10 @@ UPDATE studies SET instance_count = instance_count + 1, bytes = bytes + ?,
     last_received_at = MAX(last_received_at, ?)
 WHERE id = ?
 """
-SQL_HELD_COPY = "SELECT sha256, calling_ae FROM instances WHERE sop_instance_uid = ?"
+SQL_HELD_COPY = """
+SELECT i.sha256, i.calling_ae, s.patient_id, s.patient_name, s.patient_birth_date
+FROM instances i JOIN studies s ON s.id = i.study_id WHERE i.sop_instance_uid = ?
+"""
 SQL_RESTORED_OF = """
 SELECT i.size, i.study_id FROM instances i JOIN studies s ON s.id = i.study_id
 WHERE i.sop_instance_uid = ? AND i.path = ? AND i.sha256 IS ? AND s.purged_at IS NULL
@@ -408,6 +411,17 @@ class InstanceRow:
     transfer_syntax: str
     path: str
     size: int
+
+
+@dataclass(frozen=True)
+class HeldCopy:
+    """What a copy sent again of a held instance is judged against (Receiver._restore)."""
+
+    sha256: str | None  # None until the uplink hashed its study for the hub
+    calling_ae: str  # who sent the held copy
+    patient_id: str  # its study row's patient
+    patient_name: str
+    patient_birth_date: str
 
 
 @dataclass(frozen=True)
@@ -639,11 +653,11 @@ class Index(SqliteStore):
 
         return self._grouped(work, flush=False)
 
-    def held_copy(self, sop_instance_uid: str) -> tuple[str | None, str] | None:
-        """The held instance's file hash (None until the uplink hashed it for the hub) and
-        who sent it; None when the UID is not indexed."""
+    def held_copy(self, sop_instance_uid: str) -> HeldCopy | None:
+        """The held instance's file hash, who sent it and its study's patient; None when
+        the UID is not indexed."""
         row = self._read_one(SQL_HELD_COPY, (sop_instance_uid,))
-        return None if row is None else (row[0], str(row[1]))
+        return None if row is None else HeldCopy(row[0], *(str(v) for v in row[1:]))
 
     def restore_instance(
         self,

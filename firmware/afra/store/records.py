@@ -24,6 +24,18 @@ class Demographics:
     study_description: str = ""
     referring_physician: str = ""
 
+    def same_patient(self, patient_id: str, patient_name: str, patient_birth_date: str) -> bool:
+        """Whether these name the patient a study row names: its ID, name and birth date,
+        compared as the row holds them (a field the row left empty is not compared)."""
+        return all(
+            not want or want == got
+            for want, got in (
+                (patient_id, self.patient_id),
+                (patient_name, self.patient_name),
+                (patient_birth_date, self.patient_birth_date),
+            )
+        )
+
 
 class Header(Protocol):
     """The identifying tags of one instance, as the index records them."""
