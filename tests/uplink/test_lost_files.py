@@ -16,10 +16,12 @@ from afra.app import Appliance
 from afra.datadir import DataDir
 from afra.dicom.header import source_ae_title
 from afra.store.index import Index, UploadInstance
+from afra.store.records import Demographics
 from afra.uplink import lost, stream
 from afra.uplink.client import HubUnavailable
 from medix.hub.server import HubServer
 from tests.conftest import BoxFactory, wait_for
+from tests.dicomgen import make_ct_series
 from tests.fakes import FakeClock
 from tests.peers import storescu
 from tests.uplink.conftest import LOOPBACK, send_study, the_study
@@ -397,3 +399,42 @@ def test_the_latest_kept_copy_is_taken_and_a_file_back_meanwhile_is_left_as_it_i
     assert again.size == box.spool.absolute(gone).stat().st_size
     assert source_ae_title(box.spool.absolute(gone)) == "PACS3"
     assert box.index.conflicts() == [older]
+
+
+def test_the_very_bytes_acknowledged_go_back_whatever_patient_they_name(
+    hub: HubServer, enrolled_box: BoxFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A study's row holds its first instance's patient. The lost instance wrote the name in
+    capitals, left out the birth date and carries an older Patient ID: its copy sent again,
+    the very bytes acknowledged and hashed for the hub, goes back in its place (a review
+    found a check on the patient refusing it for ever), and the revision the hub knows
+    completes under its own number."""
+    files = make_ct_series(tmp_path / "LOSTS", n=2, rows=64, cols=64, patient_id="LOSTS")
+    second = dcmread(files[1])
+    second.PatientName = str(second.PatientName).upper()
+    second.PatientBirthDate = ""
+    second.PatientID = "LOSTS-OLD"
+    second.save_as(files[1])
+    box = enrolled_box(hub)
+    storescu(LOOPBACK, box.dicom.port, files)
+    _registered_without_parts(box, clock, files)
+    gone = _rel(box, files[1])
+    box.close()
+    box.spool.absolute(gone).unlink()
+
+    box = enrolled_box(hub)
+    storescu(LOOPBACK, box.dicom.port, files[1:])  # the same sender, the same bytes
+    assert box.spool.absolute(gone).exists()
+    assert box.index.conflicts() == []
+    study = _delivered(box, clock, files)
+    assert study.revision == 0
+    assert sorted(_uploads(hub, study)) == [0]
+
+
+def test_only_a_patient_id_both_name_and_differ_is_another_patient() -> None:
+    row_id = "P-1"
+    assert Demographics(patient_id="P-2").other_patient(row_id)
+    assert not Demographics(patient_id="P-1 ").other_patient(row_id)  # DICOM's padding
+    assert not Demographics(patient_id="").other_patient(row_id)  # the copy names none
+    assert not Demographics(patient_id="P-2").other_patient("")  # the study row names none
+    assert not Demographics(patient_id="P-1", patient_name="OTHER^NAME").other_patient(row_id)

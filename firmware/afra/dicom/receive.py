@@ -484,20 +484,19 @@ class Receiver:
         if copy is None:  # its row went meanwhile
             return self._not_now(uid, sender, "its index row changed meanwhile")
         expected, first_sender = copy.sha256, copy.calling_ae
-        if not header.demographics().same_patient(
-            copy.patient_id, copy.patient_name, copy.patient_birth_date
-        ):
+        same_bytes = expected is not None and file_sha256(tmp) == expected
+        if not same_bytes and header.demographics().other_patient(copy.patient_id):
             # Put in the file's place, it would make the study name two patients (and, once
             # the hub has the study, give another patient's image to this one's account).
             LOG.warning(
                 "instance %s from %s: its file had gone from the storage device, and this copy "
-                "names another patient than its study; kept for review (afra conflicts), the "
-                "file is still missing",
+                "names another Patient ID than its study; kept for review (afra conflicts), "
+                "the file is still missing",
                 uid,
                 sender,
             )
-            return self._duplicate(tmp, request, sender, rel, now)
-        if expected is not None and file_sha256(tmp) != expected:
+            return self._duplicate(tmp, request, sender, rel, now, logged=True)
+        if expected is not None and not same_bytes:
             LOG.warning(
                 "instance %s from %s: its file had gone from the storage device after its "
                 "study was hashed for the hub, and this copy's bytes are not the ones the hub "
@@ -510,7 +509,7 @@ class Receiver:
                 sender,
                 first_sender,
             )
-            return self._duplicate(tmp, request, sender, rel, now, for_lost=True)
+            return self._duplicate(tmp, request, sender, rel, now, for_lost=True, logged=True)
         if self.spool.one_flush:
             self.spool.fsync_received(tmp, fd)  # the POSIX path flushed it already
         size = (os.fstat(fd) if fd is not None else tmp.stat()).st_size
@@ -770,6 +769,7 @@ class Receiver:
         now: float,
         *,
         for_lost: bool = False,
+        logged: bool = False,
     ) -> int:
         uid = request.sop_instance_uid
         if self.index.delivered_and_purged(uid):
@@ -781,7 +781,7 @@ class Receiver:
         rel = self.spool.keep_conflict(tmp, uid, for_lost=for_lost)
         size = self.spool.absolute(rel).stat().st_size
         self.index.add_conflict(uid, rel, size, now, request.calling_ae)
-        if for_lost:
+        if logged:
             return STATUS_SUCCESS  # the caller said why
         LOG.warning(
             "conflict: %s sent instance %s again with different content; the first copy stays "

@@ -215,7 +215,7 @@ UPDATE studies SET instance_count = instance_count + 1, bytes = bytes + ?,
 WHERE id = ?
 """
 SQL_HELD_COPY = """
-SELECT i.sha256, i.calling_ae, s.patient_id, s.patient_name, s.patient_birth_date
+SELECT i.sha256, i.calling_ae, s.patient_id
 FROM instances i JOIN studies s ON s.id = i.study_id WHERE i.sop_instance_uid = ?
 """
 SQL_RESTORED_OF = """
@@ -419,9 +419,7 @@ class HeldCopy:
 
     sha256: str | None  # None until the uplink hashed its study for the hub
     calling_ae: str  # who sent the held copy
-    patient_id: str  # its study row's patient
-    patient_name: str
-    patient_birth_date: str
+    patient_id: str  # its study row's Patient ID
 
 
 @dataclass(frozen=True)

@@ -24,17 +24,14 @@ class Demographics:
     study_description: str = ""
     referring_physician: str = ""
 
-    def same_patient(self, patient_id: str, patient_name: str, patient_birth_date: str) -> bool:
-        """Whether these name the patient a study row names: its ID, name and birth date,
-        compared as the row holds them (a field the row left empty is not compared)."""
-        return all(
-            not want or want == got
-            for want, got in (
-                (patient_id, self.patient_id),
-                (patient_name, self.patient_name),
-                (patient_birth_date, self.patient_birth_date),
-            )
-        )
+    def other_patient(self, patient_id: str) -> bool:
+        """Whether these name another patient than a study row whose Patient ID is
+        `patient_id`: both IDs given, and different. Only the ID is compared: names and birth
+        dates vary between one patient's instances (case, carets, a date left out) and the
+        row holds its first instance's (a review found a check on them refusing the very
+        bytes acknowledged)."""
+        mine, theirs = self.patient_id.strip(), patient_id.strip()
+        return bool(mine and theirs and mine != theirs)
 
 
 class Header(Protocol):

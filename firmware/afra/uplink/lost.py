@@ -13,8 +13,8 @@ A lost file comes back with a copy sent again (the technician's remedy; health's
 hashed for the hub, and refused only because its bytes differ from the lost ones, was kept in
 conflicts/ under a name that says so (`Spool.kept_for_lost`; afra.dicom.receive). Once the
 revision is unhashed, the latest such copy that is a whole instance of that UID in that
-study, naming the study's patient, takes the lost file's place here: the rule the
-receiver's restore keeps for a copy sent after that (a copy naming another patient is kept
+study, not naming another Patient ID, takes the lost file's place here: the rule the
+receiver's restore keeps for a copy sent after that (a copy naming another Patient ID is kept
 for review there, unmarked). Other conflicts/ copies
 (a second copy that differed while the first was there, a UID clash from another study) are
 never taken: they were kept for a person to review. A copy sent after the revision is
@@ -67,11 +67,9 @@ def adopt_conflict(
             continue
         if header.sop_instance_uid != lost.sop_instance_uid or header.study_uid != study.study_uid:
             continue  # kept under this UID's hash, but not this study's instance
-        if not header.demographics().same_patient(
-            study.patient_id, study.patient_name, study.patient_birth_date
-        ):
-            LOG.warning(
-                "instance %s of study %s: the copy kept as %s names another patient than the "
+        if header.demographics().other_patient(study.patient_id):
+            LOG.debug(
+                "instance %s of study %s: the copy kept as %s names another Patient ID than the "
                 "study; not taken",
                 lost.sop_instance_uid,
                 study.study_uid,
