@@ -269,6 +269,19 @@ def _files_to_review(tab: Tab, site: Site) -> None:
     tab.reload()
 
 
+def _a_file_lost(tab: Tab, site: Site) -> None:
+    """A study whose file is gone from the device (afra.uplink.lost): its row says what to do."""
+    box = site.main.box
+    study = box.index.studies()[0]
+    box.index.record_failure(
+        study.id,
+        site.clock.time() + 60,
+        "1 file(s) of the study are gone from the storage device (send the study again from "
+        "the PACS)",
+    )
+    tab.reload()
+
+
 def _patient_opens(tab: Tab, site: Site) -> None:
     lang = tab.evaluate("document.documentElement.lang")
     # A Persian reader types the Solar Hijri date, in Persian digits (medix.l10n).
@@ -379,6 +392,13 @@ VIEWS = (
         "/dashboard",
         ('[data-bind-list="health.reasons"] li', "[data-leds]"),
         then=_files_to_review,
+    ),
+    View(
+        "dashboard-lost",
+        "main",
+        "/dashboard",
+        ("#studies tr[data-study]", "#studies .bad"),
+        then=_a_file_lost,
     ),
     View("hub-patient", "hub", "/patient", ("h1", "#code", "#birth_date", "button")),
     View("hub-slip-link", "hub", "", ("#code", "#birth_date", "button"), path_of=slip_link),
