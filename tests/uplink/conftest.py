@@ -9,7 +9,7 @@ import pytest
 from pydicom import dcmread
 
 from afra.app import Appliance, build_appliance
-from afra.uplink.client import enrol
+from afra.uplink.client import HubUnavailable, enrol
 from afra.uplink.identity import NodeIdentity
 from medix.hub.server import HubServer
 from tests.conftest import BoxFactory, make_config, wait_for
@@ -82,3 +82,31 @@ def assert_hub_holds(hub: HubServer, box: Appliance, study: object, files: list[
         ds = dcmread(sent, stop_before_pixels=True)
         kept = box.spool.absolute(box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID))
         assert hub.instance_bytes(entry["upload_id"], ds.SOPInstanceUID) == kept.read_bytes()
+
+
+def stored_rel(box: Appliance, path: Path) -> str:
+    """Where the box keeps the instance of a file it was sent."""
+    ds = dcmread(path, stop_before_pixels=True)
+    return box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
+
+
+def upload_fails_at(box: Appliance, clock: FakeClock, files: list[Path], call: str) -> None:
+    """The study completed, coded and registered with the hub, then the link went down at
+    the hub client's `call` ("put_part": no part taken; "commit": every part taken)."""
+
+    def down(*_args: object, **_kwargs: object) -> None:
+        raise HubUnavailable("the link went down")
+
+    assert box.uplink.client is not None
+    setattr(box.uplink.client, call, down)
+    clock.advance(10)
+    wait_for(lambda: the_study(box, files).attempts >= 1, what="an upload that failed")  # type: ignore[attr-defined]
+    assert the_study(box, files).state == "uploading"  # type: ignore[attr-defined]
+
+
+def lose_file(box: Appliance, sent: Path) -> str:
+    """Stop the box and take the instance's file from the device, as a failing card does."""
+    rel = stored_rel(box, sent)
+    box.close()
+    box.spool.absolute(rel).unlink()
+    return rel

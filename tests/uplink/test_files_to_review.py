@@ -12,7 +12,6 @@ from pydicom import dcmread
 from afra.app import Appliance, build_appliance
 from afra.datadir import DataDir
 from afra.dicom import receive as receive_module
-from afra.uplink.client import HubUnavailable
 from medix.hub.server import HubServer
 from tests.conftest import BoxFactory, make_config, wait_for
 from tests.fakes import FakeClock
@@ -22,13 +21,10 @@ from tests.uplink.conftest import (
     assert_hub_holds,
     complete_and_deliver,
     send_study,
+    stored_rel,
     the_study,
+    upload_fails_at,
 )
-
-
-def _rel(box: Appliance, path: Path) -> str:
-    ds = dcmread(path, stop_before_pixels=True)
-    return box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
 
 
 def _checked(box: Appliance, clock: FakeClock) -> set[str]:
@@ -48,7 +44,7 @@ def test_a_file_gone_from_the_device_is_shown_and_the_study_sent_again_delivers(
     PACS puts the file back in its study, and the study reaches the hub whole."""
     box = enrolled_box(hub)
     files = send_study(box, tmp_path, "GONE", n=3)
-    gone = _rel(box, files[1])
+    gone = stored_rel(box, files[1])
     box.close()
     box.spool.absolute(gone).unlink()
 
@@ -83,7 +79,7 @@ def test_a_file_start_up_could_not_read_gives_way_to_the_copy_sent_again(
     conflicts/ for review, the copy sent again is stored and delivered, and health clears."""
     box = enrolled_box(hub)
     files = send_study(box, tmp_path, "TORN", n=2)
-    torn = _rel(box, files[0])
+    torn = stored_rel(box, files[0])
     box.close()
     # Its row undone, its content garbage: what a cut can leave of a file and its index row.
     with sqlite3.connect(DataDir(box.spool.root).index) as db:
@@ -130,16 +126,9 @@ def test_a_study_the_hub_has_begun_takes_back_only_the_bytes_it_was_told_of(
     sender is byte for byte the one registered, puts the file back, and the study goes."""
     box = enrolled_box(hub)
     files = send_study(box, tmp_path, "BEGUN", n=3)  # from STORESCU
-
-    def cut(*_args: object, **_kwargs: object) -> None:
-        raise HubUnavailable("cut before the commit")
-
-    assert box.uplink.client is not None
-    box.uplink.client.commit = cut  # type: ignore[method-assign]
-    clock.advance(10)
-    wait_for(lambda: the_study(box, files).attempts >= 1, what="a commit that failed")  # type: ignore[attr-defined]
+    upload_fails_at(box, clock, files, "commit")
     assert the_study(box, files).state == "uploading"  # type: ignore[attr-defined]
-    gone = _rel(box, files[1])
+    gone = stored_rel(box, files[1])
     box.close()
     box.spool.absolute(gone).unlink()
 

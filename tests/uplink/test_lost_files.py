@@ -18,32 +18,19 @@ from afra.dicom.header import source_ae_title
 from afra.store.index import Index, UploadInstance
 from afra.store.records import Demographics
 from afra.uplink import lost, stream
-from afra.uplink.client import HubUnavailable
 from medix.hub.server import HubServer
 from tests.conftest import BoxFactory, wait_for
 from tests.dicomgen import make_ct_series
 from tests.fakes import FakeClock
 from tests.peers import storescu
-from tests.uplink.conftest import LOOPBACK, send_study, the_study
-
-
-def _rel(box: Appliance, path: Path) -> str:
-    ds = dcmread(path, stop_before_pixels=True)
-    return box.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
-
-
-def _registered_without_parts(box: Appliance, clock: FakeClock, files: list[Path]) -> None:
-    """The study completed, coded and registered with the hub, and none of its parts taken
-    (the link went down after the registration)."""
-
-    def down(*_args: object, **_kwargs: object) -> None:
-        raise HubUnavailable("the link went down")
-
-    assert box.uplink.client is not None
-    box.uplink.client.put_part = down  # type: ignore[method-assign]
-    clock.advance(10)
-    wait_for(lambda: the_study(box, files).attempts >= 1, what="an upload that failed")  # type: ignore[attr-defined]
-    assert the_study(box, files).state == "uploading"  # type: ignore[attr-defined]
+from tests.uplink.conftest import (
+    LOOPBACK,
+    lose_file,
+    send_study,
+    stored_rel,
+    the_study,
+    upload_fails_at,
+)
 
 
 def _uploads(hub: HubServer, study: Any) -> dict[int, dict[str, Any]]:
@@ -70,7 +57,7 @@ def _assert_hub_holds_once(hub: HubServer, box: Appliance, study: Any, files: li
     assert uploads[1]["medis_code"] == uploads[0]["medis_code"] == study.medis_code
     for sent in files:
         ds = dcmread(sent, stop_before_pixels=True)
-        kept = box.spool.absolute(_rel(box, sent)).read_bytes()
+        kept = box.spool.absolute(stored_rel(box, sent)).read_bytes()
         assert hub.instance_bytes(uploads[1]["upload_id"], ds.SOPInstanceUID) == kept
 
 
@@ -84,10 +71,8 @@ def test_a_copy_kept_in_conflicts_completes_a_study_the_hub_lacks_a_part_of(
     revision number, takes the kept copy into the file's place and delivers it whole."""
     box = enrolled_box(hub)
     files = send_study(box, tmp_path, "LOSTC", n=3)  # from STORESCU
-    _registered_without_parts(box, clock, files)
-    gone = _rel(box, files[1])
-    box.close()
-    box.spool.absolute(gone).unlink()
+    upload_fails_at(box, clock, files, "put_part")
+    gone = lose_file(box, files[1])
 
     box = enrolled_box(hub)
     storescu(LOOPBACK, box.dicom.port, files, aet="PACS2")
@@ -122,10 +107,8 @@ def test_a_copy_kept_for_review_before_the_loss_is_not_taken_for_the_lost_file(
     storescu(LOOPBACK, box.dicom.port, [edit], aet="PACS2")
     (review,) = box.index.conflicts()
     assert not box.spool.kept_for_lost(review.path)
-    _registered_without_parts(box, clock, files)
-    gone = _rel(box, files[0])
-    box.close()
-    box.spool.absolute(gone).unlink()
+    upload_fails_at(box, clock, files, "put_part")
+    gone = lose_file(box, files[0])
 
     box = enrolled_box(hub)
     before = the_study(box, files).attempts  # type: ignore[attr-defined]
@@ -151,10 +134,8 @@ def test_a_kill_after_the_new_number_leaves_the_kept_copy_to_the_next_try(
     (a power cut): the next try, now hashing an unregistered revision, takes the copy."""
     box = enrolled_box(hub)
     files = send_study(box, tmp_path, "LOSTK", n=2)
-    _registered_without_parts(box, clock, files)
-    gone = _rel(box, files[1])
-    box.close()
-    box.spool.absolute(gone).unlink()
+    upload_fails_at(box, clock, files, "put_part")
+    gone = lose_file(box, files[1])
     box = enrolled_box(hub)
     storescu(LOOPBACK, box.dicom.port, files[1:], aet="PACS2")
     (kept,) = box.index.conflicts()
@@ -188,10 +169,8 @@ def test_an_index_that_refuses_the_taken_copy_leaves_it_for_the_next_try(
     later stream would be refused by the hub.)"""
     box = enrolled_box(hub)
     files = send_study(box, tmp_path, "LOSTR", n=2)
-    _registered_without_parts(box, clock, files)
-    gone = _rel(box, files[0])
-    box.close()
-    box.spool.absolute(gone).unlink()
+    upload_fails_at(box, clock, files, "put_part")
+    lose_file(box, files[0])
 
     box = enrolled_box(hub)
     storescu(LOOPBACK, box.dicom.port, files[:1], aet="PACS2")
@@ -221,10 +200,8 @@ def test_a_lost_file_with_no_copy_yet_is_taken_from_any_sender_once_registered_a
     that copy, from any sender, then takes the file's place directly (no conflict)."""
     box = enrolled_box(hub)
     files = send_study(box, tmp_path, "LOSTN", n=3)
-    _registered_without_parts(box, clock, files)
-    gone = _rel(box, files[2])
-    box.close()
-    box.spool.absolute(gone).unlink()
+    upload_fails_at(box, clock, files, "put_part")
+    gone = lose_file(box, files[2])
 
     box = enrolled_box(hub)
     before = the_study(box, files).attempts  # type: ignore[attr-defined]
@@ -253,17 +230,8 @@ def test_a_study_the_hub_holds_every_part_of_completes_without_the_lost_file(
     revision is committed as registered and keeps its number (no second upload)."""
     box = enrolled_box(hub)
     files = send_study(box, tmp_path, "LOSTH", n=3)
-
-    def cut(*_args: object, **_kwargs: object) -> None:
-        raise HubUnavailable("cut before the commit")
-
-    assert box.uplink.client is not None
-    box.uplink.client.commit = cut  # type: ignore[method-assign]
-    clock.advance(10)
-    wait_for(lambda: the_study(box, files).attempts >= 1, what="a commit that failed")  # type: ignore[attr-defined]
-    gone = _rel(box, files[0])
-    box.close()
-    box.spool.absolute(gone).unlink()
+    upload_fails_at(box, clock, files, "commit")
+    lose_file(box, files[0])
 
     box = enrolled_box(hub)
     study = _delivered(box, clock, files)
@@ -279,10 +247,8 @@ def test_a_kept_copy_of_another_study_does_not_fill_the_lost_file(
     own, and the clash stays kept for review."""
     box = enrolled_box(hub)
     files = send_study(box, tmp_path, "LOSTX", n=2)
-    _registered_without_parts(box, clock, files)
-    gone = _rel(box, files[0])
-    box.close()
-    box.spool.absolute(gone).unlink()
+    upload_fails_at(box, clock, files, "put_part")
+    gone = lose_file(box, files[0])
 
     box = enrolled_box(hub)
     clash = dcmread(files[0])
@@ -333,10 +299,8 @@ def test_a_copy_naming_another_patient_never_takes_the_lost_files_place(
     own patient then completes it."""
     box = enrolled_box(hub)
     files = send_study(box, tmp_path, "LOSTP", n=2)
-    _registered_without_parts(box, clock, files)
-    gone = _rel(box, files[0])
-    box.close()
-    box.spool.absolute(gone).unlink()
+    upload_fails_at(box, clock, files, "put_part")
+    gone = lose_file(box, files[0])
 
     box = enrolled_box(hub)
     other = dcmread(files[0])
@@ -371,10 +335,8 @@ def test_the_latest_kept_copy_is_taken_and_a_file_back_meanwhile_is_left_as_it_i
     the receiver's file, and the hub would refuse every stream)."""
     box = enrolled_box(hub)
     files = send_study(box, tmp_path, "LOSTL", n=2)
-    _registered_without_parts(box, clock, files)
-    gone = _rel(box, files[0])
-    box.close()
-    box.spool.absolute(gone).unlink()
+    upload_fails_at(box, clock, files, "put_part")
+    gone = lose_file(box, files[0])
 
     box = enrolled_box(hub)
     storescu(LOOPBACK, box.dicom.port, files[:1], aet="PACS2")
@@ -417,10 +379,8 @@ def test_the_very_bytes_acknowledged_go_back_whatever_patient_they_name(
     second.save_as(files[1])
     box = enrolled_box(hub)
     storescu(LOOPBACK, box.dicom.port, files)
-    _registered_without_parts(box, clock, files)
-    gone = _rel(box, files[1])
-    box.close()
-    box.spool.absolute(gone).unlink()
+    upload_fails_at(box, clock, files, "put_part")
+    gone = lose_file(box, files[1])
 
     box = enrolled_box(hub)
     storescu(LOOPBACK, box.dicom.port, files[1:])  # the same sender, the same bytes

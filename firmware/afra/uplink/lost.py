@@ -35,7 +35,7 @@ from afra.uplink.stream import StreamPlan
 LOG = logging.getLogger("afra.uplink")
 
 
-class FilesLost(OSError):
+class FilesLost(Exception):
     """Files of the revision being delivered are gone. `mended`: a copy took each one's place
     (the revision, perhaps renumbered, can be tried again at once)."""
 
